@@ -1,0 +1,64 @@
+"""The ``afm-ray`` command line.
+
+Each command group lives in its own module and exposes ``register(subparsers)``; a command's
+handler receives the parsed ``argparse.Namespace`` and returns an exit code. User errors
+(:class:`afm_ray.errors.AfmRayError`) are printed as one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = (
+    "afm_ray.cli.molecules",
+    "afm_ray.cli.bench",
+)
+
+DESCRIPTION = """\
+afm-ray trains convolutional networks that read 3D molecular structure out of AFM image stacks,
+with training data simulated on the fly by the Probe Particle Model (OpenCL).
+
+The data flow, one command group per stage:
+  molecules   build the Parquet molecule database (QM9 from qm9pack, your xyz/SDF files, SMILES)
+              and its reproducible train/val/test splits (thesis Table 5)
+  bench       measure throughput of the simulator, models and pipeline
+
+Start with:
+  afm-ray molecules build-qm9 --out data/qm9.parquet
+  afm-ray molecules info data/qm9.parquet
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="afm-ray", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from afm_ray import __version__
+    parser.add_argument("--version", action="version", version=f"afm-ray {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from afm_ray.errors import AfmRayError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.handler(args) or 0)
+    except AfmRayError as exc:
+        print(f"afm-ray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("afm-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

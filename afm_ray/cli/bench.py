@@ -1,0 +1,22 @@
+"""``afm-ray bench …``: throughput benchmarks that print figures (never timed unit tests).
+
+Each benchmark lives in ``afm_ray/bench/<name>.py`` and exposes ``register(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARK_MODULES: tuple[str, ...] = ()
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="measure throughput (simulator, models, pipeline)",
+        description="Benchmarks print median figures of several runs; compare ratios from one run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_subparsers = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for name in BENCHMARK_MODULES:
+        importlib.import_module(name).register(bench_subparsers)
+    parser.set_defaults(handler=lambda args: parser.print_help() or 1)

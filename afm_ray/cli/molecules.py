@@ -1,0 +1,188 @@
+"""``afm-ray molecules …``: build, import, split and inspect the Parquet molecule database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+The molecule database is one Parquet file: a row per molecule with id, source, SMILES,
+atomic numbers, positions (Å), partial charges (e), and one column per train/val/test split.
+Every write is atomic: a failed or interrupted command leaves the existing file untouched.
+
+examples:
+  afm-ray molecules build-qm9 --out data/qm9.parquet          # QM9 from qm9pack + split dataset1
+  afm-ray molecules import heavy/*.xyz heavy/*.sdf --out data/heavy.parquet
+  afm-ray molecules import mols.sdf --charges mmff --out data/heavy.parquet --append
+  afm-ray molecules from-smiles 'ClC1=CC=C(Br)C=C1' --out data/heavy.parquet --append
+  afm-ray molecules split data/qm9.parquet --name dataset2 --merge data/heavy.parquet --out data/ds2.parquet
+  afm-ray molecules info data/qm9.parquet
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("molecules", help="build and inspect the molecule database",
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="molecules_command", metavar="SUBCOMMAND")
+    parser.set_defaults(handler=lambda args: parser.print_help() or 1)
+
+    build = commands.add_parser("build-qm9", help="all of QM9 (qm9pack) → database, with the dataset1 split",
+                                description="Read every QM9 molecule shipped by the qm9pack package (geometries "
+                                            "in Å, Mulliken charges in e) into a new database and assign the "
+                                            "thesis' dataset1 split (5000/1500/2500) when there are enough molecules.")
+    build.add_argument("--out", required=True, type=Path, help="database file to write (.parquet)")
+    build.add_argument("--qm9-csv", nargs="+", type=Path, metavar="CSV",
+                       help="qm9pack-format CSV parts to read instead of the installed package (for tests)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the dataset1 split (default 0)")
+    build.set_defaults(handler=_build_qm9)
+
+    importer = commands.add_parser("import", help="your xyz (with charge column) / extended xyz / SDF files",
+                                   description="Import molecules from files. xyz needs a 5th charge column "
+                                               "(e), extended xyz a charges array, SDF PubChem MMFF94 charges — "
+                                               "or pass --charges to compute them with RDKit.")
+    importer.add_argument("files", nargs="+", type=Path, help="molecule files (.xyz, .extxyz, .sdf, .mol)")
+    _add_output_options(importer)
+    importer.add_argument("--charges", choices=("gasteiger", "mmff"),
+                          help="compute partial charges with RDKit instead of reading them")
+    importer.set_defaults(handler=_import_files)
+
+    smiles = commands.add_parser("from-smiles", help="3D molecules from SMILES (RDKit ETKDG + MMFF94 + charges)")
+    smiles.add_argument("smiles", nargs="*", help="SMILES strings (ids smiles:0, smiles:1, …)")
+    smiles.add_argument("--file", type=Path, help=".smi file: 'SMILES [id]' per line")
+    _add_output_options(smiles)
+    smiles.add_argument("--charges", choices=("gasteiger", "mmff"), default="mmff",
+                        help="partial-charge model (default mmff)")
+    smiles.add_argument("--seed", type=int, default=0, help="seed of the 3D embedding")
+    smiles.set_defaults(handler=_from_smiles)
+
+    split = commands.add_parser("split", help="assign a reproducible train/val/test split (thesis Table 5)",
+                                description="Assign the split NAME as a column of the database. dataset1 and "
+                                            "dataset2 use the thesis' sizes; other names need --sizes. "
+                                            "Light = only H,C,N,O,F; heavy = anything else.")
+    split.add_argument("database", type=Path)
+    split.add_argument("--name", required=True, help="dataset1, dataset2, or your own split name")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="light molecules")
+    split.add_argument("--heavy-sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                       help="heavy molecules (default 0 0 0 for custom splits)")
+    split.add_argument("--merge", type=Path, help="add this database's molecules first (e.g. a heavy set)")
+    split.add_argument("--out", type=Path, help="write here instead of rewriting DATABASE")
+    split.set_defaults(handler=_split)
+
+    info = commands.add_parser("info", help="counts, element statistics (thesis Table 1), size range, splits")
+    info.add_argument("database", type=Path)
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.set_defaults(handler=_info)
+
+
+def _add_output_options(parser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="database file to write (.parquet)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_true", help="add to an existing database (ids must stay unique)")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing database")
+
+
+def _write_new_molecules(table, args) -> int:
+    import pyarrow as pa
+
+    from afm_ray.errors import InputError
+    from afm_ray.molecules.database import read_database, write_table_atomic
+
+    if args.out.exists() and not args.out.is_dir() and not (args.append or args.overwrite):
+        raise InputError(str(args.out), "database exists; pass --append to add to it or --overwrite to replace it")
+    if args.append and args.out.exists():
+        existing = read_database(args.out)
+        table = pa.concat_tables([existing, table], promote_options="default")
+    write_table_atomic(table, args.out)
+    print(f"wrote {args.out}: {table.num_rows:,} molecules")
+    return 0
+
+
+def _build_qm9(args) -> int:
+    from afm_ray.molecules.database import write_table_atomic
+    from afm_ray.molecules.qm9 import read_qm9
+    from afm_ray.molecules.splits import THESIS_SPLITS, assign_split, heavy_mask
+    from afm_ray.molecules.summary import format_summary, summarize
+
+    start = time.perf_counter()
+    table = read_qm9(args.qm9_csv)
+    sizes = THESIS_SPLITS["dataset1"]
+    n_light = int((~heavy_mask(table)).sum())
+    if n_light >= sum(sizes.light):
+        table = assign_split(table, "dataset1", sizes, seed=args.seed)
+    else:
+        print(f"note: dataset1 split skipped: it needs {sum(sizes.light)} light molecules, found {n_light}; "
+              f"assign a smaller one with `afm-ray molecules split {args.out} --name NAME --sizes …`")
+    write_table_atomic(table, args.out)
+    elapsed = time.perf_counter() - start
+    print(format_summary(summarize(table), str(args.out)))
+    print(f"built in {elapsed:.1f} s, {args.out.stat().st_size / 2**20:.1f} MiB")
+    return 0
+
+
+def _import_files(args) -> int:
+    from tqdm import tqdm
+
+    from afm_ray.molecules.database import molecules_to_table
+    from afm_ray.molecules.io import read_molecule_file
+
+    molecules = []
+    for path in tqdm(args.files, desc="reading", unit="file", disable=len(args.files) < 20):
+        molecules.extend(read_molecule_file(path, charges=args.charges))
+    return _write_new_molecules(molecules_to_table(molecules), args)
+
+
+def _from_smiles(args) -> int:
+    from tqdm import tqdm
+
+    from afm_ray.errors import InputError
+    from afm_ray.molecules.database import molecules_to_table
+    from afm_ray.molecules.smiles import molecule_from_smiles, read_smiles_file
+
+    entries = [(smiles, f"smiles:{index}") for index, smiles in enumerate(args.smiles)]
+    if args.file:
+        entries += read_smiles_file(args.file)
+    if not entries:
+        raise InputError("from-smiles", "give SMILES strings or --file")
+    molecules = [molecule_from_smiles(smiles, molecule_id, charges=args.charges, seed=args.seed)
+                 for smiles, molecule_id in tqdm(entries, desc="embedding", unit="mol", disable=len(entries) < 20)]
+    return _write_new_molecules(molecules_to_table(molecules), args)
+
+
+def _split(args) -> int:
+    import pyarrow as pa
+
+    from afm_ray.errors import InputError
+    from afm_ray.molecules.database import read_database, split_metadata, write_table_atomic
+    from afm_ray.molecules.splits import THESIS_SPLITS, SplitSizes, assign_split, split_counts
+
+    table = read_database(args.database)
+    if args.merge:
+        merged = read_database(args.merge)
+        metadata = split_metadata(table)
+        table = pa.concat_tables([table, merged.select(table.column_names[:7])], promote_options="default")
+        table = table.replace_schema_metadata({b"afm_ray.splits": json.dumps(metadata).encode()})
+    if args.sizes:
+        sizes = SplitSizes(tuple(args.sizes), tuple(args.heavy_sizes or (0, 0, 0)))
+    elif args.name in THESIS_SPLITS:
+        sizes = THESIS_SPLITS[args.name]
+    else:
+        raise InputError("--sizes", f"split {args.name!r} is not a thesis split (dataset1, dataset2): give --sizes")
+    table = assign_split(table, args.name, sizes, seed=args.seed)
+    out = args.out or args.database
+    write_table_atomic(table, out)
+    counts = split_counts(table, args.name)
+    print(f"wrote {out}: split {args.name} (seed {args.seed}) train {counts['train']:,} / val {counts['val']:,} / "
+          f"test {counts['test']:,}")
+    return 0
+
+
+def _info(args) -> int:
+    from afm_ray.molecules.database import read_database
+    from afm_ray.molecules.summary import format_summary, summarize
+
+    summary = summarize(read_database(args.database))
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary, str(args.database)))
+    return 0

@@ -1,0 +1,56 @@
+"""Database statistics in the form of thesis Table 1 (molecules containing each element)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from afm_ray.elements import ELEMENT_TABLE
+from afm_ray.molecules.database import split_metadata, split_names
+from afm_ray.molecules.splits import split_counts
+
+MAX_SOURCES_SHOWN = 8
+
+
+def element_molecule_counts(table: pa.Table) -> dict[str, int]:
+    """For each element present: the number of molecules that contain it (repeats in a molecule count once)."""
+    counts = table["n_atoms"].to_numpy().astype(np.int64)
+    rows = np.repeat(np.arange(table.num_rows), counts)
+    numbers = pc.list_flatten(table["numbers"]).to_numpy().astype(np.int64)
+    pairs = np.unique(rows * 256 + numbers)
+    per_element = np.bincount(pairs % 256, minlength=256)
+    return {ELEMENT_TABLE.symbols[z]: int(per_element[z]) for z in np.flatnonzero(per_element)}
+
+
+def summarize(table: pa.Table) -> dict:
+    """Counts, sources, size range, Table-1 element statistics and splits of a database table."""
+    n_atoms = table["n_atoms"].to_numpy()
+    sources = sorted(pc.value_counts(table["source"]).to_pylist(), key=lambda item: -item["counts"])
+    return {
+        "molecules": table.num_rows,
+        "atoms": int(n_atoms.sum()),
+        "atoms_per_molecule": (int(n_atoms.min()), int(n_atoms.max())) if table.num_rows else (0, 0),
+        "sources": {item["values"]: item["counts"] for item in sources},
+        "elements": element_molecule_counts(table) if table.num_rows else {},
+        "splits": {name: {"counts": split_counts(table, name), **split_metadata(table).get(name, {})}
+                   for name in split_names(table)},
+    }
+
+
+def format_summary(summary: dict, path: str) -> str:
+    total = max(summary["molecules"], 1)
+    low, high = summary["atoms_per_molecule"]
+    lines = [f"{path}: {summary['molecules']:,} molecules, {summary['atoms']:,} atoms, {low}–{high} atoms per molecule",
+             "sources: " + ", ".join(f"{name} {count:,}" for name, count in
+                                     list(summary["sources"].items())[:MAX_SOURCES_SHOWN])
+             + (" …" if len(summary["sources"]) > MAX_SOURCES_SHOWN else ""),
+             "", f"{'element':<8}{'N_mol':>10}{'% of molecules':>16}"]
+    order = sorted(summary["elements"], key=ELEMENT_TABLE.number)
+    lines += [f"{symbol:<8}{summary['elements'][symbol]:>10,}{100 * summary['elements'][symbol] / total:>16.3f}"
+              for symbol in order]
+    for name, split in summary["splits"].items():
+        counts = split["counts"]
+        lines.append(f"split {name} (seed {split.get('seed')}): train {counts['train']:,} / "
+                     f"val {counts['val']:,} / test {counts['test']:,}")
+    return "\n".join(lines)
