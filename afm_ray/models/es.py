@@ -1,0 +1,76 @@
+"""The ES network: Electrostatic Map and Height Map from a CO-tip and a Xe-tip AFM stack
+(thesis 3.3, Table 3; 169,970 parameters at the thesis settings)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from afm_ray.models.blocks import Decoder2D, Encoder3D, check_n_slices, check_padding_mode, check_stack, conv_leaky
+
+ES_OUTPUTS = ("es_map", "height_map")
+ES_TIPS = ("CO", "Xe")
+BRANCH_CHANNELS = 64
+LATENT_CHANNELS = 64
+
+
+class ES(nn.Module):
+    """Two encoder branches (CO, Xe) each + a 64-filter conv → concatenate (128) → 1 × 1 conv
+    to 64 → two 64-filter convs → two decoders.
+
+    Args:
+        n_slices: z-slices per tip stack (thesis 10).
+        skip_connections: beyond the thesis: each decoder also receives both branches' encoder
+            activations at matching resolution (z folded, 1 × 1 conv to 16 channels).
+        padding_mode: ``"reflect"`` (thesis) or ``"symmetric"`` (published Keras code).
+
+    Forward:
+        x: ``(B, 2, X, Y, n_slices)``, channel 0 the CO-tip stack and channel 1 the Xe-tip
+            stack of the same scan, X and Y divisible by 8, z from far to close.
+
+    Returns:
+        ``(es_map, height_map)``, each ``(B, X, Y)``: the electrostatic potential on the
+        Height-Map surface (the descriptor's units, any sign: no activation) and the Height Map (Å, ≥ 0 via ReLU).
+    """
+
+    output_names = ES_OUTPUTS
+    tip_names = ES_TIPS
+
+    def __init__(self, n_slices: int = 10, skip_connections: bool = False, padding_mode: str = "reflect"):
+        super().__init__()
+        self.n_slices = check_n_slices(n_slices)
+        self.skip_connections = bool(skip_connections)
+        check_padding_mode(padding_mode)
+        self.encoders = nn.ModuleList(Encoder3D(n_slices, padding_mode) for _ in ES_TIPS)
+        encoder_channels = self.encoders[0].out_channels
+        self.branch_convs = nn.ModuleList(conv_leaky(2, encoder_channels, BRANCH_CHANNELS, 3, padding_mode)
+                                          for _ in ES_TIPS)
+        # The 1×1 conv cuts 128 → 64 channels before the 3×3 convs to save their parameters.
+        self.latent = nn.Sequential(
+            conv_leaky(2, BRANCH_CHANNELS * len(ES_TIPS), LATENT_CHANNELS, 1, padding_mode),
+            conv_leaky(2, LATENT_CHANNELS, LATENT_CHANNELS, 3, padding_mode),
+            conv_leaky(2, LATENT_CHANNELS, LATENT_CHANNELS, 3, padding_mode))
+        skip_channels = None
+        if self.skip_connections:
+            skip_channels = tuple(len(ES_TIPS) * c for c in self.encoders[0].skip_channels)
+        activations = {"es_map": None, "height_map": "relu"}
+        self.decoders = nn.ModuleDict({name: Decoder2D(LATENT_CHANNELS, activations[name], skip_channels, padding_mode)
+                                       for name in ES_OUTPUTS})
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = check_stack(x, len(ES_TIPS), self.n_slices)
+        branch_features = []
+        branch_skips = []
+        for tip_index, (encoder, branch_conv) in enumerate(zip(self.encoders, self.branch_convs)):
+            tip_stack = x[:, tip_index:tip_index + 1]
+            if self.skip_connections:
+                latent, skips = encoder(tip_stack, return_skips=True)
+                branch_skips.append(skips)
+            else:
+                latent = encoder(tip_stack)
+            branch_features.append(branch_conv(latent))
+        latent = self.latent(torch.cat(branch_features, dim=1))
+        skips = None
+        if self.skip_connections:
+            skips = [torch.cat(per_stage, dim=1) for per_stage in zip(*branch_skips)]
+        return tuple(self.decoders[name](latent, skips) for name in ES_OUTPUTS)
