@@ -13,6 +13,8 @@ import sys
 
 COMMAND_MODULES = (
     "afm_ray.cli.molecules",
+    "afm_ray.cli.simulate",
+    "afm_ray.cli.train",
     "afm_ray.cli.bench",
 )
 
@@ -23,11 +25,15 @@ with training data simulated on the fly by the Probe Particle Model (OpenCL).
 The data flow, one command group per stage:
   molecules   build the Parquet molecule database (QM9 from qm9pack, your xyz/SDF files, SMILES)
               and its reproducible train/val/test splits (thesis Table 5)
+  simulate    simulate AFM frequency-shift stacks (Probe Particle Model, OpenCL) into .npz
+  train       train DSH / ES / xyz with Ray Train on batches simulated on the fly; MLflow tracks and
+              registers the model
   bench       measure throughput of the simulator, models and pipeline
 
 Start with:
   afm-ray molecules build-qm9 --out data/qm9.parquet
   afm-ray molecules info data/qm9.parquet
+  afm-ray train --config configs/quickstart.yaml
 """
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARK_MODULES: tuple[str, ...] = ()
+BENCHMARK_MODULES: tuple[str, ...] = ("afm_ray.bench.models", "afm_ray.bench.sim", "afm_ray.bench.descriptors")
 
 
 def register(subparsers) -> None:

@@ -1,0 +1,152 @@
+"""Training batches: molecules → rotations → simulation → descriptors → augmentation, in plain Python.
+
+:class:`BatchFactory` is the whole per-batch work of a simulation actor, usable without Ray::
+
+    factory = BatchFactory(task, sim_config, augment_config, molecules={"train": mols})
+    batch = factory.make_batch(plan_epoch(factory.n_samples("train"), 8, run_seed=0, epoch=0)[0])
+    batch["x"].shape   # (8, C, 128, 128, 10): C tips (CO; ES: CO, Xe), slices far → close
+
+A sample number ``s`` of a split means rotation ``s % R`` of molecule ``s // R``, with the
+molecule's rotations chosen by thesis Eq. 25 (best ``R`` of 100 directions). Everything random
+(tilts, start heights, slice choice, noise, shifts, cutouts) is drawn from the batch's seed, so a
+batch can be regenerated bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from afm_ray.augment import AugmentConfig, augment
+from afm_ray.descriptors import XyzGrid, atomic_disks, height_and_es_maps, vdw_spheres
+from afm_ray.descriptors.geometry import ScanWindow
+from afm_ray.descriptors.height_es import HeightMapConfig
+from afm_ray.errors import InputError
+from afm_ray.molecules.molecule import Molecule
+from afm_ray.molecules.rotations import select_rotations
+from afm_ray.pipeline.work import BatchSpec
+from afm_ray.sim import SimConfig, Simulator
+
+MODEL_TIPS = {"dsh": ("CO",), "es": ("CO", "Xe"), "xyz": ("CO",)}
+MODEL_TARGETS = {
+    "dsh": ("atomic_disks", "vdw_spheres", "height_map"),
+    "es": ("es_map", "height_map"),
+    "xyz": ("xyz_classes", "xyz_offsets"),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a model consumes and predicts: its tips, target names and xyz element groups."""
+
+    model: str
+    element_groups: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self):
+        if self.model not in MODEL_TIPS:
+            raise InputError("model.name", f"unknown model {self.model!r}; choose one of {sorted(MODEL_TIPS)}")
+
+    @property
+    def tips(self) -> tuple[str, ...]:
+        return MODEL_TIPS[self.model]
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return MODEL_TARGETS[self.model]
+
+
+@dataclass(frozen=True)
+class SplitSamples:
+    """The molecules of one split with their scan rotations: sample ``s`` = rotation ``s % R`` of molecule ``s // R``."""
+
+    molecules: tuple[Molecule, ...]
+    rotations: np.ndarray  # (n_molecules, R, 3, 3)
+
+    @classmethod
+    def of(cls, molecules: Sequence[Molecule], rotations_per_molecule: int, candidates: int = 100,
+           beta_per_angstrom: float = 1.0) -> "SplitSamples":
+        rotations = np.stack([select_rotations(m.positions, rotations_per_molecule, candidates, beta_per_angstrom)
+                              for m in molecules]) if molecules else np.zeros((0, rotations_per_molecule, 3, 3))
+        return cls(tuple(molecules), rotations)
+
+    def __len__(self) -> int:
+        return self.rotations.shape[0] * self.rotations.shape[1]
+
+    def molecule(self, sample: int) -> Molecule:
+        per_molecule = self.rotations.shape[1]
+        molecule_index, rotation_index = divmod(int(sample), per_molecule)
+        return self.molecules[molecule_index].rotated(self.rotations[molecule_index, rotation_index])
+
+
+class BatchFactory:
+    """Owns one :class:`~afm_ray.sim.Simulator` (OpenCL context and kernels built once) and makes batches.
+
+    Args:
+        task: model and targets.
+        sim_config, augment_config, height_map_config: the stages' configurations.
+        splits: ``{"train": SplitSamples, "val": …}``.
+        device: OpenCL device override (see :func:`afm_ray.sim.device.select_device`).
+    """
+
+    def __init__(self, task: Task, sim_config: SimConfig, augment_config: AugmentConfig,
+                 height_map_config: HeightMapConfig, splits: dict[str, SplitSamples], device=None):
+        self.task = task
+        self.augment_config = augment_config
+        self.height_map_config = height_map_config
+        self.splits = splits
+        self.simulator = Simulator(sim_config, device=device)
+        self.window = ScanWindow.from_sim_config(sim_config)
+        self.xyz_grid = XyzGrid(window=self.window, element_groups=task.element_groups)
+
+    def n_samples(self, split: str) -> int:
+        return len(self.splits[split])
+
+    def make_batch(self, spec: BatchSpec) -> dict[str, np.ndarray]:
+        """Simulated, described and augmented batch for ``spec``.
+
+        Returns a dict of NumPy arrays: ``x`` (B, C, nx, ny, K) float32 normalised Δf (C tips, K
+        slices far → close); the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
+        (Å, or V for ``es_map``), or ``xyz_classes`` (B, n_classes, gx, gy) and ``xyz_offsets``
+        (B, 3, gx, gy) Å; ``samples`` (B,) int64; timings ``sim_seconds`` and ``produce_seconds``.
+        """
+        started = time.perf_counter()
+        split = self.splits.get(spec.split)
+        if split is None:
+            raise InputError("batch", f"this factory has no {spec.split!r} split")
+        molecules = [split.molecule(sample) for sample in spec.samples]
+        seeds = np.random.SeedSequence(spec.seed).spawn(2 * len(self.task.tips))
+        stacks, slice_indices = [], None
+        for tip_index, tip in enumerate(self.task.tips):
+            sim_seed = int(seeds[2 * tip_index].generate_state(1)[0])
+            df = self.simulator.simulate(molecules, tip=tip, seed=sim_seed)
+            augmented = augment(df, seeds[2 * tip_index + 1], self.augment_config, slice_indices=slice_indices)
+            slice_indices = augmented.slice_indices
+            stacks.append(augmented.stacks)
+        sim_seconds = time.perf_counter() - started
+        batch = {"x": np.stack(stacks, axis=1), **self._targets(molecules),
+                 "samples": np.asarray(spec.samples, dtype=np.int64), "sim_seconds": sim_seconds}
+        batch["produce_seconds"] = time.perf_counter() - started
+        return batch
+
+    def _targets(self, molecules: list[Molecule]) -> dict[str, np.ndarray]:
+        targets = self.task.targets
+        out: dict[str, np.ndarray] = {}
+        if "atomic_disks" in targets:
+            out["atomic_disks"] = atomic_disks(molecules, self.window)
+        if "vdw_spheres" in targets:
+            out["vdw_spheres"] = vdw_spheres(molecules, self.window)
+        if "height_map" in targets:
+            maps = height_and_es_maps(molecules, self.simulator, self.height_map_config)
+            out["height_map"] = maps.height
+            if "es_map" in targets:
+                out["es_map"] = maps.es
+        if "xyz_classes" in targets:
+            encoded = self.xyz_grid.encode(molecules)
+            out["xyz_classes"], out["xyz_offsets"] = encoded.classes, encoded.offsets
+        return out
+
+    def close(self) -> None:
+        self.simulator.release()

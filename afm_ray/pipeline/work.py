@@ -1,0 +1,62 @@
+"""Planning the work of an epoch: which (molecule, rotation) samples go into which batch, on which rank.
+
+A *sample* is one rotation of one molecule of a split, numbered ``sample = molecule * R + rotation``
+with ``R`` rotations per molecule. Each epoch shuffles all samples with a generator seeded by
+``(run_seed, epoch)``, cuts them into batches and deals the batches round-robin to the DDP ranks.
+Incomplete batches and the batches that would leave ranks unequal are dropped, so every rank
+runs the same number of steps (DDP would hang otherwise). Plans are pure functions of their
+inputs: a resumed run, a restarted actor or another trial re-creates exactly the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """One batch of work for a simulation actor.
+
+    Attributes:
+        split: ``train``, ``val`` or ``test``.
+        epoch: epoch number (0-based); fixed sets use 0.
+        index: batch index within the epoch (over all ranks).
+        samples: (B,) int64 sample numbers (``molecule * R + rotation``).
+        seed: entropy for every random draw of the batch (tilts, heights, noise, shifts, cutouts).
+    """
+
+    split: str
+    epoch: int
+    index: int
+    samples: np.ndarray
+    seed: tuple[int, ...]
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.split, self.epoch, self.index)
+
+
+def plan_epoch(n_samples: int, batch_size: int, run_seed: int, epoch: int, split: str = "train",
+               shuffle: bool = True, drop_last: bool = True) -> list[BatchSpec]:
+    """All batches of one epoch over ``n_samples`` samples (shuffled with ``(run_seed, epoch)``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    order = np.arange(n_samples, dtype=np.int64)
+    if shuffle:
+        order = np.random.default_rng([run_seed, epoch, 0]).permutation(order)
+    n_batches = n_samples // batch_size if drop_last else -(-n_samples // batch_size)
+    return [BatchSpec(split, epoch, index, order[index * batch_size:(index + 1) * batch_size],
+                      (run_seed, epoch, index, _split_code(split)))
+            for index in range(n_batches)]
+
+
+def batches_for_rank(batches: list[BatchSpec], rank: int, world_size: int) -> list[BatchSpec]:
+    """Rank ``rank``'s share: batches ``rank, rank + W, …`` of an equal-length cut for all ranks."""
+    usable = len(batches) - len(batches) % world_size
+    return batches[rank:usable:world_size]
+
+
+def _split_code(split: str) -> int:
+    return {"train": 0, "val": 1, "test": 2}.get(split, 3)

@@ -1,0 +1,436 @@
+"""The :class:`Simulator`: batched Probe Particle Model simulations on one OpenCL device.
+
+See :mod:`afm_ray.sim` for the physics, axes and units. The simulator owns its OpenCL context,
+queue, compiled program and device buffers; buffers are reused across calls and grow when a batch
+needs more room.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.cltypes as cltypes
+
+from afm_ray.elements import ELEMENT_TABLE
+from afm_ray.errors import InputError
+from afm_ray.sim.config import EV_PER_ANGSTROM2_PER_N_PER_M, SimConfig
+from afm_ray.sim.device import describe, select_device
+
+_LOCAL_SIZE = 64  # work items per group along the pixel axis (pixels are padded to a multiple)
+
+
+# -- per-sample scan parameters ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScanParams:
+    """Per-sample randomised scan settings.
+
+    ``tilt_angstrom``: lateral (x, y) offset of the probe's rest position from below the tip anchor.
+    ``start_distance_angstrom``: tip anchor height at the first step above the contact height.
+    ``seed``: the integer that reproduces this draw with :meth:`draw` (None if set by hand).
+    """
+
+    tilt_angstrom: tuple[float, float] = (0.0, 0.0)
+    start_distance_angstrom: float = 5.0
+    seed: int | None = None
+
+    @classmethod
+    def draw(cls, config: SimConfig, seed: int) -> "ScanParams":
+        """Random tilt (uniform in a disk of ``tilt_radius_angstrom``) and start distance (± jitter)."""
+        rng = np.random.default_rng(seed)
+        radius = config.tilt_radius_angstrom * math.sqrt(rng.random())
+        angle = 2.0 * math.pi * rng.random()
+        jitter = config.start_distance_jitter_angstrom * (2.0 * rng.random() - 1.0)
+        return cls((radius * math.cos(angle), radius * math.sin(angle)), config.start_distance_angstrom + jitter, int(seed))
+
+    @classmethod
+    def fixed(cls, config: SimConfig, tilt_angstrom: tuple[float, float] = (0.0, 0.0)) -> "ScanParams":
+        """No randomness: the given tilt and the configured start distance."""
+        return cls((float(tilt_angstrom[0]), float(tilt_angstrom[1])), config.start_distance_angstrom, None)
+
+
+def draw_scan_params(config: SimConfig, count: int, seed: int | None = None) -> list[ScanParams]:
+    """``count`` independent draws; each sample's own seed (spawned from ``seed``) is recorded in it."""
+    children = np.random.SeedSequence(seed).spawn(count)
+    return [ScanParams.draw(config, int(child.generate_state(1, dtype=np.uint64)[0] >> 1)) for child in children]
+
+
+# -- results -------------------------------------------------------------------------------------
+@dataclass
+class SimulationResult:
+    """Output of :meth:`Simulator.run` for B samples (Å, Hz).
+
+    df:                 (B, nx, ny, n_slices) float32 frequency shift, slices ordered far → close.
+    window_origin:      (B, 2) x, y of the scan window's lower corner (pixel (0,0)'s outer corner), Å.
+    tip_z:              (B, n_z_steps) absolute tip-anchor heights scanned, far → close, Å.
+    slice_tip_z:        (B, n_slices) oscillation-centre tip-anchor height of each output slice, Å.
+    top_atom_z:         (B,) highest nucleus z, Å.
+    probe_rest:         (B, 3) rest offset of the probe from the tip anchor, Å.
+    scan_params:        the per-sample ScanParams used (tilts, start distances, seeds).
+    unconverged:        (B,) relaxations (pixel × height) that hit relax_max_iterations.
+    fz:                 (B, nx, ny, n_z_steps) relaxed sample force Fz in eV/Å if requested, else None.
+    probe_positions:    (B, nx, ny, n_z_steps, 3) relaxed probe positions in Å if requested, else None.
+    relax_iterations:   (B, nx, ny, n_z_steps) force evaluations each relaxation took, with probe_positions.
+    """
+
+    df: np.ndarray
+    window_origin: np.ndarray
+    tip_z: np.ndarray
+    slice_tip_z: np.ndarray
+    top_atom_z: np.ndarray
+    probe_rest: np.ndarray
+    scan_params: list[ScanParams]
+    unconverged: np.ndarray
+    tip: str
+    fz: np.ndarray | None = None
+    probe_positions: np.ndarray | None = None
+    relax_iterations: np.ndarray | None = None
+
+
+# -- Giessibl's formula --------------------------------------------------------------------------
+def giessibl_weights(df_steps: int, dz_angstrom: float, f0_hz: float, k_n_per_m: float) -> np.ndarray:
+    """Weights w (df_steps + 1,) in Hz per eV/Å so that Δf = Σ_j w_j Fz(z_top − j·dz).
+
+    Giessibl: Δf(z_c) = f0/(π k A²) ∫_{−A}^{A} Fz(z_c − q) q/√(A² − q²) dq, with the oscillation
+    spanning the df_steps + 1 samples (peak-to-peak 2A = df_steps·dz, centre z_c = z_top − A).
+    Fz is taken piecewise linear between samples and each segment is integrated exactly, so the
+    singular turning points need no special care.
+    """
+    n = int(df_steps)
+    amplitude = 0.5 * n * dz_angstrom
+    q = np.linspace(-amplitude, amplitude, n + 1)  # q_j = z_c − z_j: −A at the top sample
+    inside = np.clip(amplitude**2 - q**2, 0.0, None)
+    w0 = -np.sqrt(inside)  # ∫ q/√(A²−q²) dq
+    w1 = 0.5 * amplitude**2 * np.arcsin(np.clip(q / amplitude, -1.0, 1.0)) - 0.5 * q * np.sqrt(inside)  # ∫ q²/√(A²−q²) dq
+    i0 = np.diff(w0)
+    linear = (np.diff(w1) - q[:-1] * i0) / dz_angstrom  # ∫ t·q/√(A²−q²) dq on each segment, t ∈ [0, 1]
+    weights = np.zeros(n + 1)
+    weights[:-1] += i0 - linear
+    weights[1:] += linear
+    k_ev = k_n_per_m * EV_PER_ANGSTROM2_PER_N_PER_M
+    return weights * f0_hz / (math.pi * k_ev * amplitude**2)
+
+
+# -- molecules in, packed arrays out -------------------------------------------------------------
+@dataclass
+class _PackedBatch:
+    atoms: np.ndarray          # (N_total, 4) float32 x, y, z, q
+    lj: np.ndarray             # (N_total, 2) float32 C12, C6
+    atom_range: np.ndarray     # (B, 2) int32
+    pixel_origin: np.ndarray   # (B, 4) float32
+    window_origin: np.ndarray  # (B, 2) float64
+    top_atom_z: np.ndarray     # (B,)
+    contact_z: np.ndarray      # (B,)
+    names: list[str] = field(default_factory=list)
+
+
+def _molecule_arrays(molecule, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers (N,), positions (N, 3) Å, charges (N,) e) of a Molecule-like object (or ase.Atoms)."""
+    try:
+        numbers = np.asarray(molecule.numbers)
+        positions = np.asarray(molecule.positions, dtype=np.float64)
+    except AttributeError:
+        raise InputError(where, "expected a molecule with .numbers, .positions and .charges "
+                                f"(afm_ray.molecules.Molecule or ase.Atoms), got {type(molecule).__name__}") from None
+    if hasattr(molecule, "charges") and molecule.charges is not None:
+        charges = np.asarray(molecule.charges, dtype=np.float64)
+    elif hasattr(molecule, "get_initial_charges"):
+        charges = np.asarray(molecule.get_initial_charges(), dtype=np.float64)
+    else:
+        charges = np.zeros(len(numbers))
+    if numbers.ndim != 1 or numbers.size == 0:
+        raise InputError(where, "molecule has no atoms")
+    if positions.shape != (numbers.size, 3):
+        raise InputError(where, f"positions must have shape ({numbers.size}, 3), got {positions.shape}")
+    if charges.shape != (numbers.size,):
+        raise InputError(where, f"charges must have shape ({numbers.size},), got {charges.shape}")
+    if not np.isfinite(positions).all():
+        bad = int(np.flatnonzero(~np.isfinite(positions).all(axis=1))[0])
+        raise InputError(where, f"atom {bad} has a non-finite position {positions[bad].tolist()}")
+    if not np.isfinite(charges).all():
+        raise InputError(where, f"atom {int(np.flatnonzero(~np.isfinite(charges))[0])} has a non-finite charge")
+    return ELEMENT_TABLE.check_numbers(numbers, where), positions, charges
+
+
+# -- the simulator -------------------------------------------------------------------------------
+class Simulator:
+    """Probe Particle Model AFM simulator on one OpenCL device.
+
+    >>> sim = Simulator(SimConfig(), device="cpu")
+    >>> df = sim.simulate([molecule], tip="CO")          # (1, 128, 128, 20) Hz, far → close
+
+    ``device`` overrides ``config.device`` (see :func:`afm_ray.sim.device.select_device`).
+    """
+
+    def __init__(self, config: SimConfig | None = None, device: str | int | cl.Device | None = None):
+        self.config = config if config is not None else SimConfig()
+        self.device = select_device(self.config.device if device is None else device)
+        self.context = cl.Context([self.device])
+        self.queue = cl.CommandQueue(self.context)
+        source = resources.files("afm_ray.sim").joinpath("kernels.cl").read_text(encoding="utf-8")
+        try:
+            self.program = cl.Program(self.context, source).build(options=["-cl-mad-enable"])
+        except cl.Error as exc:
+            raise RuntimeError(f"afm_ray.sim kernels failed to build on {describe(self.device)}: {exc}") from None
+        self._kernels = {name: cl.Kernel(self.program, name) for name in ("relax_scan", "giessibl_df", "rigid_fields")}
+        self._buffers: dict[str, cl.Buffer] = {}
+        weights = giessibl_weights(self.config.df_steps, self.config.dz_angstrom, self.config.f0_hz,
+                                   self.config.cantilever_stiffness_n_per_m)
+        self._weights = cl.Buffer(self.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
+                                  hostbuf=weights.astype(np.float32))
+
+    @property
+    def device_name(self) -> str:
+        return describe(self.device)
+
+    # -- public API ------------------------------------------------------------------------------
+    def simulate(self, molecules: Sequence, tip: str = "CO", scan_params: Sequence[ScanParams] | None = None,
+                 seed: int | None = None) -> np.ndarray:
+        """Δf stacks (B, nx, ny, n_slices) float32 in Hz, slices ordered far → close. See :meth:`run`."""
+        return self.run(molecules, tip=tip, scan_params=scan_params, seed=seed).df
+
+    def run(self, molecules: Sequence, tip: str = "CO", scan_params: Sequence[ScanParams] | None = None,
+            seed: int | None = None, return_fz: bool = False, return_probe_positions: bool = False) -> SimulationResult:
+        """Simulate a batch; ``scan_params`` (one per molecule) default to draws seeded by ``seed``.
+
+        ``return_fz`` adds the relaxed Fz before Giessibl's formula, ``return_probe_positions`` the
+        relaxed probe positions and the Newton iterations each relaxation took (see SimulationResult).
+        """
+        config = self.config
+        tip_config = config.tip(tip)
+        molecules = list(molecules)
+        if not molecules:
+            raise InputError("molecules", "empty batch: nothing to simulate")
+        if scan_params is None:
+            scan_params = draw_scan_params(config, len(molecules), seed)
+        scan_params = list(scan_params)
+        if len(scan_params) != len(molecules):
+            raise InputError("scan_params", f"{len(scan_params)} scan parameter sets for {len(molecules)} molecules")
+
+        batch = self._pack(molecules, tip_config.atomic_number)
+        count = len(molecules)
+        probe_rest, tip_z = self._scan_heights(batch, scan_params)
+        batch.pixel_origin[:, 2] = tip_z[:, 0]
+
+        nxy = config.scan_pixels[0] * config.scan_pixels[1]
+        n_steps, n_slices = config.num_z_steps, config.num_slices
+        fz_buffer = self._buffer("fz", count * n_steps * nxy * 4)
+        df_buffer = self._buffer("df", count * nxy * n_slices * 4)
+        positions_buffer = self._buffer("positions", count * n_steps * nxy * 16 if return_probe_positions else 16)
+        unconverged = np.zeros(count, np.int32)
+        inputs = self._upload(batch, probe_rest=probe_rest, unconverged=unconverged)
+        charges, charge_z = tip_config.point_charges()
+        kx, ky, kr = config.stiffness_ev_per_angstrom2()
+        global_size = (_round_up(nxy, _LOCAL_SIZE), count)
+
+        relax = self._kernels["relax_scan"]
+        relax.set_args(inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"], inputs["probe_rest"],
+                       _float4(charges), _float4(charge_z), np.int32(len(charges)),
+                       _float4((kx, ky, kr, config.probe_length_angstrom)),
+                       _float4((*config.pixel_size_angstrom, config.dz_angstrom)),
+                       np.int32(config.scan_pixels[0]), np.int32(config.scan_pixels[1]), np.int32(n_steps),
+                       np.int32(config.relax_max_iterations), np.float32(config.relax_force_tolerance_ev_per_angstrom**2),
+                       np.float32(config.relax_max_step_angstrom), fz_buffer, inputs["unconverged"],
+                       np.int32(return_probe_positions), positions_buffer)
+        cl.enqueue_nd_range_kernel(self.queue, relax, global_size, (_LOCAL_SIZE, 1))
+        convolve = self._kernels["giessibl_df"]
+        convolve.set_args(fz_buffer, self._weights, np.int32(config.df_steps + 1), np.int32(n_steps),
+                          np.int32(n_slices), np.int32(nxy), df_buffer)
+        cl.enqueue_nd_range_kernel(self.queue, convolve, global_size, (_LOCAL_SIZE, 1))
+
+        df = np.empty((count, *config.scan_pixels, n_slices), np.float32)
+        cl.enqueue_copy(self.queue, df, df_buffer, is_blocking=False)
+        cl.enqueue_copy(self.queue, unconverged, inputs["unconverged"], is_blocking=False)
+        fz = None
+        if return_fz:
+            fz = np.empty((count, n_steps, *config.scan_pixels), np.float32)
+            cl.enqueue_copy(self.queue, fz, fz_buffer, is_blocking=False)
+        positions = None
+        if return_probe_positions:
+            positions = np.empty((count, n_steps, *config.scan_pixels, 4), np.float32)
+            cl.enqueue_copy(self.queue, positions, positions_buffer, is_blocking=False)
+        self.queue.finish()
+        if fz is not None:
+            fz = np.ascontiguousarray(np.moveaxis(fz, 1, -1))
+        if positions is not None:
+            positions = np.ascontiguousarray(np.moveaxis(positions, 1, 3))
+        half_span = 0.5 * config.amplitude_peak_to_peak_angstrom
+        return SimulationResult(
+            df=df, window_origin=batch.window_origin, tip_z=tip_z,
+            slice_tip_z=tip_z[:, :n_slices] - half_span, top_atom_z=batch.top_atom_z,
+            probe_rest=probe_rest[:, :3].astype(np.float64), scan_params=scan_params,
+            unconverged=unconverged, tip=config.tip_name(tip), fz=fz,
+            probe_positions=None if positions is None else positions[..., :3].astype(np.float64),
+            relax_iterations=None if positions is None else positions[..., 3].astype(np.int32))
+
+    def rigid_probe_fields(self, molecules: Sequence, z_planes_angstrom, tip: str = "CO",
+                           relative_to: str = "top_atom") -> tuple[np.ndarray, np.ndarray]:
+        """Rigid-probe Fz and the sample's electrostatic potential on the scan pixel grid.
+
+        ``z_planes_angstrom`` (nz,) are probe heights above each molecule's highest nucleus
+        (``relative_to="top_atom"``) or absolute z (``"absolute"``). Returns
+        ``(fz, potential)``, each (B, nx, ny, nz) float32: fz in eV/Å is the z force of the whole
+        force field (LJ + Coulomb with the tip's charges) on a probe held at the point; potential in
+        V is Σ k_e q_i / r of the sample's point charges. Pixels as in :meth:`run`.
+        """
+        planes = np.atleast_1d(np.asarray(z_planes_angstrom, dtype=np.float64))
+        if planes.ndim != 1 or not np.isfinite(planes).all():
+            raise InputError("z_planes_angstrom", "expected a 1-D array of finite heights in Å")
+        tip_config = self.config.tip(tip)
+        batch = self._pack(list(molecules), tip_config.atomic_number)
+        z_values = self._z_reference(batch, relative_to)[:, None] + planes[None, :]
+        return self._rigid(batch, tip_config, z_values.astype(np.float32), strides=(planes.size, 1, 0), n_planes=planes.size)
+
+    def electrostatic_potential_on_surface(self, molecules: Sequence, heights_angstrom, relative_to: str = "top_atom") -> np.ndarray:
+        """Sample electrostatic potential (V) at one height per pixel, e.g. on the Height-Map surface.
+
+        ``heights_angstrom`` (B, nx, ny): z of each pixel's point, above the highest nucleus or
+        absolute (``relative_to``). Returns (B, nx, ny) float32 in V.
+        """
+        molecules = list(molecules)
+        heights = np.asarray(heights_angstrom, dtype=np.float64)
+        expected = (len(molecules), *self.config.scan_pixels)
+        if heights.shape != expected:
+            raise InputError("heights_angstrom", f"expected shape {expected}, got {heights.shape}")
+        batch = self._pack(molecules, probe_number=8)  # the probe only sets contact heights, unused here
+        z_values = heights.reshape(len(molecules), -1) + self._z_reference(batch, relative_to)[:, None]
+        nxy = z_values.shape[1]
+        _, potential = self._rigid(batch, None, z_values.astype(np.float32), strides=(nxy, 0, 1), n_planes=1)
+        return potential[..., 0]
+
+    def pixel_centres(self, molecule) -> tuple[np.ndarray, np.ndarray]:
+        """(x (nx,), y (ny,)) pixel-centre coordinates in Å of the window this simulator puts around ``molecule``."""
+        batch = self._pack([molecule], 8)
+        (sx, sy), (nx, ny) = self.config.pixel_size_angstrom, self.config.scan_pixels
+        return batch.pixel_origin[0, 0] + sx * np.arange(nx), batch.pixel_origin[0, 1] + sy * np.arange(ny)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _scan_heights(self, batch: "_PackedBatch", scan_params: list[ScanParams]) -> tuple[np.ndarray, np.ndarray]:
+        """Probe rest offsets (B, 4) float32 and tip-anchor heights (B, n_z_steps); rejects scans that come too close."""
+        config = self.config
+        probe_rest = np.zeros((len(scan_params), 4), np.float32)
+        tip_z = np.zeros((len(scan_params), config.num_z_steps))
+        steps = np.arange(config.num_z_steps) * config.dz_angstrom
+        for b, params in enumerate(scan_params):
+            tx, ty = params.tilt_angstrom
+            lateral2 = tx * tx + ty * ty
+            if lateral2 >= (0.9 * config.probe_length_angstrom) ** 2:
+                raise InputError(f"scan_params[{b}]", f"tilt {math.sqrt(lateral2):.2f} Å is too large for a "
+                                                      f"{config.probe_length_angstrom} Å probe")
+            probe_rest[b, :3] = (tx, ty, -math.sqrt(config.probe_length_angstrom**2 - lateral2))
+            tip_z[b] = batch.contact_z[b] + params.start_distance_angstrom - steps
+            lowest_probe = tip_z[b, -1] + probe_rest[b, 2] - batch.top_atom_z[b]
+            if lowest_probe < config.min_clearance_angstrom:
+                raise InputError(batch.names[b], f"scan too close: at the lowest step the probe's rest position is "
+                                                 f"{lowest_probe:.2f} Å above the highest nucleus, below min_clearance_angstrom "
+                                                 f"= {config.min_clearance_angstrom} (raise start_distance_angstrom "
+                                                 f"{params.start_distance_angstrom:g} or use fewer slices)")
+        return probe_rest, tip_z
+
+    def _pack(self, molecules: list, probe_number: int) -> _PackedBatch:
+        if not molecules:
+            raise InputError("molecules", "empty batch: nothing to simulate")
+        config = self.config
+        probe_r, probe_eps = ELEMENT_TABLE.lj_params([probe_number])
+        (size_x, size_y), (sx, sy) = config.scan_size_angstrom, config.pixel_size_angstrom
+        atoms, lj, ranges, names = [], [], [], []
+        pixel_origin = np.zeros((len(molecules), 4), np.float32)
+        window_origin = np.zeros((len(molecules), 2))
+        top_atom_z = np.zeros(len(molecules))
+        contact_z = np.zeros(len(molecules))
+        first = 0
+        for b, molecule in enumerate(molecules):
+            name = f"molecule {getattr(molecule, 'id', None) or b}"
+            names.append(name)
+            numbers, positions, charges = _molecule_arrays(molecule, name)
+            r_half, eps = ELEMENT_TABLE.lj_params(numbers)
+            centre = positions[:, :2].mean(axis=0)
+            extent = np.abs(positions[:, :2] - centre).max(axis=0)
+            if extent[0] > 0.5 * size_x or extent[1] > 0.5 * size_y:
+                raise InputError(name, f"the scan window ({size_x:g} × {size_y:g} Å, scan_size_angstrom) does not contain the "
+                                       f"molecule: atoms reach {extent[0]:.2f} Å in x and {extent[1]:.2f} Å in y from its centre")
+            window_origin[b] = centre - 0.5 * np.array([size_x, size_y])
+            pixel_origin[b, :2] = window_origin[b] + 0.5 * np.array([sx, sy])
+            top_atom_z[b] = positions[:, 2].max()
+            contact_z[b] = (positions[:, 2] + r_half).max() + probe_r[0]
+            r_mix = r_half + probe_r[0]
+            eps_mix = np.sqrt(eps * probe_eps[0])
+            atoms.append(np.column_stack([positions, charges]))
+            lj.append(np.column_stack([eps_mix * r_mix**12, 2.0 * eps_mix * r_mix**6]))
+            ranges.append((first, numbers.size))
+            first += numbers.size
+        return _PackedBatch(np.concatenate(atoms).astype(np.float32), np.concatenate(lj).astype(np.float32),
+                            np.asarray(ranges, np.int32), pixel_origin, window_origin, top_atom_z, contact_z, names)
+
+    @staticmethod
+    def _z_reference(batch: _PackedBatch, relative_to: str) -> np.ndarray:
+        if relative_to == "top_atom":
+            return batch.top_atom_z
+        if relative_to == "absolute":
+            return np.zeros_like(batch.top_atom_z)
+        raise InputError("relative_to", f"expected 'top_atom' or 'absolute', got {relative_to!r}")
+
+    def _rigid(self, batch: _PackedBatch, tip_config, z_values: np.ndarray, strides: tuple[int, int, int],
+               n_planes: int) -> tuple[np.ndarray, np.ndarray]:
+        config = self.config
+        count = batch.atom_range.shape[0]
+        nxy = config.scan_pixels[0] * config.scan_pixels[1]
+        inputs = self._upload(batch, z_values=np.ascontiguousarray(z_values, np.float32))
+        fz_buffer = self._buffer("rigid_fz", count * nxy * n_planes * 4)
+        potential_buffer = self._buffer("rigid_potential", count * nxy * n_planes * 4)
+        charges, charge_z = tip_config.point_charges() if tip_config is not None else (np.zeros(1), np.zeros(1))
+        kernel = self._kernels["rigid_fields"]
+        kernel.set_args(inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"],
+                        _float4(charges), _float4(charge_z), np.int32(len(charges)),
+                        _float4((*config.pixel_size_angstrom, config.dz_angstrom)),
+                        np.int32(config.scan_pixels[0]), np.int32(config.scan_pixels[1]), inputs["z_values"],
+                        *(np.int32(s) for s in strides), np.int32(n_planes), fz_buffer, potential_buffer)
+        cl.enqueue_nd_range_kernel(self.queue, kernel, (_round_up(nxy, _LOCAL_SIZE), count), (_LOCAL_SIZE, 1))
+        fz = np.empty((count, *config.scan_pixels, n_planes), np.float32)
+        potential = np.empty_like(fz)
+        cl.enqueue_copy(self.queue, fz, fz_buffer, is_blocking=False)
+        cl.enqueue_copy(self.queue, potential, potential_buffer, is_blocking=False)
+        self.queue.finish()
+        return fz, potential
+
+    def _upload(self, batch: _PackedBatch, **extra: np.ndarray) -> dict[str, cl.Buffer]:
+        """Copy the batch's host arrays into (reused) device buffers."""
+        arrays = {"atoms": batch.atoms, "lj": batch.lj, "atom_range": batch.atom_range,
+                  "pixel_origin": batch.pixel_origin, **extra}
+        buffers = {}
+        for name, array in arrays.items():
+            array = np.ascontiguousarray(array)
+            buffers[name] = self._buffer(name, array.nbytes)
+            cl.enqueue_copy(self.queue, buffers[name], array, is_blocking=True)
+        return buffers
+
+    def _buffer(self, name: str, nbytes: int) -> cl.Buffer:
+        """A device buffer of at least ``nbytes``, reallocated (to 1.5× the need) only when too small."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < nbytes:
+            if buffer is not None:
+                buffer.release()
+            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(int(nbytes * 1.5), 64))
+            self._buffers[name] = buffer
+        return buffer
+
+    def release(self) -> None:
+        """Free device buffers now (they are otherwise freed with the simulator)."""
+        for buffer in self._buffers.values():
+            buffer.release()
+        self._buffers.clear()
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return (value + multiple - 1) // multiple * multiple
+
+
+def _float4(values) -> np.ndarray:
+    padded = [0.0, 0.0, 0.0, 0.0]
+    for i, value in enumerate(values):
+        padded[i] = float(value)
+    return cltypes.make_float4(*padded)

@@ -1,0 +1,167 @@
+"""The training configuration (YAML: ``configs/dsh.yaml``, ``es.yaml``, ``xyz.yaml``, ``quickstart.yaml``).
+
+One typed, validated tree; defaults are the thesis' values. ``afm-ray train --config FILE
+key.path=value …`` overrides single fields. Units are in field names or descriptions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from afm_ray.augment import AugmentConfig
+from afm_ray.config import StrictModel, load_config
+from afm_ray.descriptors.height_es import HeightMapConfig
+from afm_ray.sim.config import SimConfig
+
+ModelName = Literal["dsh", "es", "xyz"]
+THESIS_ROTATIONS = {"dsh": 20, "es": 20, "xyz": 30}
+
+
+class ModelSettings(StrictModel):
+    """Which network, with the thesis' section-5 options (off by default: exact thesis models)."""
+
+    name: ModelName = Field("dsh", description="dsh (Disks, Spheres, Height), es (Electrostatic, Height) or xyz")
+    skip_connections: bool = Field(False, description="1×1-conv skips from the 3D encoder into the 2D decoders")
+    element_classes: list[list[str]] | None = Field(
+        None, description="xyz only: atom classes as element-symbol groups, e.g. [[H], [C], [N, O, F]]; "
+                          "None = one 'atom' class as in the thesis")
+
+
+class DataSettings(StrictModel):
+    """Molecules, split and rotations."""
+
+    database: Path = Field(Path("data/qm9.parquet"), description="molecule database (afm-ray molecules …)")
+    split: str = Field("dataset1", description="split column of the database (thesis: dataset1 or dataset2)")
+    max_train_molecules: int | None = Field(None, ge=1, description="use at most this many training molecules")
+    max_eval_molecules: int | None = Field(None, ge=1, description="use at most this many val / test molecules")
+    rotations_per_molecule: int | None = Field(
+        None, ge=1, le=100, description="best rotations by thesis Eq. 25 (default 20 for dsh/es, 30 for xyz)")
+    eval_rotations_per_molecule: int = Field(
+        5, ge=1, le=100, description="rotations of each val/test molecule in the fixed evaluation sets")
+    rotation_candidates: int = Field(100, ge=1, description="candidate directions on the sphere (thesis 100)")
+    rotation_beta_per_angstrom: float = Field(1.0, gt=0, description="β of the rotation score S (thesis 1 Å⁻¹)")
+    fixed_set_dir: Path = Field(Path("data/fixed_sets"),
+                                description="where simulated val/test sets are stored as Parquet shards")
+
+
+class PipelineSettings(StrictModel):
+    """Simulation actors: how many, where, and how much work each consumer keeps in flight."""
+
+    num_sim_actors: int = Field(2, ge=1, description="simulation actors (each owns one OpenCL simulator)")
+    sim_num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed; 0 = CPU OpenCL)")
+    sim_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor")
+    sim_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per actor, e.g. {sim_gpu: 1} (KubeRay worker groups)")
+    max_in_flight_per_worker: int = Field(4, ge=1, description="batches requested ahead by each train worker")
+    opencl_device: str = Field("auto", description="auto | cpu | gpu | ray (the GPU Ray assigned) | index | name")
+
+
+class ScalingSettings(StrictModel):
+    """Ray Train workers (DDP ranks)."""
+
+    num_workers: int = Field(1, ge=1, description="DDP ranks")
+    use_gpu: bool = Field(False, description="one whole GPU per rank")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per rank, e.g. {train_gpu: 1}")
+
+
+class OptimizerSettings(StrictModel):
+    """Adam with inverse-time decay (thesis 3.3)."""
+
+    learning_rate: float = Field(1e-3, gt=0)
+    decay: float = Field(1e-5, ge=0, description="lr / (1 + decay · step), per optimiser step")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+
+
+class LossSettings(StrictModel):
+    """Loss hyperparameters (what Ray Tune searches)."""
+
+    dsh_weights: tuple[float, float, float] = Field((20.0, 0.3, 0.2), description="Disks, Spheres, Height")
+    es_weights: tuple[float, float] = Field((1.0, 0.1), description="ES Map, Height")
+    gamma: float = Field(1.25, ge=0, description="focal-loss exponent γ")
+    alpha_n: float = Field(0.30, gt=0, lt=1, description="background class weight αn")
+    beta_pl: float = Field(0.15, ge=0, description="position-loss weight βPL")
+    z_min_angstrom: float = Field(-0.7, lt=0, description="xyz depth cut-off z_min, Å")
+
+
+class MlflowSettings(StrictModel):
+    """Experiment tracking and the model registry."""
+
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db")
+    experiment: str = Field("afm-ray")
+    registered_model_name: str | None = Field(None, description="default afm-<model>")
+    alias: str = Field("current", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$",
+                       description="alias set on the registered version ('latest' is reserved by MLflow: "
+                                   "models:/NAME/latest already means the newest version)")
+
+    @model_validator(mode="after")
+    def _alias_not_reserved(self):
+        if self.alias.lower() == "latest" or (self.alias.lower().startswith("v") and self.alias[1:].isdigit()):
+            raise ValueError(f"alias {self.alias!r} is reserved by MLflow; use e.g. 'current' or 'champion'")
+        return self
+
+
+class RunSettings(StrictModel):
+    """The training run itself."""
+
+    name: str | None = Field(None, description="run name (default <model>-<split>); same name + storage resumes")
+    storage_path: Path = Field(Path("runs"), description="checkpoints and run state (shared storage on a cluster)")
+    epochs: int = Field(50, ge=1, description="thesis: ~50")
+    batch_size: int = Field(30, ge=1, description="samples per batch per rank")
+    seed: int = Field(0, description="seeds molecules order, tilts, heights, noise: the run is reproducible")
+    max_failures: int = Field(3, ge=-1, description="worker failures to recover from (−1: forever)")
+    num_figure_samples: int = Field(4, ge=0, description="fixed validation samples drawn in prediction figures")
+
+
+class TrainConfig(StrictModel):
+    """Everything ``afm-ray train`` needs."""
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    sim: SimConfig = Field(default_factory=SimConfig)
+    height_map: HeightMapConfig = Field(default_factory=HeightMapConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    loss: LossSettings = Field(default_factory=LossSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.model.element_classes is not None and self.model.name != "xyz":
+            raise ValueError("model.element_classes applies to the xyz model only")
+        scan = self.augment.scan_height
+        if scan.enabled and scan.window_slices > self.sim.num_slices:
+            raise ValueError(f"augment.scan_height.window_slices ({scan.window_slices}) exceeds "
+                             f"sim.num_slices ({self.sim.num_slices})")
+        return self
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def rotations_per_molecule(self) -> int:
+        return self.data.rotations_per_molecule or THESIS_ROTATIONS[self.model.name]
+
+    @property
+    def input_slices(self) -> int:
+        """Slices the network sees: what scan-height randomisation keeps, else all simulated."""
+        scan = self.augment.scan_height
+        return scan.kept_slices if scan.enabled else self.sim.num_slices
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name or f"{self.model.name}-{self.data.split}"
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model_name or f"afm-{self.model.name}"
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides)

@@ -1,0 +1,122 @@
+"""MLflow tracking that a tracking outage cannot kill.
+
+Training must neither die nor lose checkpoints because the tracking server is down. The
+:class:`RunTracker` logs to one MLflow run through :class:`mlflow.MlflowClient`; when a call fails
+it warns once, keeps the metrics (and artifact paths) in memory and sends them with the next
+successful call or at :meth:`RunTracker.close`. Before any cluster work starts,
+:func:`preflight` checks that the tracking store answers and that the registered model name is
+not taken by another architecture, so configuration mistakes fail fast.
+
+Embedded default: ``sqlite:///mlruns.db`` in the working directory (MLflow 3 no longer accepts
+the plain file store); ``MLFLOW_TRACKING_URI`` or the config's ``tracking_uri`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+from afm_ray.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+ARCHITECTURE_TAG = "afm_ray.architecture"
+# MLflow retries HTTP calls for minutes by default; a training step must not wait that long.
+_HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """Config value, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _bounded_http_retries() -> None:
+    for key, value in _HTTP_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def preflight(tracking_uri: str, registered_model_name: str | None, architecture: str) -> None:
+    """Fail fast: the store must answer, and ``registered_model_name`` must hold ``architecture`` models."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    _bounded_http_retries()
+    if tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri[len("sqlite:///"):]).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise InputError("mlflow.tracking_uri", f"cannot write the SQLite tracking store in {folder}")
+    client = MlflowClient(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as exc:  # connection errors surface as several exception types
+        raise InputError("mlflow.tracking_uri", f"MLflow tracking server {tracking_uri} is unreachable: "
+                                                f"{str(exc).splitlines()[0][:200]}") from None
+    if not registered_model_name:
+        return
+    try:
+        registered = client.get_registered_model(registered_model_name)
+    except MlflowException:
+        return  # not registered yet
+    existing = registered.tags.get(ARCHITECTURE_TAG)
+    if existing and existing != architecture:
+        raise InputError("mlflow.registered_model_name",
+                         f"{registered_model_name!r} is already registered with architecture {existing!r}, "
+                         f"not {architecture!r}; choose another name")
+
+
+class RunTracker:
+    """Metrics, params and artifacts of one MLflow run, buffered across tracking outages."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        from mlflow import MlflowClient
+
+        _bounded_http_retries()
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._client = MlflowClient(tracking_uri)
+        self._pending_metrics: list = []
+        self._pending_artifacts: list[tuple[str, str | None]] = []
+        self._outage_since: float | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        self._pending_metrics += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        self.flush()
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._pending_artifacts.append((str(path), artifact_path))
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send everything pending; ``True`` when nothing is left. Never raises."""
+        try:
+            while self._pending_metrics:
+                chunk = self._pending_metrics[:1000]  # MLflow's log_batch limit
+                self._client.log_batch(self.run_id, metrics=chunk)
+                del self._pending_metrics[:len(chunk)]
+            while self._pending_artifacts:
+                path, artifact_path = self._pending_artifacts[0]
+                if Path(path).exists():
+                    self._client.log_artifact(self.run_id, path, artifact_path)
+                self._pending_artifacts.pop(0)
+        except Exception as exc:  # any tracking failure must not stop training
+            if self._outage_since is None:
+                self._outage_since = time.time()
+                warnings.warn(f"MLflow tracking at {self.tracking_uri} failed ({str(exc).splitlines()[0][:200]}); "
+                              f"buffering {len(self._pending_metrics)} metric values and retrying later",
+                              RuntimeWarning, stacklevel=2)
+            return False
+        if self._outage_since is not None:
+            logger.warning("MLflow tracking is back after %.0f s; buffered values sent", time.time() - self._outage_since)
+            self._outage_since = None
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending_metrics) + len(self._pending_artifacts)

@@ -1,0 +1,216 @@
+"""``afm-ray train``: the driver that validates, starts the pipeline, runs Ray Train and registers the model.
+
+Order of work, so that mistakes fail before any cluster work: config → molecule database and
+split → MLflow store and registry name → Ray cluster resources → simulation actors → fixed
+validation/test sets → :class:`ray.train.torch.TorchTrainer` → test evaluation, figures and the
+model registered in MLflow under ``NAME@ALIAS``.
+
+Resuming: running the same config again (same ``run.name`` and ``run.storage_path``) continues
+from the latest checkpoint, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from afm_ray.batches import MODEL_TARGETS
+from afm_ray.errors import InputError
+from afm_ray.models.packed import PackedOutputs
+from afm_ray.pipeline.actors import check_cluster_fits, create_simulation_actors
+from afm_ray.pipeline.fixed_sets import FixedSet, materialize
+from afm_ray.pipeline.sources import load_split_samples
+from afm_ray.train.config import TrainConfig
+from afm_ray.train.figures import plot_loss_curves, plot_predictions
+from afm_ray.train.loop import evaluate, load_checkpoint_model, train_loop_per_worker
+from afm_ray.train.steps import build_loss, objective
+from afm_ray.train.tracking import ARCHITECTURE_TAG, RunTracker, preflight, resolve_tracking_uri
+
+RUN_STATE_FILE = "afm_ray_run.json"
+
+
+@dataclass
+class TrainingOutcome:
+    """What a finished training produced."""
+
+    run_id: str
+    model_uri: str
+    model_version: str
+    checkpoint_path: str
+    metrics: dict[str, float]
+    test_metrics: dict[str, float]
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` (MLflow params)."""
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if not isinstance(value, str) else value
+    return flat
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Paths resolved against the driver's working directory: Ray workers run elsewhere."""
+    data = config.data.model_copy(update={"database": config.data.database.resolve(),
+                                          "fixed_set_dir": config.data.fixed_set_dir.resolve()})
+    run = config.run.model_copy(update={"storage_path": config.run.storage_path.resolve()})
+    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        tracking_uri = "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
+    mlflow = config.mlflow.model_copy(update={"tracking_uri": tracking_uri})
+    return config.model_copy(update={"data": data, "run": run, "mlflow": mlflow})
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` (set by ``ray job submit``) or start a local Ray instance."""
+    if not ray.is_initialized():
+        context = ray.init(num_cpus=num_cpus, log_to_driver=True)
+        if getattr(context, "dashboard_url", None):
+            print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+def _mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path) -> str:
+    """The MLflow run of this training (re-used when the run resumes)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    state_file = run_dir / RUN_STATE_FILE
+    if state_file.exists():
+        run_id = json.loads(state_file.read_text())["mlflow_run_id"]
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
+    run = client.create_run(experiment_id, run_name=config.run_name,
+                            tags={ARCHITECTURE_TAG: config.model.name, "afm_ray.split": config.data.split})
+    params = flatten(config.model_dump(mode="json"))
+    from mlflow.entities import Param
+
+    items = [Param(key, value[:6000]) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[start:start + 100])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.yaml"
+        import yaml
+
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        client.log_artifact(run.info.run_id, str(path))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+    return run.info.run_id
+
+
+def run_training(config: TrainConfig, progress: bool = True) -> TrainingOutcome:
+    """Train ``config`` end to end; see the module docstring for the order of work."""
+    config = with_absolute_paths(config)
+    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+    splits = load_split_samples(config)
+    counts = {subset: len(samples) for subset, samples in splits.items()}
+    if counts["train"] < config.run.batch_size * config.scaling.num_workers:
+        raise InputError("run.batch_size", f"{counts['train']} training samples cannot fill one batch of "
+                                           f"{config.run.batch_size} on each of {config.scaling.num_workers} workers")
+    preflight(tracking_uri, config.registered_model_name, config.model.name)
+    ensure_ray()
+    scaling = config.scaling
+    check_cluster_fits({"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0,
+                        **scaling.resources_per_worker}, "scaling: each train worker")
+    storage = config.run.storage_path
+    run_id = _mlflow_run(config, tracking_uri, storage / config.run_name)
+    print(f"MLflow run {run_id} at {tracking_uri}"
+          + (f"  (UI: mlflow ui --backend-store-uri {tracking_uri})" if tracking_uri.startswith("sqlite") else ""),
+          flush=True)
+
+    actors = create_simulation_actors(config)
+    for index, place in enumerate(ray.get([actor.describe.remote() for actor in actors])):
+        print(f"simulation actor {index}: OpenCL {place['device']} on node {place['node_id'][:12]}, "
+              f"pid {place['pid']}, resources {place['resources']}", flush=True)
+    try:
+        val_path = materialize(config, "val", counts["val"], actors, progress)
+        test_path = materialize(config, "test", counts["test"], actors, progress)
+        metric, mode = objective(config)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config_json": config.model_dump_json(), "actors": actors, "val_path": str(val_path),
+                               "n_train_samples": counts["train"], "tracking_uri": tracking_uri,
+                               "mlflow_run_id": run_id},
+            scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                         resources_per_worker={"CPU": scaling.cpus_per_worker,
+                                                               **scaling.resources_per_worker}),
+            run_config=RunConfig(name=config.run_name, storage_path=str(storage),
+                                 failure_config=FailureConfig(max_failures=config.run.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                                                    checkpoint_score_order=mode)),
+        )
+        result = trainer.fit()
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    best = result.get_best_checkpoint(metric, mode) or result.checkpoint
+    if best is None:
+        raise RuntimeError(f"training run {config.run_name} produced no checkpoint")
+    return finish(config, tracking_uri, run_id, best, test_path)
+
+
+def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, test_path: Path) -> TrainingOutcome:
+    """Evaluate the best checkpoint on the test set, log figures, log and register the model."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    tracker = RunTracker(tracking_uri, run_id)
+    with checkpoint.as_directory() as folder:
+        model, _, history = load_checkpoint_model(folder)
+        checkpoint_path = checkpoint.path
+    test_set = FixedSet(test_path)
+    evaluation = evaluate(model, build_loss(config), config, test_set, torch.device("cpu"))
+    test_metrics = evaluation.result("test")
+    tracker.log_metrics(test_metrics, step=len(history))
+    with tempfile.TemporaryDirectory() as folder:
+        figures = [plot_loss_curves(history, Path(folder) / "loss_curves.png")]
+        samples = test_set.first(max(config.run.num_figure_samples, 1))
+        with torch.no_grad():
+            outputs = model(torch.from_numpy(samples["x"]))
+        figures.append(plot_predictions(config.model.name, samples, outputs, Path(folder) / "predictions.png",
+                                        config.sim))
+        if evaluation.xyz_metrics() is not None:
+            figures += list(evaluation.xyz_metrics().write_plots(folder, prefix="test_xyz").values())
+        for figure in figures:
+            tracker.log_artifact(figure, "figures")
+        tracker.flush()
+
+    mlflow.set_tracking_uri(tracking_uri)
+    packed = PackedOutputs(model, MODEL_TARGETS[config.model.name], config.model.name).eval()
+    example = samples["x"][:1]
+    with torch.no_grad():
+        signature = infer_signature(example, packed(torch.from_numpy(example)).numpy())
+    name = config.registered_model_name
+    with mlflow.start_run(run_id=run_id):
+        # pickle keeps the nn.Module (afm-ray must be installed where it is loaded); pt2 export
+        # would fix the batch size of the input example.
+        info = mlflow.pytorch.log_model(packed, name="model", input_example=example, signature=signature,
+                                        registered_model_name=name, serialization_format="pickle",
+                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "afm-ray"])
+    client = MlflowClient(tracking_uri)
+    version = str(info.registered_model_version)
+    client.set_registered_model_tag(name, ARCHITECTURE_TAG, config.model.name)
+    client.set_model_version_tag(name, version, "afm_ray.config", config.model_dump_json()[:5000])
+    client.set_registered_model_alias(name, config.mlflow.alias, version)
+    client.set_terminated(run_id, status="FINISHED")
+    final = history[-1] if history else {}
+    print(f"registered models:/{name}@{config.mlflow.alias} (version {version}); test: "
+          + ", ".join(f"{k} {v:.4g}" for k, v in test_metrics.items() if not np.isnan(v)), flush=True)
+    return TrainingOutcome(run_id, f"models:/{name}@{config.mlflow.alias}", version, str(checkpoint_path),
+                           final, test_metrics)

@@ -1,0 +1,134 @@
+"""Augmentation statistics and bookkeeping (thesis 3.4), one step at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydantic
+import pytest
+
+from afm_ray.augment import AugmentConfig, augment, normalize_slices, shift_slices
+from afm_ray.errors import InputError
+
+B, NX, NY, NZ = 6, 48, 40, 20
+
+
+def only(step: str, **fields) -> AugmentConfig:
+    """A config with every step off except ``step`` (configured by ``fields``)."""
+    off = {name: {"enabled": False} for name in ("scan_height", "normalization", "noise", "shift", "cutout")}
+    off[step] = {"enabled": True, **fields}
+    return AugmentConfig.model_validate(off)
+
+
+@pytest.fixture
+def stacks():
+    rng = np.random.default_rng(0)
+    # slices with different offsets and scales so normalisation has work to do
+    return (rng.normal(size=(B, NX, NY, NZ)) * rng.uniform(0.5, 5, NZ) + rng.uniform(-20, 20, NZ)).astype(np.float32)
+
+
+def test_defaults_are_the_thesis_values():
+    config = AugmentConfig()
+    assert (config.scan_height.window_slices, config.scan_height.kept_slices) == (15, 10)
+    assert config.noise.relative_amplitude == 0.1 and config.shift.max_shift_px == 3
+    assert config.cutout.enabled and config.normalization.enabled
+
+
+def test_config_rejects_unknown_fields_and_bad_values():
+    with pytest.raises(pydantic.ValidationError):
+        AugmentConfig.model_validate({"noise": {"amplitude": 0.2}})
+    with pytest.raises(pydantic.ValidationError):
+        AugmentConfig.model_validate({"scan_height": {"window_slices": 5, "kept_slices": 10}})
+    with pytest.raises(pydantic.ValidationError):
+        AugmentConfig.model_validate({"shift": {"max_shift_px": -1}})
+
+
+def test_scan_height_keeps_ten_of_a_contiguous_fifteen_in_order(stacks):
+    marked = np.broadcast_to(np.arange(NZ, dtype=np.float32), stacks.shape).copy()
+    result = augment(marked, seed=1, config=only("scan_height"))
+    assert result.stacks.shape == (B, NX, NY, 10)
+    chosen = result.stacks[:, 0, 0, :]
+    np.testing.assert_array_equal(chosen, result.slice_indices)
+    assert np.all(np.diff(chosen, axis=1) > 0)  # far → close order kept, no repeats
+    assert np.all(chosen[:, -1] - chosen[:, 0] <= 14)  # inside one window of 15
+    assert len({tuple(row) for row in result.slice_indices}) > 1  # varies between samples
+
+
+def test_scan_height_needs_enough_slices(stacks):
+    with pytest.raises(InputError, match="fewer than the window"):
+        augment(stacks[..., :12], seed=0)
+
+
+def test_normalised_slices_have_mean_0_and_std_1(stacks):
+    result = augment(stacks, seed=2, config=only("normalization"))
+    np.testing.assert_allclose(result.stacks.mean(axis=(1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(result.stacks.std(axis=(1, 2)), 1, atol=1e-5)
+    assert np.all(normalize_slices(np.ones((1, 4, 4, 2), np.float32)) == 0)  # constant slice
+
+
+def test_noise_is_uniform_and_bounded_by_half_c_times_slice_range(stacks):
+    config = AugmentConfig.model_validate({"scan_height": {"enabled": False}, "shift": {"enabled": False},
+                                           "cutout": {"enabled": False}})
+    result = augment(stacks, seed=3, config=config)
+    clean = normalize_slices(stacks)
+    amplitude = 0.5 * 0.1 * (clean.max(axis=(1, 2)) - clean.min(axis=(1, 2)))  # (B, K)
+    relative = (result.stacks - clean) / amplitude[:, None, None, :]
+    assert np.abs(relative).max() <= 1 + 1e-4
+    assert np.abs(relative).max() > 0.99  # fills [−A, A]
+    assert abs(relative.mean()) < 0.01 and relative.std() == pytest.approx(1 / np.sqrt(3), abs=0.01)
+
+
+def test_each_slice_is_shifted_by_at_most_three_pixels(stacks):
+    result = augment(stacks, seed=4, config=only("shift"))
+    assert np.abs(result.shifts).max() <= 3 and result.shifts.shape == (B, NZ, 2)
+    assert len(np.unique(result.shifts.reshape(-1, 2), axis=0)) > 10  # slices move independently
+    for b in range(B):
+        for k in range(NZ):
+            sx, sy = result.shifts[b, k]
+            # interior pixels come straight from the input, moved by (sx, sy)
+            moved = result.stacks[b, 3:-3, 3:-3, k]
+            np.testing.assert_array_equal(moved, stacks[b, 3 - sx:NX - 3 - sx, 3 - sy:NY - 3 - sy, k])
+
+
+def test_shift_mirrors_at_the_border():
+    row = np.arange(5, dtype=np.float32)[None, :, None, None] * np.ones((1, 5, 1, 1), np.float32)
+    shifted = shift_slices(row, np.array([[[2, 0]]]))
+    np.testing.assert_array_equal(shifted[0, :, 0, 0], [2, 1, 0, 1, 2])
+
+
+def test_cutouts_zero_exactly_the_recorded_rectangles():
+    ones = np.ones((40, 64, 64, 10), np.float32)
+    result = augment(ones, seed=5, config=only("cutout"))
+    cutouts = result.cutouts
+    expected = np.ones_like(ones)
+    for sample, slice_, x0, x1, y0, y1 in cutouts:
+        expected[sample, x0:x1, y0:y1, slice_] = 0
+    np.testing.assert_array_equal(result.stacks, expected)
+    # 5 attempts per slice at p = 0.2: one per slice on average, never more than 5
+    per_slice = np.bincount(cutouts[:, 0] * 10 + cutouts[:, 1], minlength=400)
+    assert per_slice.max() <= 5 and per_slice.mean() == pytest.approx(1.0, abs=0.15)
+    area = (cutouts[:, 3] - cutouts[:, 2]) * (cutouts[:, 5] - cutouts[:, 4])
+    assert area.max() <= 0.01 * 64 * 64 and np.all(cutouts[:, [3, 5]] <= 64) and np.all(cutouts[:, [2, 4]] >= 0)
+
+
+def test_full_pipeline_is_reproducible_from_a_seed(stacks):
+    first, again = augment(stacks, seed=(11, 3)), augment(stacks, seed=(11, 3))
+    other = augment(stacks, seed=(11, 4))
+    assert first.stacks.shape == (B, NX, NY, 10) and first.stacks.dtype == np.float32
+    np.testing.assert_array_equal(first.stacks, again.stacks)
+    np.testing.assert_array_equal(first.cutouts, again.cutouts)
+    assert not np.array_equal(first.stacks, other.stacks)
+    assert not np.array_equal(first.slice_indices, other.slice_indices)
+
+
+def test_switching_a_step_off_leaves_the_other_draws_alone(stacks):
+    with_noise = augment(stacks, seed=9)
+    without = augment(stacks, seed=9, config=AugmentConfig.model_validate({"noise": {"enabled": False}}))
+    np.testing.assert_array_equal(with_noise.slice_indices, without.slice_indices)
+    np.testing.assert_array_equal(with_noise.shifts, without.shifts)
+    np.testing.assert_array_equal(with_noise.cutouts, without.cutouts)
+
+
+def test_input_is_not_modified(stacks):
+    before = stacks.copy()
+    augment(stacks, seed=0)
+    np.testing.assert_array_equal(stacks, before)

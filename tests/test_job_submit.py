@@ -1,0 +1,84 @@
+"""`ray job submit` against a local head whose resources mimic the KubeRay worker groups.
+
+The head advertises custom resources ``sim_slot`` (simulation GPUs) and ``train_slot`` (training
+GPUs), like the two GPU worker groups of ``k8s/``; the job's config pins simulation actors to
+``sim_slot`` and the Ray Train worker to ``train_slot``, and the test checks where they ran.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The head and the job CLI run without Ray's token authentication (a loopback-only test cluster).
+ENVIRONMENT = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    ray_bin = Path(sys.executable).parent / "ray"
+    # Ray's unix sockets live under the temp dir; pytest's tmp paths exceed the 107-byte socket limit.
+    short_temp_dir = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")
+    dashboard_port = free_port()
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=4",
+         "--resources", json.dumps({"sim_slot": 2, "train_slot": 1}), "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={short_temp_dir}",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=ENVIRONMENT)
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run([str(ray_bin), "job", "list", "--address", address], capture_output=True, text=True,
+                               env=ENVIRONMENT)
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(short_temp_dir, ignore_errors=True)
+        pytest.fail("local Ray head did not come up")
+    yield ray_bin, address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(short_temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_training_on_the_named_resources(ray_head, tiny_database, tmp_path):
+    ray_bin, address = ray_head
+    working_dir = tmp_path / "job"
+    shutil.copytree(REPO / "configs", working_dir / "configs")
+    command = [
+        str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(working_dir), "--",
+        str(Path(sys.executable).parent / "afm-ray"), "train", "--config", "configs/quickstart.yaml",
+        f"data.database={tiny_database}", "data.split=tiny", "data.max_train_molecules=12",
+        "data.rotations_per_molecule=1", f"data.fixed_set_dir={tmp_path / 'fixed'}",
+        f"run.storage_path={tmp_path / 'runs'}", "run.epochs=1", "run.batch_size=6",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}", "mlflow.registered_model_name=afm-job-dsh",
+        "pipeline.sim_resources={sim_slot: 1}", "scaling.resources_per_worker={train_slot: 1}",
+    ]
+    job = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENVIRONMENT)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    placements = [line for line in job.stdout.splitlines() if line.startswith("simulation actor")]
+    assert len(placements) == 2 and all("'sim_slot': 1.0" in line for line in placements), job.stdout[-3000:]
+    assert "registered models:/afm-job-dsh@current" in job.stdout

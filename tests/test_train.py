@@ -1,0 +1,124 @@
+"""End-to-end training on a local Ray cluster: MLflow run, registry, resume, failures, bad input."""
+
+import threading
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from afm_ray.errors import InputError
+from afm_ray.train.loop import load_checkpoint_model
+from afm_ray.train.trainer import run_training
+
+from conftest import CONFIGS
+
+
+def metric_steps(client, run_id, key):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_train_end_to_end_registers_a_model_that_loads_back(ray_session, tiny_config):
+    config = tiny_config.model_copy(update={"run": tiny_config.run.model_copy(update={"epochs": 3})})
+    outcome = run_training(config, progress=False)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    run = client.get_run(outcome.run_id)
+    assert run.data.params["model.name"] == "dsh" and run.data.params["data.split"] == "tiny"
+    assert run.info.status == "FINISHED"
+    losses = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "train_loss"), key=lambda m: m.step)]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    for key in ("val_loss", "val_mse_mean", "train_samples_per_s", "data_wait_fraction", "sim_stacks_per_s_per_actor"):
+        assert metric_steps(client, outcome.run_id, key) == [0, 1, 2], key
+    assert "test_mse_mean" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
+    figures = {a.path for a in client.list_artifacts(outcome.run_id, "figures")}
+    assert "config.yaml" in artifacts and {"figures/loss_curves.png", "figures/predictions.png"} <= figures
+
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    assert outcome.model_uri == "models:/afm-test-dsh@current"
+    registered = mlflow.pytorch.load_model(outcome.model_uri)
+    trained, _, history = load_checkpoint_model(outcome.checkpoint_path)
+    x = torch.randn(2, 1, 32, 32, 6)
+    with torch.no_grad():
+        unpacked = registered.unpack(registered(x))
+        direct = trained(x)
+    for name, expected in zip(("atomic_disks", "vdw_spheres", "height_map"), direct):
+        torch.testing.assert_close(unpacked[name], expected, rtol=0, atol=0)
+    assert client.get_registered_model("afm-test-dsh").tags["afm_ray.architecture"] == "dsh"
+
+
+def test_restarting_the_command_resumes_from_the_checkpoint(ray_session, tiny_config):
+    first = run_training(tiny_config.model_copy(update={"run": tiny_config.run.model_copy(update={"epochs": 1})}),
+                         progress=False)
+    second = run_training(tiny_config.model_copy(update={"run": tiny_config.run.model_copy(update={"epochs": 2})}),
+                          progress=False)
+    assert second.run_id == first.run_id  # the same MLflow run continues
+    client = MlflowClient(tiny_config.mlflow.tracking_uri)
+    assert metric_steps(client, first.run_id, "val_loss") == [0, 1]  # epoch 0 was not trained again
+    _, _, history = load_checkpoint_model(second.checkpoint_path)
+    assert [h["epoch"] for h in history] == [0, 1]
+
+
+def _train_worker_pids():
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+
+
+def test_killed_train_worker_resumes_from_last_checkpoint(ray_session, tiny_config):
+    import os
+    import signal
+
+    config = tiny_config.model_copy(update={"run": tiny_config.run.model_copy(update={"epochs": 3})})
+    client = MlflowClient(config.mlflow.tracking_uri)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=run_training(config, progress=False)))
+    thread.start()
+    killed = False
+    deadline = time.time() + 300
+    while thread.is_alive() and time.time() < deadline and not killed:
+        time.sleep(0.5)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if runs and metric_steps(client, runs[0].info.run_id, "val_loss") and _train_worker_pids():
+            for pid in _train_worker_pids():
+                os.kill(pid, signal.SIGKILL)
+            killed = True
+    thread.join(timeout=600)
+    assert killed, "training finished before a worker could be killed"
+    result = outcome["result"]
+    _, _, history = load_checkpoint_model(result.checkpoint_path)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert max(metric_steps(client, result.run_id, "val_loss")) == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.epochs=many", "run.epochs: Input should be a valid integer"),
+    ("optimizer.lr=1", "optimizer.lr: Extra inputs are not permitted"),
+    ("data.database=/nonexistent/db.parquet", "molecule database not found"),
+    ("data.split=dataset9", "has no split 'dataset9'"),
+    ("mlflow.tracking_uri=http://127.0.0.1:9", "is unreachable"),
+    ("mlflow.alias=latest", "reserved by MLflow"),
+])
+def test_bad_training_input_fails_before_cluster_work(run_cli, tiny_database, tmp_path, override, message):
+    import ray
+
+    started = time.time()
+    code, _, err = run_cli("train", "--config", CONFIGS / "quickstart.yaml", f"data.database={tiny_database}",
+                           "data.split=tiny", f"run.storage_path={tmp_path}", override)
+    assert code == 2 and message in err, err
+    assert time.time() - started < 30
+    assert not (tmp_path / "quickstart").exists()
+
+
+def test_model_name_registered_with_another_architecture_is_refused(tiny_config, tmp_path):
+    from afm_ray.train.tracking import ARCHITECTURE_TAG, preflight
+
+    uri = tiny_config.mlflow.tracking_uri
+    client = MlflowClient(uri)
+    client.create_registered_model("afm-taken", tags={ARCHITECTURE_TAG: "xyz"})
+    with pytest.raises(InputError, match="already registered with architecture 'xyz'"):
+        preflight(uri, "afm-taken", "dsh")
+    preflight(uri, "afm-taken", "xyz")
