@@ -2,10 +2,8 @@
 
 import os
 import signal
-import time
 
 import numpy as np
-import pytest
 import ray
 
 from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch

@@ -4,7 +4,6 @@ import threading
 import time
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -103,8 +102,6 @@ def test_killed_train_worker_resumes_from_last_checkpoint(ray_session, tiny_conf
     ("mlflow.alias=latest", "reserved by MLflow"),
 ])
 def test_bad_training_input_fails_before_cluster_work(run_cli, tiny_database, tmp_path, override, message):
-    import ray
-
     started = time.time()
     code, _, err = run_cli("train", "--config", CONFIGS / "quickstart.yaml", f"data.database={tiny_database}",
                            "data.split=tiny", f"run.storage_path={tmp_path}", override)

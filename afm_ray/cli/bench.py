@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARK_MODULES: tuple[str, ...] = ("afm_ray.bench.models", "afm_ray.bench.sim", "afm_ray.bench.descriptors")
+BENCHMARK_MODULES: tuple[str, ...] = ("afm_ray.bench.models", "afm_ray.bench.sim", "afm_ray.bench.descriptors",
+                                      "afm_ray.bench.pipeline")
 
 
 def register(subparsers) -> None:

@@ -54,8 +54,12 @@ def build_loss(config: TrainConfig) -> nn.Module:
 
 
 def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """The float arrays of a batch as tensors on ``device`` (``samples`` and timings stay behind)."""
-    return {name: torch.from_numpy(np.asarray(value)).to(device, non_blocking=True)
+    """The float arrays of a batch as tensors on ``device`` (``samples`` and timings stay behind).
+
+    Arrays fetched from Ray's object store are read-only views of shared memory; those are copied
+    so that no tensor aliases memory torch may not write.
+    """
+    return {name: torch.from_numpy(value if value.flags.writeable else value.copy()).to(device, non_blocking=True)
             for name, value in batch.items() if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
 
 
@@ -126,3 +130,31 @@ def evaluation_for(config: TrainConfig) -> Evaluation:
 def objective(config: TrainConfig) -> tuple[str, str]:
     """(metric, mode) that means the same across loss settings: atom F1 (xyz) or unweighted MSE."""
     return (XYZ_OBJECTIVE, "max") if config.model.name == "xyz" else (IMAGE_OBJECTIVE, "min")
+
+
+EPOCH_METRICS = ("train_loss", "train_samples_per_s", "data_wait_fraction", "sim_stacks_per_s_per_actor",
+                 "batches_resent", "learning_rate", "epoch_seconds")
+
+
+def reported_metrics(config: TrainConfig) -> set[str]:
+    """Names of the metrics an epoch reports, found by evaluating the real model once on a tiny input."""
+    from afm_ray.batches import MODEL_TIPS
+
+    model = build_model(config).eval()
+    x = torch.zeros(1, len(MODEL_TIPS[config.model.name]), 32, 32, config.input_slices)
+    with torch.no_grad():
+        outputs = model(x)
+    tensors = {"x": x}
+    if config.model.name == "xyz":
+        classes = torch.zeros_like(outputs[0])
+        classes[:, 0] = 1.0
+        classes[0, 0, 0, 0], classes[0, 1, 0, 0] = 0.0, 1.0
+        tensors.update(xyz_classes=classes, xyz_offsets=torch.zeros_like(outputs[1]))
+    else:
+        tensors.update({name: torch.zeros_like(output) for name, output in zip(MODEL_TARGETS[config.model.name], outputs)})
+    loss_fn = build_loss(config)
+    loss = compute_loss(config.model.name, loss_fn, outputs, tensors)
+    evaluation = evaluation_for(config)
+    evaluation.update(outputs, tensors, loss)
+    terms = {f"train_loss_{name}" for name in loss.terms}
+    return set(EPOCH_METRICS) | terms | set(evaluation.result("val"))

@@ -12,7 +12,6 @@ from the latest checkpoint, in the same MLflow run.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +81,15 @@ def ensure_ray(num_cpus: int | None = None) -> None:
             print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
 
-def _mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path) -> str:
-    """The MLflow run of this training (re-used when the run resumes)."""
+def open_mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path, parent_run_id: str | None = None) -> str:
+    """The MLflow run of this training: created with params and config, or re-used when it resumes.
+
+    The run id is kept in ``run_dir/afm_ray_run.json`` so that a restarted command continues the same
+    run. ``parent_run_id`` makes it a child run (a Tune trial of a sweep).
+    """
+    import yaml
     from mlflow import MlflowClient
+    from mlflow.entities import Param
 
     client = MlflowClient(tracking_uri)
     state_file = run_dir / RUN_STATE_FILE
@@ -94,18 +99,15 @@ def _mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path) -> str:
         return run_id
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
-    run = client.create_run(experiment_id, run_name=config.run_name,
-                            tags={ARCHITECTURE_TAG: config.model.name, "afm_ray.split": config.data.split})
-    params = flatten(config.model_dump(mode="json"))
-    from mlflow.entities import Param
-
-    items = [Param(key, value[:6000]) for key, value in params.items()]
+    tags = {ARCHITECTURE_TAG: config.model.name, "afm_ray.split": config.data.split}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_dir.name, tags=tags)
+    items = [Param(key, value[:6000]) for key, value in flatten(config.model_dump(mode="json")).items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start:start + 100])
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "config.yaml"
-        import yaml
-
         path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         client.log_artifact(run.info.run_id, str(path))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,26 +115,43 @@ def _mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path) -> str:
     return run.info.run_id
 
 
-def run_training(config: TrainConfig, progress: bool = True) -> TrainingOutcome:
-    """Train ``config`` end to end; see the module docstring for the order of work."""
+@dataclass
+class Pipeline:
+    """A running simulation pipeline: actors and the fixed evaluation sets they simulated."""
+
+    actors: list
+    counts: dict[str, int]
+    val_path: Path
+    test_path: Path
+
+    def stop(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def prepare(config: TrainConfig, workers_at_once: int = 1) -> tuple[TrainConfig, str, dict[str, int]]:
+    """Validate everything that can be checked before cluster work; returns (config, tracking URI, sample counts).
+
+    ``workers_at_once``: how many training runs will hold workers concurrently (Tune trials).
+    """
     config = with_absolute_paths(config)
-    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    splits = load_split_samples(config)
-    counts = {subset: len(samples) for subset, samples in splits.items()}
+    tracking_uri = config.mlflow.tracking_uri
+    counts = {subset: len(samples) for subset, samples in load_split_samples(config).items()}
     if counts["train"] < config.run.batch_size * config.scaling.num_workers:
         raise InputError("run.batch_size", f"{counts['train']} training samples cannot fill one batch of "
                                            f"{config.run.batch_size} on each of {config.scaling.num_workers} workers")
     preflight(tracking_uri, config.registered_model_name, config.model.name)
     ensure_ray()
     scaling = config.scaling
-    check_cluster_fits({"CPU": scaling.cpus_per_worker, "GPU": 1.0 if scaling.use_gpu else 0.0,
-                        **scaling.resources_per_worker}, "scaling: each train worker")
-    storage = config.run.storage_path
-    run_id = _mlflow_run(config, tracking_uri, storage / config.run_name)
-    print(f"MLflow run {run_id} at {tracking_uri}"
-          + (f"  (UI: mlflow ui --backend-store-uri {tracking_uri})" if tracking_uri.startswith("sqlite") else ""),
-          flush=True)
+    check_cluster_fits({"CPU": scaling.cpus_per_worker * scaling.num_workers * workers_at_once,
+                        "GPU": float(scaling.use_gpu) * scaling.num_workers * workers_at_once,
+                        **{k: v * scaling.num_workers * workers_at_once for k, v in scaling.resources_per_worker.items()}},
+                       "scaling: the train workers")
+    return config, tracking_uri, counts
 
+
+def start_pipeline(config: TrainConfig, counts: dict[str, int], progress: bool = True) -> Pipeline:
+    """Start the simulation actors and make sure the fixed validation and test sets exist."""
     actors = create_simulation_actors(config)
     for index, place in enumerate(ray.get([actor.describe.remote() for actor in actors])):
         print(f"simulation actor {index}: OpenCL {place['device']} on node {place['node_id'][:12]}, "
@@ -140,28 +159,55 @@ def run_training(config: TrainConfig, progress: bool = True) -> TrainingOutcome:
     try:
         val_path = materialize(config, "val", counts["val"], actors, progress)
         test_path = materialize(config, "test", counts["test"], actors, progress)
-        metric, mode = objective(config)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config_json": config.model_dump_json(), "actors": actors, "val_path": str(val_path),
-                               "n_train_samples": counts["train"], "tracking_uri": tracking_uri,
-                               "mlflow_run_id": run_id},
-            scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                         resources_per_worker={"CPU": scaling.cpus_per_worker,
-                                                               **scaling.resources_per_worker}),
-            run_config=RunConfig(name=config.run_name, storage_path=str(storage),
-                                 failure_config=FailureConfig(max_failures=config.run.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
-                                                                    checkpoint_score_order=mode)),
-        )
-        result = trainer.fit()
-    finally:
+    except BaseException:
         for actor in actors:
             ray.kill(actor)
-    best = result.get_best_checkpoint(metric, mode) or result.checkpoint
-    if best is None:
+        raise
+    return Pipeline(actors, counts, val_path, test_path)
+
+
+def build_trainer(config: TrainConfig, pipeline: Pipeline, tracking_uri: str, run_id: str, storage_path: Path,
+                  name: str, callbacks: tuple = ()) -> TorchTrainer:
+    """The TorchTrainer of one training run (``afm-ray train`` and every Tune trial use this)."""
+    metric, mode = objective(config)
+    scaling = config.scaling
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config_json": config.model_dump_json(), "actors": pipeline.actors,
+                           "val_path": str(pipeline.val_path), "n_train_samples": pipeline.counts["train"],
+                           "tracking_uri": tracking_uri, "mlflow_run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker={"CPU": scaling.cpus_per_worker,
+                                                           **scaling.resources_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(storage_path), callbacks=list(callbacks),
+                             failure_config=FailureConfig(max_failures=config.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                                                checkpoint_score_order=mode)),
+    )
+
+
+def best_checkpoint(result, config: TrainConfig):
+    metric, mode = objective(config)
+    checkpoint = result.get_best_checkpoint(metric, mode) or result.checkpoint
+    if checkpoint is None:
         raise RuntimeError(f"training run {config.run_name} produced no checkpoint")
-    return finish(config, tracking_uri, run_id, best, test_path)
+    return checkpoint
+
+
+def run_training(config: TrainConfig, progress: bool = True) -> TrainingOutcome:
+    """Train ``config`` end to end; see the module docstring for the order of work."""
+    config, tracking_uri, counts = prepare(config)
+    storage = config.run.storage_path
+    run_id = open_mlflow_run(config, tracking_uri, storage / config.run_name)
+    print(f"MLflow run {run_id} at {tracking_uri}"
+          + (f"  (UI: mlflow ui --backend-store-uri {tracking_uri})" if tracking_uri.startswith("sqlite") else ""),
+          flush=True)
+    pipeline = start_pipeline(config, counts, progress)
+    try:
+        result = build_trainer(config, pipeline, tracking_uri, run_id, storage, config.run_name).fit()
+    finally:
+        pipeline.stop()
+    return finish(config, tracking_uri, run_id, best_checkpoint(result, config), pipeline.test_path)
 
 
 def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, test_path: Path) -> TrainingOutcome:
@@ -202,11 +248,11 @@ def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, test
         # would fix the batch size of the input example.
         info = mlflow.pytorch.log_model(packed, name="model", input_example=example, signature=signature,
                                         registered_model_name=name, serialization_format="pickle",
+                                        metadata={"afm_ray_config": config.model_dump(mode="json")},
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "afm-ray"])
     client = MlflowClient(tracking_uri)
     version = str(info.registered_model_version)
     client.set_registered_model_tag(name, ARCHITECTURE_TAG, config.model.name)
-    client.set_model_version_tag(name, version, "afm_ray.config", config.model_dump_json()[:5000])
     client.set_registered_model_alias(name, config.mlflow.alias, version)
     client.set_terminated(run_id, status="FINISHED")
     final = history[-1] if history else {}

@@ -1,0 +1,181 @@
+"""``afm-ray bench pipeline``: training throughput against the number of simulation actors.
+
+For each actor count in ``--actors`` (default 1,2,4) the benchmark starts that many
+:class:`~afm_ray.pipeline.actors.SimulationActor` s from ``--config`` (CPU OpenCL here, GPUs where
+``pipeline.sim_num_gpus`` asks for them), then runs one training consumer exactly as a Ray Train
+rank does — a :class:`~afm_ray.pipeline.BatchStream` with ``pipeline.max_in_flight_per_worker``
+pending calls feeding forward, loss, backward and optimiser steps of the configured model — for
+``--batches`` batches after ``--warmup`` untimed ones. It prints per actor count:
+
+* training samples/s and the scaling efficiency against one actor
+  (``rate(N) / (N × rate(1))``, 100 % = perfect);
+* the fraction of step time the trainer waited for data;
+* the simulation rate one actor sustains while producing (stacks/s, all tips);
+* the object-store high-water mark, polled every 0.1 s from Ray's memory summary, next to the
+  bound the stream guarantees (``max_in_flight × batch bytes``).
+
+On a machine with fewer cores than actors + trainer the figures show contention, not scaling:
+read them with ``os.cpu_count()`` (printed). Compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from afm_ray.errors import InputError
+
+PLASMA_LINE = re.compile(r"Plasma memory usage (\d+) MiB")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pipeline", help="training samples/s with 1, 2, 4 simulation actors; data wait; object-store peak",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path("configs/quickstart.yaml"),
+                        help="training config whose data/sim/augment/model/pipeline settings are used "
+                             "(default configs/quickstart.yaml)")
+    parser.add_argument("--actors", default="1,2,4", help="comma-separated actor counts (default 1,2,4)")
+    parser.add_argument("--batches", type=int, default=12, help="timed batches per actor count (default 12)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs of the local Ray instance (default: all); ignored with RAY_ADDRESS")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for `afm-ray train`")
+    parser.set_defaults(handler=run)
+
+
+class ObjectStorePeak:
+    """Polls the cluster's plasma usage in a thread; ``peak_mib`` is the highest value seen."""
+
+    def __init__(self, gcs_address: str, period_s: float = 0.1):
+        self.gcs_address, self.period_s = gcs_address, period_s
+        self.peak_mib = 0
+        self.available = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _usage_mib(self) -> int | None:
+        # Ray has no public API for live plasma usage; the `ray memory --stats-only` summary is it.
+        from ray._private.internal_api import memory_summary
+
+        match = PLASMA_LINE.search(memory_summary(address=self.gcs_address, stats_only=True))
+        return int(match.group(1)) if match else None
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                usage = self._usage_mib()
+            except Exception:  # the private API moved: report "n/a" rather than fail the benchmark
+                self.available = False
+                return
+            if usage is not None:
+                self.peak_mib = max(self.peak_mib, usage)
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> "ObjectStorePeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def batch_nbytes(batch: dict) -> int:
+    return sum(value.nbytes for value in batch.values() if isinstance(value, np.ndarray))
+
+
+def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_train: int, gcs_address: str) -> dict:
+    """One row of the table: a consumer training on ``n_batches`` batches from ``n_actors`` actors."""
+    import ray
+
+    from afm_ray.batches import MODEL_TIPS
+    from afm_ray.optim import build_optimizer
+    from afm_ray.pipeline import BatchStream, plan_epoch
+    from afm_ray.pipeline.actors import create_simulation_actors
+    from afm_ray.train.steps import build_loss, build_model, compute_loss, to_tensors
+
+    config = config.model_copy(update={"pipeline": config.pipeline.model_copy(update={"num_sim_actors": n_actors})})
+    actors = create_simulation_actors(config)
+    try:
+        model, loss_fn = build_model(config), build_loss(config)
+        optimizer, _ = build_optimizer(model.parameters(), config.optimizer.learning_rate, config.optimizer.decay,
+                                       (config.optimizer.beta1, config.optimizer.beta2))
+        specs, epoch = [], 0
+        while len(specs) < n_warmup + n_batches:
+            specs += plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch)
+            epoch += 1
+        stream = BatchStream(actors, specs[:n_warmup + n_batches], config.pipeline.max_in_flight_per_worker)
+        timed_from = wait_from = None
+        samples, largest_batch = 0, 0
+        with ObjectStorePeak(gcs_address) as peak:
+            for index, (spec, batch) in enumerate(stream):
+                if index == n_warmup:
+                    timed_from, wait_from = time.perf_counter(), stream.stats.wait_seconds
+                    produce_from, produced_from = stream.stats.produce_seconds, stream.stats.samples
+                tensors = to_tensors(batch, "cpu")
+                loss = compute_loss(config.model.name, loss_fn, model(tensors["x"]), tensors)
+                optimizer.zero_grad(set_to_none=True)
+                loss.total.backward()
+                optimizer.step()
+                largest_batch = max(largest_batch, batch_nbytes(batch))
+                if index >= n_warmup:
+                    samples += len(spec.samples)
+            elapsed = time.perf_counter() - timed_from
+        produce_seconds = stream.stats.produce_seconds - produce_from
+        produced = stream.stats.samples - produced_from
+        return {
+            "actors": n_actors, "samples_per_s": samples / elapsed,
+            "wait_fraction": (stream.stats.wait_seconds - wait_from) / elapsed,
+            "sim_stacks_per_s_per_actor": produced * len(MODEL_TIPS[config.model.name]) / max(produce_seconds, 1e-9),
+            "store_peak_mib": peak.peak_mib if peak.available else None,
+            "store_bound_mib": config.pipeline.max_in_flight_per_worker * largest_batch / 2**20,
+        }
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from afm_ray.pipeline.sources import load_split_samples
+    from afm_ray.train.config import load_train_config
+    from afm_ray.train.trainer import with_absolute_paths
+
+    try:
+        actor_counts = [int(part) for part in args.actors.split(",")]
+    except ValueError:
+        raise InputError("--actors", f"expected comma-separated integers, got {args.actors!r}") from None
+    if min(actor_counts) < 1 or args.batches < 1 or args.warmup < 0:
+        raise InputError("bench pipeline", "--actors must be ≥ 1, --batches ≥ 1, --warmup ≥ 0")
+    config = with_absolute_paths(load_train_config(args.config, args.overrides))
+    n_train = len(load_split_samples(config, ("train",))["train"])
+    context = ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else args.num_cpus,
+                       include_dashboard=False, log_to_driver=False)
+    gcs_address = context.address_info["gcs_address"]
+    print(f"model {config.model.name}, scan {config.sim.scan_pixels[0]}×{config.sim.scan_pixels[1]} px × "
+          f"{config.sim.num_slices} slices, batch {config.run.batch_size}, "
+          f"{config.pipeline.max_in_flight_per_worker} batches in flight, {os.cpu_count()} CPUs on this machine, "
+          f"Ray cluster {ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU")
+    print(f"{'actors':>6} {'samples/s':>10} {'efficiency':>10} {'data wait':>9} {'sim stacks/s/actor':>18} "
+          f"{'store peak MiB':>14} {'bound MiB':>9}")
+    baseline = None
+    try:
+        for n_actors in actor_counts:
+            row = measure(config, n_actors, args.batches, args.warmup, n_train, gcs_address)
+            baseline = baseline or row["samples_per_s"] / row["actors"]
+            peak = "n/a" if row["store_peak_mib"] is None else f"{row['store_peak_mib']:d}"
+            print(f"{row['actors']:>6d} {row['samples_per_s']:>10.1f} "
+                  f"{100 * row['samples_per_s'] / (row['actors'] * baseline):>9.0f}% "
+                  f"{100 * row['wait_fraction']:>8.0f}% {row['sim_stacks_per_s_per_actor']:>18.1f} "
+                  f"{peak:>14} {row['store_bound_mib']:>9.1f}", flush=True)
+    finally:
+        ray.shutdown()
+    return 0

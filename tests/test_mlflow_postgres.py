@@ -1,0 +1,301 @@
+"""MLflow on a real PostgreSQL server, as deployed on the cluster (k8s/base/mlflow.yaml, postgres.yaml).
+
+The test starts Debian's PostgreSQL (``apt-get install postgresql``) in a temporary folder, on
+127.0.0.1 and a free port, with password authentication over TCP like the cluster's StatefulSet,
+and stops it at the end. PostgreSQL refuses to run as root: as root the server runs as the
+``postgres`` user. Artifacts go to a local folder: MinIO has no Debian or PyPI package that ships
+its server, so the S3 leg (MLFLOW_S3_ENDPOINT_URL, --artifacts-destination s3://...) is only
+checked statically in tests/test_k8s.py.
+
+1. The MLflow client straight on ``postgresql+psycopg2://``: params, metrics, a torch model logged
+   with ``registered_model_name``, an alias, the model loaded back from ``models:/NAME@ALIAS``,
+   and afm-ray's own tracking helpers (preflight, RunTracker).
+2. ``mlflow server`` started with the exact command and arguments of the MLflow Deployment (the
+   database and artifact locations swapped for the local ones): a client logs and registers a model
+   through it (artifacts proxied by --serve-artifacts), and the server accepts the in-cluster Host
+   header ``mlflow:5000`` while rejecting unknown hosts.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MLFLOW_DEPLOYMENT = REPO / "k8s" / "base" / "mlflow.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL (``/usr/lib/postgresql/<version>/bin``), else one on PATH."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                        key=lambda p: int(re.search(r"/(\d+)/bin/", p).group(1)))
+    if candidates:
+        return Path(candidates[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server: yields (host, port, user, password); database ``postgres`` exists."""
+    psycopg2 = pytest.importorskip("psycopg2", reason="pip install psycopg2-binary (test extra)")
+    binaries = postgres_bin()
+    if binaries is None or not (binaries / "pg_ctl").exists():
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    as_user: list[str] = []
+    owner = None
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            pytest.skip("running as root without runuser to drop to the 'postgres' user")
+        as_user = [runuser, "-u", "postgres", "--"]
+    # short path (unix socket length limit), traversable by the postgres user
+    folder = Path(tempfile.mkdtemp(prefix="afm-pg-", dir="/tmp"))
+    data, log, password_file = folder / "data", folder / "server.log", folder / "password"
+    password = secrets.token_hex(16)
+    password_file.write_text(password + "\n")
+    if owner is not None:
+        for path in (folder, password_file):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+    port = free_port()
+
+    def run(*command):
+        return subprocess.run([*as_user, *map(str, command)], cwd=folder, capture_output=True, text=True, timeout=120)
+
+    result = run(binaries / "initdb", "-D", data, "-U", "mlflow", f"--pwfile={password_file}", "-E", "UTF8",
+                 "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256")
+    assert result.returncode == 0, result.stdout + result.stderr
+    options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} "
+               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    result = run(binaries / "pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start")
+    if result.returncode != 0:
+        message = result.stdout + result.stderr + (log.read_text() if log.exists() else "")
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {message[-2000:]}")
+    try:
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", password=password, dbname="postgres")
+        connection.close()
+        yield "127.0.0.1", port, "mlflow", password
+    finally:
+        run(binaries / "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def create_database(postgres, name: str) -> str:
+    """A fresh database; returns its SQLAlchemy URI (the form of the Deployment's --backend-store-uri)."""
+    import psycopg2
+
+    host, port, user, password = postgres
+    connection = psycopg2.connect(host=host, port=port, user=user, password=password, dbname="postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    connection.close()
+    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{name}"
+
+
+def query(uri: str, sql: str, *parameters) -> list[tuple]:
+    import psycopg2
+
+    dsn = re.fullmatch(r"postgresql\+psycopg2://(.+):(.+)@(.+):(\d+)/(.+)", uri)
+    user, password, host, port, name = dsn.groups()
+    connection = psycopg2.connect(host=host, port=int(port), user=user, password=password, dbname=name)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, parameters)
+            return cursor.fetchall()
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def mlflow_globals(monkeypatch):
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ: undo both afterwards."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous = tracking_utils._tracking_uri, registry_utils._registry_uri
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)   # monkeypatch puts the original values back
+    yield mlflow
+    if mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])
+
+
+def small_model():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
+
+
+def log_and_register(mlflow, experiment: str, name: str, artifact_location: str | None):
+    """One run with params, metrics, a file and a registered torch model; returns (run_id, version)."""
+    import numpy as np
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+    example = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="pg-run") as run:
+        mlflow.log_params({"model.name": "dsh", "loss.gamma": 1.25, "run.batch_size": 30})
+        for step in range(3):
+            mlflow.log_metrics({"train_loss": 1.0 / (step + 1), "val_loss": 2.0 / (step + 1)}, step=step)
+        info = mlflow.pytorch.log_model(small_model(), name="model", registered_model_name=name,
+                                        input_example=example, serialization_format="pickle",
+                                        pip_requirements=["torch"])
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(name, "champion", version)
+    return run.info.run_id, version, example
+
+
+def check_model_loads(mlflow, name: str, example) -> None:
+    import torch
+
+    loaded = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    with torch.no_grad():
+        expected = small_model()(torch.from_numpy(example))
+        assert torch.allclose(loaded(torch.from_numpy(example)), expected)
+
+
+def test_mlflow_tracking_and_registry_on_postgres(postgres, mlflow_globals, tmp_path, monkeypatch):
+    mlflow = mlflow_globals
+    uri = create_database(postgres, "mlflow_client")
+    artifacts = tmp_path / "artifacts"
+    mlflow.set_tracking_uri(uri)
+    run_id, version, example = log_and_register(mlflow, "afm-ray-pg", "afm-pg-dsh", artifacts.as_uri())
+
+    # the run, its params, metrics and the registry are rows of PostgreSQL
+    assert dict(query(uri, "SELECT key, value FROM params WHERE run_uuid = %s", run_id))["loss.gamma"] == "1.25"
+    assert query(uri, "SELECT max(step) FROM metrics WHERE run_uuid = %s AND key = 'val_loss'", run_id) == [(2,)]
+    assert query(uri, "SELECT name, version FROM registered_model_aliases WHERE alias = 'champion'") == \
+        [("afm-pg-dsh", int(version))]
+    # artifacts in the local folder
+    assert list(artifacts.rglob("MLmodel"))
+    check_model_loads(mlflow, "afm-pg-dsh", example)
+
+    # afm-ray's own tracking helpers on the same store
+    from afm_ray.train.tracking import ARCHITECTURE_TAG, RunTracker, preflight
+
+    client = mlflow.MlflowClient(uri)
+    client.set_registered_model_tag("afm-pg-dsh", ARCHITECTURE_TAG, "dsh")
+    preflight(uri, "afm-pg-dsh", "dsh")
+    from afm_ray.errors import InputError
+
+    with pytest.raises(InputError, match="already registered with architecture 'dsh'"):
+        preflight(uri, "afm-pg-dsh", "xyz")
+    tracker = RunTracker(uri, run_id)
+    tracker.log_metrics({"test_loss": 0.5}, step=3)
+    assert tracker.flush() and tracker.pending == 0
+    assert query(uri, "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'test_loss'", run_id) == [(0.5,)]
+
+
+def deployment_command(tracking_db_uri: str, artifacts: Path, port: int) -> tuple[list[str], list[str]]:
+    """The MLflow container's command + args from k8s/base/mlflow.yaml, with its $(VARS) expanded and
+    the cluster addresses replaced by local ones. Returns (argv, allowed hosts)."""
+    docs = list(yaml.safe_load_all(MLFLOW_DEPLOYMENT.read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    user, password, host, db_port, name = re.fullmatch(
+        r"postgresql\+psycopg2://(.+):(.+)@(.+):(\d+)/(.+)", tracking_db_uri).groups()
+    values = {"POSTGRES_USER": user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": name}
+    declared = {env["name"] for env in container["env"]}
+    argv, allowed = [], []
+    for arg in container["command"] + container["args"]:
+        arg = re.sub(r"\$\(([A-Z_]+)\)", lambda m: values[m.group(1)] if m.group(1) in declared else m.group(0), arg)
+        key, _, value = arg.partition("=")
+        if key == "--backend-store-uri":
+            assert "@postgres:5432/" in value
+            arg = f"{key}={value.replace('@postgres:5432/', f'@{host}:{db_port}/')}"
+        elif key == "--artifacts-destination":
+            assert value.startswith("s3://")
+            arg = f"{key}={artifacts}"
+        elif key == "--host":
+            arg = f"{key}=127.0.0.1"
+        elif key == "--port":
+            arg = f"{key}={port}"
+        elif key == "--allowed-hosts":
+            allowed = value.split(",")
+        argv.append(arg)
+    assert "$(" not in " ".join(argv), "every $(VAR) of the args must be a declared env var"
+    assert argv[:2] == ["mlflow", "server"]
+    argv[0] = str(Path(sys.executable).parent / "mlflow")
+    return argv, allowed
+
+
+def test_mlflow_server_as_deployed_on_postgres(postgres, mlflow_globals, tmp_path):
+    import requests
+
+    mlflow = mlflow_globals
+    database = create_database(postgres, "mlflow_server")
+    artifacts = tmp_path / "s3-bucket"
+    port = free_port()
+    argv, allowed = deployment_command(database, artifacts, port)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=tmp_path,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None and time.time() < deadline, \
+                f"mlflow server did not come up: {(tmp_path / 'server.log').read_text()[-3000:]}"
+            time.sleep(0.5)
+        # the Host headers of the cluster pass, others do not
+        search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(search, headers={"Host": "mlflow:5000"}, timeout=10).status_code == 200
+        assert requests.get(search, headers={"Host": "mlflow.afm-ray.svc.cluster.local:5000"}, timeout=10).status_code == 200
+        assert requests.get(search, headers={"Host": "evil.example.com"}, timeout=10).status_code == 403
+        assert "mlflow:*" in allowed
+
+        # a client that knows only the server's URL (as the Ray pods: MLFLOW_TRACKING_URI)
+        mlflow.set_tracking_uri(base)
+        run_id, version, example = log_and_register(mlflow, "afm-ray-server", "afm-server-dsh", None)
+        check_model_loads(mlflow, "afm-server-dsh", example)
+        # stored where the Deployment says: rows in PostgreSQL, files at the artifacts destination
+        assert query(database, "SELECT status FROM runs WHERE run_uuid = %s", run_id) == [("FINISHED",)]
+        assert query(database, "SELECT version FROM registered_model_aliases WHERE name = 'afm-server-dsh'") == \
+            [(int(version),)]
+        assert list(artifacts.rglob("MLmodel")), "model files must land in --artifacts-destination"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()

@@ -1,0 +1,85 @@
+"""Search spaces: Ray Tune domains from :class:`~tune.config.Dimension` s, and trial configs from sampled values."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import tune
+
+from afm_ray.config import apply_overrides, validate
+from afm_ray.errors import InputError
+from afm_ray.train.config import TrainConfig
+from tune.config import Dimension
+
+# Ray Tune param_space keys may not contain dots when nested; flat keys with this separator are safe.
+KEY_SEPARATOR = "/"
+
+
+def param_key(path: str) -> str:
+    return path.replace(".", KEY_SEPARATOR)
+
+
+def param_path(key: str) -> str:
+    return key.replace(KEY_SEPARATOR, ".")
+
+
+def domain(dimension: Dimension):
+    kind, value = dimension.kind, getattr(dimension, dimension.kind)
+    if kind == "uniform":
+        return tune.uniform(*value)
+    if kind == "loguniform":
+        return tune.loguniform(*value)
+    if kind == "randint":
+        return tune.randint(*value)
+    if kind == "choice":
+        return tune.choice(value)
+    return tune.grid_search(value)
+
+
+def param_space(search: dict[str, Dimension]) -> dict:
+    return {param_key(path): domain(dimension) for path, dimension in search.items()}
+
+
+def trial_config(base: dict, train_overrides: dict, params: dict, where: str = "trial") -> TrainConfig:
+    """The training config of one trial: base YAML + sweep overrides + sampled hyperparameters.
+
+    A path whose last part is an integer indexes a tuple field (``loss.dsh_weights.1``).
+    """
+    data = apply_overrides(base, [f"{key}={_yaml(value)}" for key, value in train_overrides.items()], "train_overrides")
+    config = validate(TrainConfig, data, where)
+    data = config.model_dump(mode="json")
+    for key, value in params.items():
+        path = param_path(key)
+        parts = path.split(".")
+        node = data
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit():
+                node = node[int(part)]
+            elif isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                raise InputError(f"search: {path}", "not a field of the training config")
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = _plain(value)
+        elif isinstance(node, dict) and last in node:
+            node[last] = _plain(value)
+        else:
+            raise InputError(f"search: {path}", "not a field of the training config (unknown hyperparameter name)")
+    return validate(TrainConfig, data, f"{where} with {dict((param_path(k), _plain(v)) for k, v in params.items())}")
+
+
+def check_space(base: dict, train_overrides: dict, search: dict[str, Dimension]) -> None:
+    """Every dimension names a real field and its range yields valid configs (raises :class:`InputError`)."""
+    for path, dimension in search.items():
+        for value in dimension.values_to_check():
+            trial_config(base, train_overrides, {param_key(path): value}, where=f"search: {path}")
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _yaml(value) -> str:
+    import json
+
+    return json.dumps(value) if not isinstance(value, str) else value

@@ -1,0 +1,35 @@
+"""The sweep's summary artifacts: a trial table (CSV) and the objective against each hyperparameter (PNG)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def write_summary(trials: list[dict], hyperparameters: list[str], metric: str, mode: str, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    table = folder / "trials.csv"
+    columns = ["trial_id", *hyperparameters, metric, "epochs", "error"]
+    ranked = sorted(trials, key=lambda t: (t[metric] is None, -(t[metric] or 0) if mode == "max" else (t[metric] or 0)))
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(ranked)
+
+    figure = Figure(figsize=(4.2 * len(hyperparameters), 3.6), layout="constrained")
+    axes_list = figure.subplots(1, len(hyperparameters), squeeze=False)[0]
+    done = [t for t in trials if t[metric] is not None]
+    for axes, name in zip(axes_list, hyperparameters):
+        shown = axes.scatter([t[name] for t in done], [t[metric] for t in done], c=[t["epochs"] for t in done],
+                             cmap="viridis", edgecolors="black")
+        axes.set(xlabel=name, ylabel=metric, title=f"{metric} ({mode}) vs {name}")
+        if name.endswith(("beta_pl", "learning_rate")) and done and min(t[name] for t in done) > 0:
+            axes.set_xscale("log")
+    figure.colorbar(shown, ax=axes_list[-1], label="epochs run (ASHA stops early)")
+    plot = folder / "objective_vs_hyperparameters.png"
+    FigureCanvasAgg(figure)
+    figure.savefig(plot, dpi=100)
+    return [table, plot]
