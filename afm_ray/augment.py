@@ -32,16 +32,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from afm_ray.config import StrictModel
 from afm_ray.errors import InputError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ScanHeightConfig(_Strict):
+class ScanHeightConfig(StrictModel):
     """Step 1: random contiguous window of slices, then a random ordered subset of it."""
 
     enabled: bool = Field(True, description="pick slices; when off all input slices are kept")
@@ -55,27 +52,27 @@ class ScanHeightConfig(_Strict):
         return self
 
 
-class NormalizationConfig(_Strict):
+class NormalizationConfig(StrictModel):
     """Step 2: per-slice (x − mean) / std."""
 
     enabled: bool = Field(True, description="normalise each slice of each sample to mean 0, std 1")
 
 
-class NoiseConfig(_Strict):
+class NoiseConfig(StrictModel):
     """Step 3: uniform noise, amplitude relative to the slice's value range."""
 
     enabled: bool = Field(True, description="add uniform noise")
     relative_amplitude: float = Field(0.1, ge=0.0, description="c in A = 0.5·c·(max − min) of the slice (dimensionless; thesis 0.1)")
 
 
-class ShiftConfig(_Strict):
+class ShiftConfig(StrictModel):
     """Step 4: independent integer xy shift of every slice (lateral drift between scan heights)."""
 
     enabled: bool = Field(True, description="shift slices in xy")
     max_shift_px: int = Field(3, ge=0, description="largest |shift| along x and along y, in pixels (thesis: 3)")
 
 
-class CutoutConfig(_Strict):
+class CutoutConfig(StrictModel):
     """Step 5: random zeroed rectangles in every slice."""
 
     enabled: bool = Field(True, description="cut out rectangles")
@@ -95,7 +92,7 @@ class CutoutConfig(_Strict):
         return self
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     """All augmentation steps; defaults are the thesis values (section 3.4)."""
 
     scan_height: ScanHeightConfig = Field(default_factory=ScanHeightConfig)

@@ -76,7 +76,8 @@ def validate(model_cls: type[ModelT], data, where: str) -> ModelT:
         field = ".".join(str(part) for part in first["loc"]) or "(top level)"
         extra = f"; {exc.error_count() - 1} more error(s)" if exc.error_count() > 1 else ""
         given = first.get("input")
-        shown = "" if first["type"] == "missing" else f" (got {given!r})"
+        # a model-level check's input is the whole config: not worth repeating
+        shown = "" if first["type"] == "missing" or not first["loc"] else f" (got {given!r})"
         raise InputError(f"{where}: {field}", f"{first['msg']}{shown}{extra}") from None
 
 

@@ -39,10 +39,12 @@ def ray_session():
     """One local Ray cluster for the whole test session (ray.init costs seconds)."""
     import ray
 
+    from afm_ray.ray_cluster import ensure_ray, shutdown_ray
+
     # the dashboard stays on: without it Tune hangs on placement-group cleanup (RAY-NOTES)
-    ray.init(num_cpus=4, log_to_driver=False)
+    ensure_ray(num_cpus=4, log_to_driver=False, quiet=True)
     yield ray
-    ray.shutdown()
+    shutdown_ray()
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +70,43 @@ def tiny_config(tiny_database, tmp_path):
         f"run.storage_path={tmp_path / 'runs'}", "run.epochs=2", "run.batch_size=6", "run.name=tiny",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}", "mlflow.registered_model_name=afm-test-dsh",
     ])
+
+
+# -- trained models (tests/test_predict.py, tests/test_match.py) ------------------------------------
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory):
+    """(folder, MLflow tracking URI): one sqlite store that the session's trained models register in."""
+    folder = tmp_path_factory.mktemp("model_store")
+    return folder, f"sqlite:///{folder / 'mlruns.db'}"
+
+
+def _train_tiny(database, store, name: str, overrides: list[str]):
+    """Train quickstart on the 'tiny' split (12 molecules) with ``overrides``; returns (config, outcome)."""
+    from afm_ray.train.config import load_train_config
+    from afm_ray.train.trainer import run_training
+
+    folder, tracking_uri = store
+    config = load_train_config(CONFIGS / "quickstart.yaml", [
+        f"data.database={database}", "data.split=tiny", "data.max_train_molecules=12", "data.rotations_per_molecule=2",
+        f"data.fixed_set_dir={folder / 'fixed'}", f"run.storage_path={folder / 'runs'}", "run.batch_size=6",
+        f"run.name={name}", f"mlflow.tracking_uri={tracking_uri}", f"mlflow.registered_model_name=afm-test-{name}",
+        *overrides])
+    outcome = run_training(config, progress=False)
+    return config, outcome
+
+
+@pytest.fixture(scope="session")
+def trained_dsh(ray_session, tiny_database, model_store):
+    """(config, TrainingOutcome) of a DSH model trained 3 epochs on 32 × 32 px scans, registered as
+    ``models:/afm-test-dsh@current`` in :func:`model_store`."""
+    return _train_tiny(tiny_database, model_store, "dsh", ["run.epochs=3"])
+
+
+@pytest.fixture(scope="session")
+def trained_xyz(ray_session, tiny_database, model_store):
+    """(config, TrainingOutcome) of an xyz model with element classes H / C / N,O,F trained 1 epoch,
+    registered as ``models:/afm-test-xyz@current``. Its scans are 64 × 64 px over 8 × 8 Å: the
+    network's output cell (8 px) must be the xyz descriptor's 1 Å box."""
+    return _train_tiny(tiny_database, model_store, "xyz", [
+        "run.epochs=1", "model.name=xyz", "model.element_classes=[[H], [C], [N, O, F]]",
+        "sim.scan_size_angstrom=[8, 8]", "sim.scan_pixels=[64, 64]"])

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 # The head and the job CLI run without Ray's token authentication (a loopback-only test cluster).
-ENVIRONMENT = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+ENVIRONMENT = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
 
 
 @pytest.fixture
@@ -55,6 +55,18 @@ def ray_head(tmp_path):
         os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(short_temp_dir, ignore_errors=True)
         pytest.fail("local Ray head did not come up")
+    # the job API answers before the head's dashboard agent can run jobs ("No available agent")
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        probe = subprocess.run([str(ray_bin), "job", "submit", "--address", address, "--", "true"],
+                               capture_output=True, text=True, env=ENVIRONMENT)
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(short_temp_dir, ignore_errors=True)
+        pytest.fail(f"local Ray head accepts no jobs: {probe.stderr.strip().splitlines()[-1:]}")
     yield ray_bin, address
     os.killpg(head.pid, signal.SIGTERM)
     try:

@@ -1,5 +1,12 @@
 """Ray Tune sweeps: real trials through the training loop, ASHA, MLflow parent/child runs, champion model."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import mlflow
 import pytest
 import torch
@@ -85,3 +92,39 @@ def test_thesis_sweep_configs_load():
         assert config.train_config.exists()
     grid = load_sweep_config(CONFIGS / "sweep_xyz_gamma_grid.yaml")
     assert grid.search["loss.gamma"].grid == [1.0, 1.25, 1.5, 1.75, 2.0]
+
+
+def test_an_interrupted_sweep_resumes_without_repeating_work(ray_session, sweep_file, tmp_path):
+    """The sweep's driver process is killed mid-trial; `afm-ray tune --resume` finishes the sweep."""
+    data = yaml.safe_load(sweep_file.read_text())
+    # its own local Ray gets this machine's CPUs (2 in CI): 2 × 0.25 (actors) + 1 (worker) + 0.25 (trial)
+    data.update(search={"optimizer.learning_rate": {"grid": [3e-3, 2e-3]}}, scheduler={"type": "none"},
+                train_overrides={"pipeline.sim_num_cpus": 0.25})
+    sweep_file.write_text(yaml.safe_dump(data))
+    trials_dir = tmp_path / "tune" / "test-sweep" / "trials"
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    log = tmp_path / "driver.log"
+    with log.open("w") as output:
+        driver = subprocess.Popen([str(Path(sys.executable).parent / "afm-ray"), "tune", "--config", str(sweep_file)],
+                                  cwd=tmp_path, env=environment, stdout=output, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    deadline = time.time() + 400
+    while not list(trials_dir.glob("*/checkpoint_*/history.json")):  # the first epoch of a trial is saved
+        assert driver.poll() is None, log.read_text()[-3000:]
+        assert time.time() < deadline, "no trial checkpoint within the time limit"
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started die at once
+    driver.wait()
+
+    with pytest.raises(InputError, match="pass --resume"):
+        run_sweep(load_sweep_config(sweep_file), progress=False)
+    outcome = run_sweep(load_sweep_config(sweep_file), resume=True, progress=False)
+    assert sorted(t["optimizer.learning_rate"] for t in outcome.trials) == [2e-3, 3e-3]
+    assert all(t["epochs"] == 3 and not t["error"] for t in outcome.trials), outcome.trials
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    children = client.search_runs([client.get_experiment_by_name("afm-ray").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{outcome.parent_run_id}'")
+    assert len(children) == 2  # a resumed trial continues its own MLflow run
+    for child in children:  # and its checkpoint: no epoch trained or logged twice
+        assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_loss")) == [0, 1, 2]
+    assert outcome.model_uri == "models:/afm-sweep-dsh@champion"

@@ -12,7 +12,7 @@ from afm_ray.config import read_yaml
 from afm_ray.errors import InputError
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.steps import objective, reported_metrics
-from afm_ray.train.trainer import (RUN_STATE_FILE, Pipeline, best_checkpoint, build_trainer, finish,
+from afm_ray.train.trainer import (RUN_STATE_FILE, Pipeline, best_and_latest_checkpoints, build_trainer, finish,
                                    open_mlflow_run, prepare, start_pipeline)
 from tune.config import SweepConfig
 from tune.space import check_space, param_path, param_space, trial_config
@@ -97,7 +97,8 @@ def _scheduler(sweep: SweepConfig, config: TrainConfig):
 def run_sweep(sweep: SweepConfig, resume: bool = False, progress: bool = True) -> SweepOutcome:
     """Run (or with ``resume`` continue) a sweep; registers the best trial's model as NAME@ALIAS."""
     base, first, metric, mode = _validated(sweep)
-    config, tracking_uri, counts = prepare(first, workers_at_once=sweep.max_concurrent_trials)
+    config, tracking_uri, counts = prepare(first, workers_at_once=sweep.max_concurrent_trials,
+                                       driver_cpus=sweep.trial_driver_cpus)
     sweep_dir = (sweep.storage_path / sweep.name).resolve()
     if (sweep_dir / "tuner.pkl").exists() and not resume:
         raise InputError(f"{sweep_dir}", "a sweep of this name exists; pass --resume to continue it "
@@ -143,9 +144,10 @@ def _conclude(sweep, resolved, results, metric, mode, tracking_uri, parent_run_i
     trials = []
     for result in results:
         params = {param_path(key): value for key, value in (result.config or {}).items()}
-        history = result.metrics_dataframe
-        trials.append({"trial_id": result.metrics.get("trial_id") if result.metrics else None, **params,
-                       metric: (result.metrics or {}).get(metric), "epochs": len(history) if history is not None else 0,
+        last = result.metrics or {}
+        # the epoch index, not the count of Tune results: a resumed trial reports only its remaining epochs
+        trials.append({"trial_id": last.get("trial_id"), **params, metric: last.get(metric),
+                       "epochs": int(last["epoch"]) + 1 if "epoch" in last else 0,
                        "error": str(result.error).splitlines()[0][:200] if result.error else ""})
     finished = [t for t in trials if t[metric] is not None and not t["error"]]
     if not finished:
@@ -160,8 +162,8 @@ def _conclude(sweep, resolved, results, metric, mode, tracking_uri, parent_run_i
     best_config = best_config.model_copy(update={"mlflow": best_config.mlflow.model_copy(update={"alias": sweep.mlflow.alias})})
     trial_dir = sweep_dir / TRIALS_FOLDER / best_id
     trial_run_id = json.loads((trial_dir / RUN_STATE_FILE).read_text())["mlflow_run_id"]
-    checkpoint = best_checkpoint(Result.from_path(str(trial_dir)), best_config)
-    outcome = finish(best_config, tracking_uri, trial_run_id, checkpoint, pipeline.test_path)
+    checkpoints = best_and_latest_checkpoints(Result.from_path(str(trial_dir)), best_config)
+    outcome = finish(best_config, tracking_uri, trial_run_id, *checkpoints, pipeline.test_path)
 
     client = MlflowClient(tracking_uri)
     client.log_metric(parent_run_id, f"best_{metric}", float(best.metrics[metric]))

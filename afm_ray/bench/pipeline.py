@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from afm_ray.pipeline.sources import load_split_samples
+    from afm_ray.ray_cluster import ensure_ray, shutdown_ray
     from afm_ray.train.config import load_train_config
     from afm_ray.train.trainer import with_absolute_paths
 
@@ -157,9 +158,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("bench pipeline", "--actors must be ≥ 1, --batches ≥ 1, --warmup ≥ 0")
     config = with_absolute_paths(load_train_config(args.config, args.overrides))
     n_train = len(load_split_samples(config, ("train",))["train"])
-    context = ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else args.num_cpus,
-                       include_dashboard=False, log_to_driver=False)
-    gcs_address = context.address_info["gcs_address"]
+    ensure_ray(num_cpus=args.num_cpus, log_to_driver=False, quiet=True)
+    gcs_address = ray.get_runtime_context().gcs_address
     print(f"model {config.model.name}, scan {config.sim.scan_pixels[0]}×{config.sim.scan_pixels[1]} px × "
           f"{config.sim.num_slices} slices, batch {config.run.batch_size}, "
           f"{config.pipeline.max_in_flight_per_worker} batches in flight, {os.cpu_count()} CPUs on this machine, "
@@ -177,5 +177,5 @@ def run(args: argparse.Namespace) -> int:
                   f"{100 * row['wait_fraction']:>8.0f}% {row['sim_stacks_per_s_per_actor']:>18.1f} "
                   f"{peak:>14} {row['store_bound_mib']:>9.1f}", flush=True)
     finally:
-        ray.shutdown()
+        shutdown_ray()
     return 0

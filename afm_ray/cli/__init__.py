@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "afm_ray.cli.simulate",
     "afm_ray.cli.train",
     "afm_ray.cli.tune",
+    "afm_ray.cli.predict",
     "afm_ray.cli.bench",
 )
 

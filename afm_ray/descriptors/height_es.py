@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from afm_ray.config import StrictModel
 from afm_ray.descriptors.geometry import as_atom_batch
 from afm_ray.errors import InputError
 
@@ -46,10 +47,8 @@ ES_MAP_CUT = 0.0
 """Value (V) of the Electrostatic Map wherever the Height Map is 0."""
 
 
-class HeightMapConfig(BaseModel):
+class HeightMapConfig(StrictModel):
     """How the Height Map surface is found; defaults follow ppafm's ``HeightMap``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     iso_force_ev_per_angstrom: float = Field(HEIGHT_MAP_ISO_FORCE, gt=0.0,
                                              description="Fz iso level in eV/Å (repulsive force on the probe, +z)")

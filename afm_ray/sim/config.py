@@ -24,8 +24,9 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from afm_ray.config import StrictModel, validate
 from afm_ray.errors import InputError
 
 EV_PER_ANGSTROM2_PER_N_PER_M = 0.0624150907
@@ -35,11 +36,7 @@ COULOMB_CONSTANT_EV_ANGSTROM = 14.399644
 """Coulomb constant k_e in eV·Å/e² (so k_e·q/r is a potential in V for q in e and r in Å)."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TipConfig(_Strict):
+class TipConfig(StrictModel):
     """One probe particle (the flexible tip apex)."""
 
     atomic_number: int = Field(ge=1, le=118, description="element of the probe particle (LJ parameters from the element table)")
@@ -67,7 +64,7 @@ def _default_tips() -> dict[str, TipConfig]:
     }
 
 
-class SimConfig(_Strict):
+class SimConfig(StrictModel):
     """All parameters of a simulation run; defaults reproduce the thesis scan (128 × 128 px, 16 × 16 Å, 20 slices)."""
 
     # -- scan geometry -------------------------------------------------------------------------------
@@ -164,14 +161,7 @@ class SimConfig(_Strict):
 
     @classmethod
     def from_dict(cls, data, where: str = "sim config") -> "SimConfig":
-        if not isinstance(data, dict):
-            raise InputError(where, f"expected a mapping of simulator settings, got {type(data).__name__}")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise InputError(f"{where}: {field}", f"{first['msg']} (got {first.get('input')!r})") from None
+        return validate(cls, data, where)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

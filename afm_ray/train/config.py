@@ -18,6 +18,8 @@ from afm_ray.sim.config import SimConfig
 
 ModelName = Literal["dsh", "es", "xyz"]
 THESIS_ROTATIONS = {"dsh": 20, "es": 20, "xyz": 30}
+XYZ_BOX_ANGSTROM = 1.0
+"""Edge of the xyz descriptor's boxes (Å): one per 8 × 8 input pixels at the thesis' 0.125 Å/px."""
 
 
 class ModelSettings(StrictModel):
@@ -137,6 +139,14 @@ class TrainConfig(StrictModel):
     def _check(self) -> "TrainConfig":
         if self.model.element_classes is not None and self.model.name != "xyz":
             raise ValueError("model.element_classes applies to the xyz model only")
+        pixels, size = self.sim.scan_pixels, self.sim.scan_size_angstrom
+        if any(count % 8 for count in pixels):
+            raise ValueError(f"sim.scan_pixels {list(pixels)}: the networks pool x and y by 8; use multiples of 8")
+        if self.model.name == "xyz" and any(abs(count / 8 - extent / XYZ_BOX_ANGSTROM) > 1e-6
+                                            for count, extent in zip(pixels, size)):
+            raise ValueError(f"the xyz network predicts one {XYZ_BOX_ANGSTROM:g} Å box per 8 pixels, so "
+                             f"sim.scan_pixels {list(pixels)} must be 8 × sim.scan_size_angstrom {list(size)} "
+                             f"(thesis: 128 px over 16 Å)")
         scan = self.augment.scan_height
         if scan.enabled and scan.window_slices > self.sim.num_slices:
             raise ValueError(f"augment.scan_height.window_slices ({scan.window_slices}) exceeds "

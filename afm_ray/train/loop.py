@@ -2,8 +2,10 @@
 
 Each epoch a rank plans its share of the epoch's batches, pulls them from the simulation actors
 (:class:`~afm_ray.pipeline.BatchStream`), trains, and reports. Rank 0 evaluates the fixed
-validation set, writes the checkpoint (model, optimiser, scheduler, epoch, history) and logs the
-epoch to MLflow. A restarted worker group resumes from the latest checkpoint.
+validation set and writes the checkpoint (model, optimiser, scheduler, epoch, history); the
+controller logs each report to MLflow once the checkpoint is saved
+(:class:`~afm_ray.train.tracking.MlflowReportCallback`). A restarted worker group resumes from
+the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.steps import Evaluation, build_loss, build_model, compute_loss, evaluation_for, objective, to_tensors
-from afm_ray.train.tracking import RunTracker
 
 CHECKPOINT_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -72,7 +73,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
 
-    tracker = RunTracker(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if rank == 0 else None
     val_set = FixedSet(loop_config["val_path"]) if rank == 0 else None
     n_train = loop_config["n_train_samples"]
     n_tips = len(MODEL_TIPS[config.model.name])
@@ -117,7 +117,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         history.append({k: float(v) for k, v in metrics.items()})
         best = [h[objective_name] for h in history]
         metrics["is_best"] = float(metrics[objective_name] == (max(best) if objective_mode == "max" else min(best)))
-        tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         print(f"epoch {epoch + 1}/{config.run.epochs}  train_loss {metrics['train_loss']:.4g}  "
               f"val_loss {metrics['val_loss']:.4g}  {objective_name} {metrics[objective_name]:.4g}  "
               f"{metrics['train_samples_per_s']:.1f} samples/s  data wait {100 * metrics['data_wait_fraction']:.0f} %",
@@ -128,8 +127,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         "config_json": loop_config["config_json"]}, Path(folder) / CHECKPOINT_FILE)
             (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
             ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=Checkpoint.from_directory(folder))
-    if tracker is not None and not tracker.flush():
-        print(f"warning: {tracker.pending} tracking values could not be sent to MLflow", flush=True)
 
 
 def load_checkpoint_model(checkpoint_path: str | Path) -> tuple[torch.nn.Module, TrainConfig, list[dict]]:

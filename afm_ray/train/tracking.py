@@ -19,6 +19,8 @@ import time
 import warnings
 from pathlib import Path
 
+from ray.train import UserCallback
+
 from afm_ray.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,48 @@ class RunTracker:
             self._outage_since = None
         return True
 
+    def backfill(self, history: list[dict]) -> int:
+        """Send the epochs of ``history`` (``{"epoch": e, metric: value, …}`` per epoch) that MLflow lacks.
+
+        Rank 0's buffer dies with its process when training ends during an outage; the checkpoint's
+        history does not, so the driver repairs the run from it. Returns the values sent.
+        """
+        from mlflow.entities import Metric
+
+        keys = sorted({key for entry in history for key in entry if key != "epoch"})
+        timestamp = int(time.time() * 1000)
+        for key in keys:
+            logged = {metric.step for metric in self._client.get_metric_history(self.run_id, key)}
+            self._pending_metrics += [Metric(key, float(entry[key]), timestamp, int(entry["epoch"]))
+                                      for entry in history if key in entry and int(entry["epoch"]) not in logged]
+        sent = len(self._pending_metrics)
+        return sent if self.flush() else 0
+
     @property
     def pending(self) -> int:
         return len(self._pending_metrics) + len(self._pending_artifacts)
+
+
+class MlflowReportCallback(UserCallback):
+    """Logs every epoch's report (rank 0's metrics) to the run's MLflow run, from the Train controller.
+
+    Ray Train calls it after the checkpoint manager has saved the report's checkpoint, so an epoch
+    is in MLflow only once it is durable: an epoch lost to a crash is trained again and logged
+    once, never twice. Epochs whose logging was lost with the controller are sent by the driver
+    from the checkpoint's history (:meth:`RunTracker.backfill`).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self._tracker: RunTracker | None = None  # built in the controller process, not pickled there
+
+    def __getstate__(self) -> dict:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "_tracker": None}
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if checkpoint is None or not metrics:
+            return
+        if self._tracker is None:
+            self._tracker = RunTracker(self.tracking_uri, self.run_id)
+        values = metrics[0]
+        self._tracker.log_metrics({k: v for k, v in values.items() if k != "epoch"}, step=int(values["epoch"]))

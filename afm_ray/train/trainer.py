@@ -28,11 +28,13 @@ from afm_ray.models.packed import PackedOutputs
 from afm_ray.pipeline.actors import check_cluster_fits, create_simulation_actors
 from afm_ray.pipeline.fixed_sets import FixedSet, materialize
 from afm_ray.pipeline.sources import load_split_samples
+from afm_ray.ray_cluster import ensure_ray
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.figures import plot_loss_curves, plot_predictions
-from afm_ray.train.loop import evaluate, load_checkpoint_model, train_loop_per_worker
+from afm_ray.train.loop import HISTORY_FILE, evaluate, load_checkpoint_model, train_loop_per_worker
 from afm_ray.train.steps import build_loss, objective
-from afm_ray.train.tracking import ARCHITECTURE_TAG, RunTracker, preflight, resolve_tracking_uri
+from afm_ray.train.tracking import (ARCHITECTURE_TAG, MlflowReportCallback, RunTracker, preflight,
+                                    resolve_tracking_uri)
 
 RUN_STATE_FILE = "afm_ray_run.json"
 
@@ -71,14 +73,6 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
         tracking_uri = "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
     mlflow = config.mlflow.model_copy(update={"tracking_uri": tracking_uri})
     return config.model_copy(update={"data": data, "run": run, "mlflow": mlflow})
-
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` (set by ``ray job submit``) or start a local Ray instance."""
-    if not ray.is_initialized():
-        context = ray.init(num_cpus=num_cpus, log_to_driver=True)
-        if getattr(context, "dashboard_url", None):
-            print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
 
 def open_mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path, parent_run_id: str | None = None) -> str:
@@ -129,10 +123,12 @@ class Pipeline:
             ray.kill(actor)
 
 
-def prepare(config: TrainConfig, workers_at_once: int = 1) -> tuple[TrainConfig, str, dict[str, int]]:
+def prepare(config: TrainConfig, workers_at_once: int = 1,
+            driver_cpus: float = 0.0) -> tuple[TrainConfig, str, dict[str, int]]:
     """Validate everything that can be checked before cluster work; returns (config, tracking URI, sample counts).
 
-    ``workers_at_once``: how many training runs will hold workers concurrently (Tune trials).
+    ``workers_at_once``: how many training runs will hold workers concurrently (Tune trials), each
+    with a driver holding ``driver_cpus``.
     """
     config = with_absolute_paths(config)
     tracking_uri = config.mlflow.tracking_uri
@@ -142,11 +138,19 @@ def prepare(config: TrainConfig, workers_at_once: int = 1) -> tuple[TrainConfig,
                                            f"{config.run.batch_size} on each of {config.scaling.num_workers} workers")
     preflight(tracking_uri, config.registered_model_name, config.model.name)
     ensure_ray()
-    scaling = config.scaling
-    check_cluster_fits({"CPU": scaling.cpus_per_worker * scaling.num_workers * workers_at_once,
-                        "GPU": float(scaling.use_gpu) * scaling.num_workers * workers_at_once,
-                        **{k: v * scaling.num_workers * workers_at_once for k, v in scaling.resources_per_worker.items()}},
+    scaling, pipeline = config.scaling, config.pipeline
+    runs = scaling.num_workers * workers_at_once
+    check_cluster_fits({"CPU": scaling.cpus_per_worker * runs, "GPU": float(scaling.use_gpu) * runs,
+                        **{k: v * runs for k, v in scaling.resources_per_worker.items()}},
                        "scaling: the train workers")
+    # Everything holds its resources for the whole run: if the sum does not fit, Ray waits forever.
+    demand = {"CPU": pipeline.sim_num_cpus * pipeline.num_sim_actors + scaling.cpus_per_worker * runs
+              + driver_cpus * workers_at_once,
+              "GPU": pipeline.sim_num_gpus * pipeline.num_sim_actors + float(scaling.use_gpu) * runs}
+    check_cluster_fits(demand, f"{pipeline.num_sim_actors} simulation actors × {pipeline.sim_num_cpus:g} CPU "
+                               f"+ {runs} train worker(s) × {scaling.cpus_per_worker:g} CPU"
+                               + (f" + {workers_at_once} trial driver(s) × {driver_cpus:g} CPU" if driver_cpus else "")
+                               + " held at once")
     return config, tracking_uri, counts
 
 
@@ -174,24 +178,24 @@ def build_trainer(config: TrainConfig, pipeline: Pipeline, tracking_uri: str, ru
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config_json": config.model_dump_json(), "actors": pipeline.actors,
-                           "val_path": str(pipeline.val_path), "n_train_samples": pipeline.counts["train"],
-                           "tracking_uri": tracking_uri, "mlflow_run_id": run_id},
+                           "val_path": str(pipeline.val_path), "n_train_samples": pipeline.counts["train"]},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker={"CPU": scaling.cpus_per_worker,
                                                            **scaling.resources_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(storage_path), callbacks=list(callbacks),
+        run_config=RunConfig(name=name, storage_path=str(storage_path),
+                             callbacks=[MlflowReportCallback(tracking_uri, run_id), *callbacks],
                              failure_config=FailureConfig(max_failures=config.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
                                                                 checkpoint_score_order=mode)),
     )
 
 
-def best_checkpoint(result, config: TrainConfig):
+def best_and_latest_checkpoints(result, config: TrainConfig) -> tuple:
+    """The checkpoint with the best objective (the model to register) and the latest (the full history)."""
     metric, mode = objective(config)
-    checkpoint = result.get_best_checkpoint(metric, mode) or result.checkpoint
-    if checkpoint is None:
+    if result.checkpoint is None:
         raise RuntimeError(f"training run {config.run_name} produced no checkpoint")
-    return checkpoint
+    return result.get_best_checkpoint(metric, mode) or result.checkpoint, result.checkpoint
 
 
 def run_training(config: TrainConfig, progress: bool = True) -> TrainingOutcome:
@@ -207,18 +211,41 @@ def run_training(config: TrainConfig, progress: bool = True) -> TrainingOutcome:
         result = build_trainer(config, pipeline, tracking_uri, run_id, storage, config.run_name).fit()
     finally:
         pipeline.stop()
-    return finish(config, tracking_uri, run_id, best_checkpoint(result, config), pipeline.test_path)
+    return finish(config, tracking_uri, run_id, *best_and_latest_checkpoints(result, config), pipeline.test_path)
 
 
-def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, test_path: Path) -> TrainingOutcome:
-    """Evaluate the best checkpoint on the test set, log figures, log and register the model."""
+def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, latest_checkpoint,
+           test_path: Path) -> TrainingOutcome:
+    """Evaluate the best checkpoint on the test set, log figures, log and register the model.
+
+    Metrics the training could not send during a tracking outage are sent first, from the latest
+    checkpoint's history. When MLflow is still unreachable the error says so: the checkpoints are
+    kept, and running the same command again only repeats this step.
+    """
+    try:
+        return _finish(config, tracking_uri, run_id, checkpoint, latest_checkpoint, test_path)
+    except Exception as exc:
+        if "mlflow" not in type(exc).__module__ and "requests" not in type(exc).__module__:
+            raise
+        raise RuntimeError(f"training finished (checkpoints in {Path(checkpoint.path).parent}) but MLflow at "
+                           f"{tracking_uri} failed while registering the model: {str(exc).splitlines()[0][:300]}. "
+                           "Run the same command again once it answers: only this last step is repeated.") from exc
+
+
+def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, latest_checkpoint,
+            test_path: Path) -> TrainingOutcome:
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     tracker = RunTracker(tracking_uri, run_id)
+    with latest_checkpoint.as_directory() as folder:
+        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+    backfilled = tracker.backfill(history)
+    if backfilled:
+        print(f"sent {backfilled} metric values that MLflow missed during an outage", flush=True)
     with checkpoint.as_directory() as folder:
-        model, _, history = load_checkpoint_model(folder)
+        model, _, _ = load_checkpoint_model(folder)
         checkpoint_path = checkpoint.path
     test_set = FixedSet(test_path)
     evaluation = evaluate(model, build_loss(config), config, test_set, torch.device("cpu"))

@@ -1,0 +1,61 @@
+"""Connecting to Ray: the cluster in ``RAY_ADDRESS`` (``ray job submit``, KubeRay), else a local one.
+
+A local cluster is started with its GCS port chosen here and ``RAY_ADDRESS`` pointing at it in
+the environment its processes inherit. Without that, Ray's own helpers that look the cluster up
+from inside a worker (Ray Train's placement-group cleaner, which frees a Tune trial's workers when
+ASHA stops it) fail with "Found multiple active Ray instances" whenever a second Ray runs on the
+machine, and the freed CPUs never come back: later trials wait forever.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+_started_address: str | None = None
+"""The address :func:`ensure_ray` put in ``RAY_ADDRESS`` for the local cluster it started."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True, quiet: bool = False):
+    """Connect to ``RAY_ADDRESS`` or start a local Ray instance (``num_cpus`` logical CPUs); idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return None
+    if os.environ.get("RAY_ADDRESS"):
+        return ray.init(log_to_driver=log_to_driver)
+    from ray._private.services import get_node_ip_address
+
+    global _started_address
+    port = _free_port()
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = _started_address = f"{get_node_ip_address()}:{port}"
+    try:
+        context = ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver)
+    except BaseException:
+        del os.environ["RAY_ADDRESS"]
+        _started_address = None
+        raise
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
+    if not quiet and getattr(context, "dashboard_url", None):
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+    return context
+
+
+def shutdown_ray() -> None:
+    """Stop Ray, and forget the address of a local cluster :func:`ensure_ray` started."""
+    import ray
+
+    global _started_address
+    ray.shutdown()
+    if _started_address and os.environ.get("RAY_ADDRESS") == _started_address:
+        del os.environ["RAY_ADDRESS"]
+    _started_address = None
