@@ -4,7 +4,8 @@
 
 Runs the same learning-rate grid (``--trials`` values, no early stopping) through ``afm-ray tune``'s
 runner with ``max_concurrent_trials`` 1 and then 2, on the quickstart training config (32 × 32 px,
-DSH), each in its own storage and MLflow SQLite store under ``--work-dir``. Prints wall time,
+DSH; two simulation actors of 0.25 CPU shared by all trials, 0.5 CPU per training worker), each
+in its own storage and MLflow SQLite store under ``--work-dir``. Prints wall time,
 trial-epochs/hour and the mean data-wait fraction of the trials (how much the trials starved each
 other of simulation capacity: all trials share one pool of simulation actors).
 """
@@ -31,7 +32,10 @@ def sweep_file(folder: Path, database: Path, trials: int, epochs: int, concurren
     rates = [1e-3 * (1 + index) for index in range(trials)]
     sweep = {"name": f"concurrency-{concurrency}", "train_config": "train.yaml", "storage_path": str(folder / "tune"),
              "search": {"optimizer.learning_rate": {"grid": rates}}, "searcher": "random",
-             "scheduler": {"type": "none"}, "max_concurrent_trials": concurrency}
+             "scheduler": {"type": "none"}, "max_concurrent_trials": concurrency,
+             # two trials must fit on a 2-core machine: 2 × 0.25 (actors) + 2 × (0.5 worker + 0.25 driver)
+             "train_overrides": {"pipeline.sim_num_cpus": 0.25, "scaling.cpus_per_worker": 0.5},
+             "trial_driver_cpus": 0.25}
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return path

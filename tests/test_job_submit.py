@@ -41,22 +41,16 @@ def ray_head(tmp_path):
         [str(ray_bin), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=4",
          "--resources", json.dumps({"sim_slot": 2, "train_slot": 1}), "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={short_temp_dir}",
+         # fixed defaults (agent 52365, client 10001, …) collide with the test session's own Ray
+         *(f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                 "metrics-export-port", "runtime-env-agent-port",
+                                                 "ray-client-server-port", "node-manager-port",
+                                                 "object-manager-port")),
          "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=ENVIRONMENT)
     address = f"http://127.0.0.1:{dashboard_port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        probe = subprocess.run([str(ray_bin), "job", "list", "--address", address], capture_output=True, text=True,
-                               env=ENVIRONMENT)
-        if probe.returncode == 0:
-            break
-        time.sleep(2)
-    else:
-        os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(short_temp_dir, ignore_errors=True)
-        pytest.fail("local Ray head did not come up")
-    # the job API answers before the head's dashboard agent can run jobs ("No available agent")
-    deadline = time.time() + 180
+    # ready when it runs a job: the job API answers before the head's agent can ("No available agent")
+    deadline = time.time() + 240
     while time.time() < deadline:
         probe = subprocess.run([str(ray_bin), "job", "submit", "--address", address, "--", "true"],
                                capture_output=True, text=True, env=ENVIRONMENT)
@@ -66,7 +60,7 @@ def ray_head(tmp_path):
     else:
         os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(short_temp_dir, ignore_errors=True)
-        pytest.fail(f"local Ray head accepts no jobs: {probe.stderr.strip().splitlines()[-1:]}")
+        pytest.fail(f"local Ray head did not come up or accepts no jobs: {probe.stderr.strip().splitlines()[-1:]}")
     yield ray_bin, address
     os.killpg(head.pid, signal.SIGTERM)
     try:

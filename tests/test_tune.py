@@ -1,5 +1,6 @@
 """Ray Tune sweeps: real trials through the training loop, ASHA, MLflow parent/child runs, champion model."""
 
+import csv
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from mlflow import MlflowClient
 
 from afm_ray.errors import InputError
 from tune import load_sweep_config, run_sweep
+from tune.summary import write_summary
 
 from conftest import CONFIGS
 
@@ -68,6 +70,21 @@ def test_sweep_stops_bad_trials_and_registers_the_champion(ray_session, sweep_fi
         assert model(torch.zeros(1, 1, 32, 32, 6)).shape == (1, 3, 32, 32)
 
 
+def test_optuna_searcher_proposes_values_inside_the_ranges(ray_session, sweep_file, tmp_path):
+    """The default searcher end to end: Optuna (TPE) suggests each trial's values within the given ranges."""
+    data = yaml.safe_load(sweep_file.read_text())
+    data.update(search={"optimizer.learning_rate": {"loguniform": [1e-3, 5e-3]}, "loss.dsh_weights.0": {"choice": [20.0, 10.0]}},
+                searcher="optuna", scheduler={"type": "none"}, budget={"num_samples": 2},
+                train_overrides={"run.epochs": 1}, name="optuna-sweep")
+    sweep_file.write_text(yaml.safe_dump(data))
+    outcome = run_sweep(load_sweep_config(sweep_file), progress=False)
+    assert len(outcome.trials) == 2 and all(t["epochs"] == 1 and not t["error"] for t in outcome.trials)
+    rates = [t["optimizer.learning_rate"] for t in outcome.trials]
+    assert all(1e-3 <= rate <= 5e-3 for rate in rates) and rates[0] != rates[1]
+    assert all(t["loss.dsh_weights.0"] in (20.0, 10.0) for t in outcome.trials)
+    assert outcome.model_uri == "models:/afm-sweep-dsh@champion"
+
+
 @pytest.mark.parametrize("change, message", [
     ({"search": {"loss.gamma": {"uniform": [2.0, 1.0]}}}, "empty or inverted"),
     ({"search": {"loss.gamma": {"choice": []}}}, "at least one value"),
@@ -84,6 +101,20 @@ def test_bad_sweeps_fail_before_any_trial(sweep_file, change, message):
     with pytest.raises(InputError, match=message):
         run_sweep(load_sweep_config(sweep_file), progress=False)
     assert not (sweep_file.parent / "tune").exists()
+
+
+def test_summary_plots_numeric_and_categorical_hyperparameters(tmp_path):
+    trials = [{"trial_id": "a", "loss.dsh_weights": [20.0, 0.3, 0.2], "optimizer.learning_rate": 1e-3,
+               "val_loss": 0.5, "epochs": 3, "error": ""},
+              {"trial_id": "b", "loss.dsh_weights": [10.0, 0.3, 0.2], "optimizer.learning_rate": 2e-3,
+               "val_loss": 0.4, "epochs": 2, "error": ""},
+              {"trial_id": "c", "loss.dsh_weights": [10.0, 0.3, 0.2], "optimizer.learning_rate": 3e-3,
+               "val_loss": None, "epochs": 0, "error": "RayTaskError"}]
+    table, plot = write_summary(trials, ["loss.dsh_weights", "optimizer.learning_rate"], "val_loss", "min", tmp_path)
+    rows = list(csv.DictReader(table.open()))
+    assert [row["trial_id"] for row in rows] == ["b", "a", "c"]  # best first, unfinished last
+    assert rows[0]["loss.dsh_weights"] == "[10.0, 0.3, 0.2]"
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_thesis_sweep_configs_load():

@@ -12,8 +12,9 @@ from afm_ray.config import read_yaml
 from afm_ray.errors import InputError
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.steps import objective, reported_metrics
-from afm_ray.train.trainer import (RUN_STATE_FILE, Pipeline, best_and_latest_checkpoints, build_trainer, finish,
-                                   open_mlflow_run, prepare, start_pipeline)
+from afm_ray.train.tracking import RunTracker
+from afm_ray.train.trainer import (RUN_STATE_FILE, Pipeline, backfill_run, best_and_latest_checkpoints, build_trainer,
+                                   finish, open_mlflow_run, prepare, start_pipeline)
 from tune.config import SweepConfig
 from tune.space import check_space, param_path, param_space, trial_config
 from tune.summary import write_summary
@@ -137,6 +138,25 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, progress: bool = True) -
     return _conclude(sweep, resolved, results, metric, mode, tracking_uri, parent_run_id, pipeline, sweep_dir)
 
 
+def _backfill_trial_runs(results, tracking_uri: str, sweep_dir: Path) -> None:
+    """Every trial's MLflow run gets the epochs its checkpoints hold (see :func:`backfill_run`)."""
+    from ray.train import Result
+
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        trial_dir = sweep_dir / TRIALS_FOLDER / str(trial_id)
+        if not trial_id or not (trial_dir / RUN_STATE_FILE).exists():
+            continue
+        try:
+            checkpoint = Result.from_path(str(trial_dir)).checkpoint
+        except (FileNotFoundError, RuntimeError, ValueError) as exc:  # a trial stopped before its first report
+            print(f"trial {trial_id}: no checkpoint to repair its MLflow run from ({exc})", flush=True)
+            continue
+        if checkpoint is not None:
+            run_id = json.loads((trial_dir / RUN_STATE_FILE).read_text())["mlflow_run_id"]
+            backfill_run(RunTracker(tracking_uri, run_id), checkpoint)
+
+
 def _conclude(sweep, resolved, results, metric, mode, tracking_uri, parent_run_id, pipeline, sweep_dir) -> SweepOutcome:
     from mlflow import MlflowClient
     from ray.train import Result
@@ -149,6 +169,7 @@ def _conclude(sweep, resolved, results, metric, mode, tracking_uri, parent_run_i
         trials.append({"trial_id": last.get("trial_id"), **params, metric: last.get(metric),
                        "epochs": int(last["epoch"]) + 1 if "epoch" in last else 0,
                        "error": str(result.error).splitlines()[0][:200] if result.error else ""})
+    _backfill_trial_runs(results, tracking_uri, sweep_dir)
     finished = [t for t in trials if t[metric] is not None and not t["error"]]
     if not finished:
         raise RuntimeError(f"sweep {sweep.name}: no trial finished (errors: {[t['error'] for t in trials][:3]})")

@@ -10,8 +10,9 @@ from afm_ray.errors import InputError
 from afm_ray.train.config import TrainConfig
 from tune.config import Dimension
 
-# Ray Tune param_space keys may not contain dots when nested; flat keys with this separator are safe.
-KEY_SEPARATOR = "/"
+# Tune splits param_space keys on "." (nesting) and its searchers flatten them with "/": neither may
+# appear in a flat key, so config paths are spelled with this separator inside Tune.
+KEY_SEPARATOR = "__"
 
 
 def param_key(path: str) -> str:

@@ -23,10 +23,16 @@ def write_summary(trials: list[dict], hyperparameters: list[str], metric: str, m
     axes_list = figure.subplots(1, len(hyperparameters), squeeze=False)[0]
     done = [t for t in trials if t[metric] is not None]
     for axes, name in zip(axes_list, hyperparameters):
-        shown = axes.scatter([t[name] for t in done], [t[metric] for t in done], c=[t["epochs"] for t in done],
+        values = [t[name] for t in done]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if not numeric:  # choices of lists, strings or booleans: one column per distinct value
+            labels = sorted({str(v) for v in values})
+            axes.set_xticks(range(len(labels)), labels, rotation=20, fontsize="small")
+            values = [labels.index(str(v)) for v in values]
+        shown = axes.scatter(values, [t[metric] for t in done], c=[t["epochs"] for t in done],
                              cmap="viridis", edgecolors="black")
         axes.set(xlabel=name, ylabel=metric, title=f"{metric} ({mode}) vs {name}")
-        if name.endswith(("beta_pl", "learning_rate")) and done and min(t[name] for t in done) > 0:
+        if numeric and name.endswith(("beta_pl", "learning_rate")) and done and min(values) > 0:
             axes.set_xscale("log")
     figure.colorbar(shown, ax=axes_list[-1], label="epochs run (ASHA stops early)")
     plot = folder / "objective_vs_hyperparameters.png"

@@ -12,7 +12,8 @@ pending calls feeding forward, loss, backward and optimiser steps of the configu
 * the fraction of step time the trainer waited for data;
 * the simulation rate one actor sustains while producing (stacks/s, all tips);
 * the object-store high-water mark, polled every 0.1 s from Ray's memory summary, next to the
-  bound the stream guarantees (``max_in_flight × batch bytes``).
+  bound the stream guarantees: ``(max_in_flight + 1) × batch bytes`` (the pending calls' results
+  plus the batch being trained on; reached only when the actors keep up).
 
 On a machine with fewer cores than actors + trainer the figures show contention, not scaling:
 read them with ``os.cpu_count()`` (printed). Compare ratios within one run.
@@ -135,7 +136,7 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_train: int, 
             "wait_fraction": (stream.stats.wait_seconds - wait_from) / elapsed,
             "sim_stacks_per_s_per_actor": produced * len(MODEL_TIPS[config.model.name]) / max(produce_seconds, 1e-9),
             "store_peak_mib": peak.peak_mib if peak.available else None,
-            "store_bound_mib": config.pipeline.max_in_flight_per_worker * largest_batch / 2**20,
+            "store_bound_mib": (config.pipeline.max_in_flight_per_worker + 1) * largest_batch / 2**20,
         }
     finally:
         for actor in actors:

@@ -66,7 +66,7 @@ class ScalingSettings(StrictModel):
 
     num_workers: int = Field(1, ge=1, description="DDP ranks")
     use_gpu: bool = Field(False, description="one whole GPU per rank")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rank (Ray logical CPUs; sets its torch threads)")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per rank, e.g. {train_gpu: 1}")
 
@@ -74,10 +74,10 @@ class ScalingSettings(StrictModel):
 class OptimizerSettings(StrictModel):
     """Adam with inverse-time decay (thesis 3.3)."""
 
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0, description="initial learning rate (per optimiser step)")
     decay: float = Field(1e-5, ge=0, description="lr / (1 + decay · step), per optimiser step")
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam β1 (dimensionless)")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam β2 (dimensionless)")
 
 
 class LossSettings(StrictModel):

@@ -198,6 +198,21 @@ def best_and_latest_checkpoints(result, config: TrainConfig) -> tuple:
     return result.get_best_checkpoint(metric, mode) or result.checkpoint, result.checkpoint
 
 
+def backfill_run(tracker: RunTracker, latest_checkpoint) -> list[dict]:
+    """Send the epochs of the checkpoint's history that the run's MLflow run lacks; returns the history.
+
+    An epoch is logged only after its checkpoint is committed, so a crash or outage between the two
+    leaves it in the checkpoint but not in MLflow (and a resumed run does not train it again).
+    """
+    with latest_checkpoint.as_directory() as folder:
+        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+    backfilled = tracker.backfill(history)
+    if backfilled:
+        print(f"sent {backfilled} metric values of run {tracker.run_id} that MLflow missed (outage or "
+              f"interruption)", flush=True)
+    return history
+
+
 def run_training(config: TrainConfig, progress: bool = True) -> TrainingOutcome:
     """Train ``config`` end to end; see the module docstring for the order of work."""
     config, tracking_uri, counts = prepare(config)
@@ -239,11 +254,7 @@ def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, lat
     from mlflow.models import infer_signature
 
     tracker = RunTracker(tracking_uri, run_id)
-    with latest_checkpoint.as_directory() as folder:
-        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
-    backfilled = tracker.backfill(history)
-    if backfilled:
-        print(f"sent {backfilled} metric values that MLflow missed during an outage", flush=True)
+    history = backfill_run(tracker, latest_checkpoint)
     with checkpoint.as_directory() as folder:
         model, _, _ = load_checkpoint_model(folder)
         checkpoint_path = checkpoint.path
