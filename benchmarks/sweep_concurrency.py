@@ -32,7 +32,7 @@ def sweep_file(folder: Path, database: Path, trials: int, epochs: int, concurren
     rates = [1e-3 * (1 + index) for index in range(trials)]
     sweep = {"name": f"concurrency-{concurrency}", "train_config": "train.yaml", "storage_path": str(folder / "tune"),
              "search": {"optimizer.learning_rate": {"grid": rates}}, "searcher": "random",
-             "scheduler": {"type": "none"}, "max_concurrent_trials": concurrency,
+             "scheduler": {"type": "none"}, "budget": {"num_samples": 1}, "max_concurrent_trials": concurrency,
              # two trials must fit on a 2-core machine: 2 × 0.25 (actors) + 2 × (0.5 worker + 0.25 driver)
              "train_overrides": {"pipeline.sim_num_cpus": 0.25, "scaling.cpus_per_worker": 0.5},
              "trial_driver_cpus": 0.25}

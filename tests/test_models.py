@@ -214,3 +214,23 @@ def test_xyz_overfits_a_fixed_batch():
     losses = _overfit(XYZ(n_slices=6), lambda out, tgt: loss(out[0], out[1], *tgt).total,
                       stack, (class_target, offsets_target), 100)
     assert losses[-1] < losses[0] / 10
+
+
+@pytest.mark.parametrize("name", ["dsh", "es", "xyz"])
+def test_channels_last_changes_strides_not_results(name):
+    from afm_ray.models.memory_format import channels_last, to_channels_last
+
+    torch.manual_seed(0)
+    plain = build_model(name, n_slices=6)
+    fast = to_channels_last(build_model(name, n_slices=6))
+    fast.load_state_dict(plain.state_dict())
+    assert any(p.dim() == 5 and p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
+               for p in fast.parameters())
+    x = torch.randn(2, MODEL_INPUT_CHANNELS[name], 32, 32, 6)
+    outputs = [plain(x), fast(channels_last(x))]
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for model, out in zip((plain, fast), outputs):
+        sum(o.square().mean() for o in out).backward()
+    for p, q in zip(plain.parameters(), fast.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6)

@@ -329,3 +329,20 @@ def test_cli_simulate_writes_stacks_and_metadata(tmp_path, cpu_device):
     assert data["slice_tip_height_above_top_atom_angstrom"].shape == (1, 5)
     assert float(data["amplitude_peak_to_peak_angstrom"]) == pytest.approx(1.0)
     assert main(["simulate", "--xyz", str(xyz), "--tip", "Ar", "--device", "cpu", "--out", str(out)]) == 2
+
+
+def test_cli_simulate_draws_the_sample_with_its_descriptors(tmp_path, cpu_device, tiny_database):
+    from afm_ray.cli import main
+
+    config = tmp_path / "sim.yaml"
+    config.write_text("scan_pixels: [32, 32]\nnum_slices: 6\n")
+    code = main(["simulate", "--molecules", str(tiny_database), "--ids", "qm9:000010", "qm9:000020",
+                 "--config", str(config), "--device", "cpu", "--out", str(tmp_path / "s.npz"),
+                 "--png", str(tmp_path / "figures"), "--png-max", "1"])
+    assert code == 0
+    (png,) = (tmp_path / "figures").iterdir()  # --png-max 1: only the first molecule
+    assert png.name == "qm9_000010.png" and png.read_bytes()[:4] == b"\x89PNG"
+    from matplotlib.image import imread
+    image = imread(png)
+    assert image.shape[0] > 500 and image.shape[1] > 1500  # slices, 4 descriptor maps, xyz and molecule panels
+    assert image[..., :3].std() > 0.1

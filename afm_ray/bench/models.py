@@ -36,14 +36,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def _to_channels_last(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.dim() == 5:
-        return tensor.contiguous(memory_format=torch.channels_last_3d)
-    if tensor.dim() == 4:
-        return tensor.contiguous(memory_format=torch.channels_last)
-    return tensor
-
-
 def _random_batch(name: str, batch_size: int, size: int, slices: int, device: torch.device, generator):
     """Random input stack and thesis-shaped targets for one model."""
     from afm_ray.models import MODEL_INPUT_CHANNELS
@@ -77,6 +69,7 @@ def _loss_fn(name: str):
 def measure(name: str, args, device: torch.device) -> tuple[float, int]:
     """Median seconds per training step and the model's parameter count."""
     from afm_ray.models import build_model, count_parameters
+    from afm_ray.models.memory_format import channels_last, to_channels_last
 
     torch.manual_seed(0)
     model = build_model(name, n_slices=args.slices).to(device)
@@ -84,9 +77,8 @@ def measure(name: str, args, device: torch.device) -> tuple[float, int]:
     generator = torch.Generator().manual_seed(0)
     stack, targets = _random_batch(name, args.batch_size, args.size, args.slices, device, generator)
     if args.channels_last:
-        for parameter in model.parameters():
-            parameter.data = _to_channels_last(parameter.data)
-        stack = _to_channels_last(stack)
+        to_channels_last(model)
+        stack = channels_last(stack)
     step_model = torch.compile(model) if args.compile else model
     loss_fn = _loss_fn(name)
 

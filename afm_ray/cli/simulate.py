@@ -19,6 +19,7 @@ examples:
   afm-ray simulate --xyz benzene.xyz --tip CO --tilt 0 --out benzene_co.npz
   afm-ray simulate --molecules data/qm9.parquet --ids qm9:000001 qm9:000002 --tip Xe --seed 7 --out stacks.npz
   afm-ray simulate --molecules data/qm9.parquet --ids qm9:000001 --config configs/sim.yaml --device cpu --out s.npz
+  afm-ray simulate --molecules data/qm9.parquet --ids qm9:000010 --out s.npz --png figures/   # look at it
 
 Reading the output:
   d = numpy.load("stacks.npz"); d["df"][0, :, :, -1].T   # closest slice of the first molecule, y up rows
@@ -42,6 +43,10 @@ def register(subparsers) -> None:
     parser.add_argument("--device", help="auto | cpu | gpu | ray | index | name substring (default: config)")
     parser.add_argument("--batch-size", type=int, default=32, help="molecules per simulator call (default 32)")
     parser.add_argument("--out", required=True, metavar="stacks.npz", help="output file")
+    parser.add_argument("--png", metavar="FOLDER", type=Path,
+                        help="also draw each of the first --png-max molecules (AFM slices, the five descriptors, the "
+                             "molecule from above; thesis Figs. 10, 11, 14) to FOLDER/<id>.png")
+    parser.add_argument("--png-max", type=int, default=4, metavar="N", help="molecules to draw with --png (default 4)")
     parser.set_defaults(handler=run)
 
 
@@ -72,11 +77,45 @@ def run(args: argparse.Namespace) -> int:
             results.append(simulator.run(molecules[start:stop], tip=tip_name, scan_params=scan_params[start:stop]))
             bar.update(len(molecules[start:stop]))
     _save(out, config, tip_name, molecules, results, simulator.device_name, args.seed)
+    if args.png is not None:
+        stacks = np.concatenate([r.df for r in results])
+        for path in draw_samples(args.png, molecules[:max(args.png_max, 0)], stacks, simulator, tip_name):
+            print(f"wrote {path}")
     unconverged = int(sum(r.unconverged.sum() for r in results))
     print(f"wrote {out}: {len(molecules)} stacks of {config.scan_pixels[0]}×{config.scan_pixels[1]}×{config.num_slices} "
           f"(tip {tip_name}, device {simulator.device_name}"
           + (f", {unconverged} unconverged relaxations)" if unconverged else ")"))
     return 0
+
+
+def draw_samples(folder: Path, molecules: list, stacks: np.ndarray, simulator, tip_name: str) -> list[Path]:
+    """One PNG per molecule: Δf slices of its stack (nx, ny, nz; Hz) beside its descriptors."""
+    import re
+
+    from afm_ray.descriptors import (HeightMapConfig, ScanWindow, XyzGrid, atomic_disks, height_and_es_maps,
+                                     vdw_spheres)
+    from afm_ray.plots import plot_sample
+
+    if not molecules:
+        return []
+    window = ScanWindow.from_sim_config(simulator.config)
+    maps = height_and_es_maps(molecules, simulator, HeightMapConfig(tip=tip_name))
+    spheres, disks = vdw_spheres(molecules, window), atomic_disks(molecules, window)
+    try:
+        xyz = XyzGrid(window=window).encode(molecules)
+    except InputError:  # a window that is not a whole number of 1 Å boxes has no thesis xyz grid
+        xyz = None
+    paths = []
+    for index, molecule in enumerate(molecules):
+        name = str(getattr(molecule, "id", None) or index)
+        descriptors = {"atomic_disks": disks[index], "vdw_spheres": spheres[index], "height_map": maps.height[index],
+                       "es_map": maps.es[index]}
+        paths.append(plot_sample(folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png", stack=stacks[index],
+                                 descriptors=descriptors, molecule=molecule,
+                                 xyz_classes=None if xyz is None else xyz.classes[index],
+                                 xyz_offsets=None if xyz is None else xyz.offsets[index], window=window,
+                                 title=f"{name}: {tip_name} tip, {stacks.shape[3]} slices"))
+    return paths
 
 
 def _load_molecules(args: argparse.Namespace) -> list:

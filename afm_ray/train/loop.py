@@ -11,6 +11,7 @@ the latest checkpoint.
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from ray.train import Checkpoint
 
 from afm_ray.batches import MODEL_TIPS
 from afm_ray.optim import build_optimizer
+from afm_ray.models.memory_format import channels_last, to_channels_last
 from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig
@@ -55,7 +57,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.run.seed)
 
-    model = ray.train.torch.prepare_model(build_model(config))
+    network = build_model(config)
+    model = ray.train.torch.prepare_model(to_channels_last(network) if config.run.channels_last else network)
     device = ray.train.torch.get_device()
     loss_fn = build_loss(config)
     optimizer, scheduler = build_optimizer(model.parameters(), config.optimizer.learning_rate,
@@ -84,7 +87,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         loss_sum, loss_terms, steps = 0.0, {}, 0
         for spec, batch in stream:
             tensors = to_tensors(batch, device)
-            outputs = model(tensors["x"])
+            outputs = model(channels_last(tensors["x"]) if config.run.channels_last else tensors["x"])
             loss = compute_loss(config.model.name, loss_fn, outputs, tensors)
             optimizer.zero_grad(set_to_none=True)
             loss.total.backward()
@@ -120,7 +123,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         print(f"epoch {epoch + 1}/{config.run.epochs}  train_loss {metrics['train_loss']:.4g}  "
               f"val_loss {metrics['val_loss']:.4g}  {objective_name} {metrics[objective_name]:.4g}  "
               f"{metrics['train_samples_per_s']:.1f} samples/s  data wait {100 * metrics['data_wait_fraction']:.0f} %",
-              flush=True)
+              # Ray Train's patched print tees a wrapped sys.stdout *and* logs to the console: twice
+              file=sys.__stdout__, flush=True)
         with tempfile.TemporaryDirectory(prefix="afm-ray-checkpoint-") as folder:
             torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch,
