@@ -78,10 +78,9 @@ def _parent_run(sweep: SweepConfig, config: TrainConfig, tracking_uri: str, swee
 
 def _searcher(sweep: SweepConfig):
     if sweep.searcher == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return ConcurrencyLimiter(OptunaSearch(seed=0), sweep.max_concurrent_trials)
+        return OptunaSearch(seed=0)  # TuneConfig.max_concurrent_trials wraps it in a ConcurrencyLimiter
     return None  # random sampling and grids: Tune's basic variant generator
 
 
