@@ -132,21 +132,33 @@ class BatchFactory:
         return batch
 
     def _targets(self, molecules: list[Molecule]) -> dict[str, np.ndarray]:
-        targets = self.task.targets
-        out: dict[str, np.ndarray] = {}
-        if "atomic_disks" in targets:
-            out["atomic_disks"] = atomic_disks(molecules, self.window)
-        if "vdw_spheres" in targets:
-            out["vdw_spheres"] = vdw_spheres(molecules, self.window)
-        if "height_map" in targets:
-            maps = height_and_es_maps(molecules, self.simulator, self.height_map_config)
-            out["height_map"] = maps.height
-            if "es_map" in targets:
-                out["es_map"] = maps.es
-        if "xyz_classes" in targets:
-            encoded = self.xyz_grid.encode(molecules)
-            out["xyz_classes"], out["xyz_offsets"] = encoded.classes, encoded.offsets
-        return out
+        return describe(molecules, self.task.targets, self.simulator, self.window, self.height_map_config,
+                        self.xyz_grid)
 
     def close(self) -> None:
         self.simulator.release()
+
+
+def describe(molecules: list, targets: Sequence[str], simulator: Simulator, window: ScanWindow,
+             height_map_config: HeightMapConfig, xyz_grid: XyzGrid | None = None) -> dict[str, np.ndarray]:
+    """The descriptors named in ``targets`` (names of :data:`MODEL_TARGETS`) for a batch of molecules.
+
+    Maps are (B, nx, ny) float32 on ``window`` (Å, or V for ``es_map``); ``xyz_classes``
+    (B, n_classes, gx, gy) and ``xyz_offsets`` (B, 3, gx, gy) Å come from ``xyz_grid``. Height and
+    ES maps come from one call of ``simulator``'s field kernel.
+    """
+    out: dict[str, np.ndarray] = {}
+    if "atomic_disks" in targets:
+        out["atomic_disks"] = atomic_disks(molecules, window)
+    if "vdw_spheres" in targets:
+        out["vdw_spheres"] = vdw_spheres(molecules, window)
+    if "height_map" in targets or "es_map" in targets:
+        maps = height_and_es_maps(molecules, simulator, height_map_config)
+        if "height_map" in targets:
+            out["height_map"] = maps.height
+        if "es_map" in targets:
+            out["es_map"] = maps.es
+    if "xyz_classes" in targets:
+        encoded = xyz_grid.encode(molecules)
+        out["xyz_classes"], out["xyz_offsets"] = encoded.classes, encoded.offsets
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from afm_ray.errors import InputError
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.steps import objective, reported_metrics
 from afm_ray.train.tracking import RunTracker
-from afm_ray.train.trainer import (RUN_STATE_FILE, Pipeline, backfill_run, best_and_latest_checkpoints, build_trainer,
-                                   finish, open_mlflow_run, prepare, start_pipeline)
+from afm_ray.train.trainer import (Pipeline, backfill_run, best_and_latest_checkpoints, build_trainer,
+                                   finish, open_mlflow_run, prepare, record_run_id, recorded_run_id,
+                                   start_pipeline)
 from tune.config import SweepConfig
 from tune.space import check_space, param_path, param_space, trial_config
 from tune.summary import write_summary
@@ -64,15 +64,14 @@ def _parent_run(sweep: SweepConfig, config: TrainConfig, tracking_uri: str, swee
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    state_file = sweep_dir / RUN_STATE_FILE
-    if state_file.exists():
-        return json.loads(state_file.read_text())["mlflow_run_id"]
+    run_id = recorded_run_id(sweep_dir)
+    if run_id is not None:
+        return run_id
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
     run = client.create_run(experiment_id, run_name=sweep.name, tags={"afm_ray.sweep": sweep.name})
     client.log_param(run.info.run_id, "sweep_config", sweep.model_dump_json()[:6000])
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+    record_run_id(sweep_dir, run.info.run_id)
     return run.info.run_id
 
 
@@ -144,7 +143,8 @@ def _backfill_trial_runs(results, tracking_uri: str, sweep_dir: Path) -> None:
     for result in results:
         trial_id = (result.metrics or {}).get("trial_id")
         trial_dir = sweep_dir / TRIALS_FOLDER / str(trial_id)
-        if not trial_id or not (trial_dir / RUN_STATE_FILE).exists():
+        run_id = recorded_run_id(trial_dir) if trial_id else None
+        if run_id is None:
             continue
         try:
             checkpoint = Result.from_path(str(trial_dir)).checkpoint
@@ -152,7 +152,6 @@ def _backfill_trial_runs(results, tracking_uri: str, sweep_dir: Path) -> None:
             print(f"trial {trial_id}: no checkpoint to repair its MLflow run from ({exc})", flush=True)
             continue
         if checkpoint is not None:
-            run_id = json.loads((trial_dir / RUN_STATE_FILE).read_text())["mlflow_run_id"]
             backfill_run(RunTracker(tracking_uri, run_id), checkpoint)
 
 
@@ -181,7 +180,7 @@ def _conclude(sweep, resolved, results, metric, mode, tracking_uri, parent_run_i
             update={"registered_model_name": sweep.mlflow.registered_model_name})})
     best_config = best_config.model_copy(update={"mlflow": best_config.mlflow.model_copy(update={"alias": sweep.mlflow.alias})})
     trial_dir = sweep_dir / TRIALS_FOLDER / best_id
-    trial_run_id = json.loads((trial_dir / RUN_STATE_FILE).read_text())["mlflow_run_id"]
+    trial_run_id = recorded_run_id(trial_dir)
     checkpoints = best_and_latest_checkpoints(Result.from_path(str(trial_dir)), best_config)
     outcome = finish(best_config, tracking_uri, trial_run_id, *checkpoints, pipeline.test_path)
 

@@ -8,6 +8,7 @@ the tip and its tilt, stiffnesses, cantilever parameters, per-sample seeds and t
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -90,31 +91,29 @@ def run(args: argparse.Namespace) -> int:
 
 def draw_samples(folder: Path, molecules: list, stacks: np.ndarray, simulator, tip_name: str) -> list[Path]:
     """One PNG per molecule: Δf slices of its stack (nx, ny, nz; Hz) beside its descriptors."""
-    import re
-
-    from afm_ray.descriptors import (HeightMapConfig, ScanWindow, XyzGrid, atomic_disks, height_and_es_maps,
-                                     vdw_spheres)
+    from afm_ray.batches import describe
+    from afm_ray.descriptors import HeightMapConfig, ScanWindow, XyzGrid
     from afm_ray.plots import plot_sample
 
     if not molecules:
         return []
     window = ScanWindow.from_sim_config(simulator.config)
-    maps = height_and_es_maps(molecules, simulator, HeightMapConfig(tip=tip_name))
-    spheres, disks = vdw_spheres(molecules, window), atomic_disks(molecules, window)
+    names = ["atomic_disks", "vdw_spheres", "height_map", "es_map"]
     try:
-        xyz = XyzGrid(window=window).encode(molecules)
+        xyz_grid = XyzGrid(window=window)
+        names.append("xyz_classes")
     except InputError:  # a window that is not a whole number of 1 Å boxes has no thesis xyz grid
-        xyz = None
+        xyz_grid = None
+    targets = describe(molecules, names, simulator, window, HeightMapConfig(tip=tip_name), xyz_grid)
     paths = []
     for index, molecule in enumerate(molecules):
         name = str(getattr(molecule, "id", None) or index)
-        descriptors = {"atomic_disks": disks[index], "vdw_spheres": spheres[index], "height_map": maps.height[index],
-                       "es_map": maps.es[index]}
+        maps = {key: targets[key][index] for key in ("atomic_disks", "vdw_spheres", "height_map", "es_map")}
+        xyz = {"xyz_classes": targets["xyz_classes"][index], "xyz_offsets": targets["xyz_offsets"][index]} \
+            if xyz_grid is not None else {}
         paths.append(plot_sample(folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png", stack=stacks[index],
-                                 descriptors=descriptors, molecule=molecule,
-                                 xyz_classes=None if xyz is None else xyz.classes[index],
-                                 xyz_offsets=None if xyz is None else xyz.offsets[index], window=window,
-                                 title=f"{name}: {tip_name} tip, {stacks.shape[3]} slices"))
+                                 descriptors=maps, molecule=molecule, window=window,
+                                 title=f"{name}: {tip_name} tip, {stacks.shape[3]} slices", **xyz))
     return paths
 
 

@@ -19,7 +19,7 @@ def channels_last(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """Store every convolution weight of ``model`` channels-last, in place; returns ``model``."""
+    """Store every 4-D/5-D parameter (conv weights) of ``model`` channels-last, in place; returns it."""
     for parameter in model.parameters():
         parameter.data = channels_last(parameter.data)
     return model

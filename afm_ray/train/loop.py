@@ -21,8 +21,8 @@ import torch
 from ray.train import Checkpoint
 
 from afm_ray.batches import MODEL_TIPS
-from afm_ray.optim import build_optimizer
 from afm_ray.models.memory_format import channels_last, to_channels_last
+from afm_ray.optim import build_optimizer
 from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig

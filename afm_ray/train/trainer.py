@@ -75,6 +75,18 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
     return config.model_copy(update={"data": data, "run": run, "mlflow": mlflow})
 
 
+def recorded_run_id(run_dir: Path) -> str | None:
+    """The MLflow run id kept in ``run_dir/afm_ray_run.json`` (:func:`open_mlflow_run`), if any."""
+    state_file = run_dir / RUN_STATE_FILE
+    return json.loads(state_file.read_text())["mlflow_run_id"] if state_file.exists() else None
+
+
+def record_run_id(run_dir: Path, run_id: str) -> None:
+    """Keep ``run_id`` in ``run_dir`` so that a restarted command continues the same MLflow run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_STATE_FILE).write_text(json.dumps({"mlflow_run_id": run_id}))
+
+
 def open_mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path, parent_run_id: str | None = None) -> str:
     """The MLflow run of this training: created with params and config, or re-used when it resumes.
 
@@ -86,9 +98,8 @@ def open_mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path, paren
     from mlflow.entities import Param
 
     client = MlflowClient(tracking_uri)
-    state_file = run_dir / RUN_STATE_FILE
-    if state_file.exists():
-        run_id = json.loads(state_file.read_text())["mlflow_run_id"]
+    run_id = recorded_run_id(run_dir)
+    if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         return run_id
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
@@ -104,8 +115,7 @@ def open_mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path, paren
         path = Path(folder) / "config.yaml"
         path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         client.log_artifact(run.info.run_id, str(path))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+    record_run_id(run_dir, run.info.run_id)
     return run.info.run_id
 
 
