@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -27,9 +28,10 @@ from afm_ray.descriptors.height_es import HeightMapConfig
 from afm_ray.errors import InputError
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import select_rotations
-from afm_ray.pipeline.work import BatchSpec
+from afm_ray.plan import BatchSpec
 from afm_ray.sim import SimConfig, Simulator
 
+ModelName = Literal["dsh", "es", "xyz"]
 MODEL_TIPS = {"dsh": ("CO",), "es": ("CO", "Xe"), "xyz": ("CO",)}
 MODEL_TARGETS = {
     "dsh": ("atomic_disks", "vdw_spheres", "height_map"),
@@ -76,9 +78,16 @@ class SplitSamples:
         return self.rotations.shape[0] * self.rotations.shape[1]
 
     def molecule(self, sample: int) -> Molecule:
-        per_molecule = self.rotations.shape[1]
-        molecule_index, rotation_index = divmod(int(sample), per_molecule)
+        molecule_index, rotation_index = divmod(int(sample), self.rotations.shape[1])
         return self.molecules[molecule_index].rotated(self.rotations[molecule_index, rotation_index])
+
+    def molecule_id(self, sample: int) -> str:
+        return self.molecules[int(sample) // self.rotations.shape[1]].id
+
+    def describe(self, sample: int) -> str:
+        """``molecule ID, rotation R`` of a sample number."""
+        molecule_index, rotation_index = divmod(int(sample), self.rotations.shape[1])
+        return f"molecule {self.molecules[molecule_index].id}, rotation {rotation_index}"
 
 
 class BatchFactory:
@@ -99,25 +108,51 @@ class BatchFactory:
         self.splits = splits
         self.simulator = Simulator(sim_config, device=device)
         self.window = ScanWindow.from_sim_config(sim_config)
-        self.xyz_grid = XyzGrid(window=self.window, element_groups=task.element_groups)
+        self.xyz_grid = (XyzGrid(window=self.window, element_groups=task.element_groups)
+                         if "xyz_classes" in task.targets else None)
 
     def n_samples(self, split: str) -> int:
         return len(self.splits[split])
 
-    def make_batch(self, spec: BatchSpec) -> dict[str, np.ndarray]:
+    def make_batch(self, spec: BatchSpec) -> dict:
         """Simulated, described and augmented batch for ``spec``.
 
         Returns a dict of NumPy arrays: ``x`` (B, C, nx, ny, K) float32 normalised Δf (C tips, K
         slices far → close); the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
         (Å, or V for ``es_map``), or ``xyz_classes`` (B, n_classes, gx, gy) and ``xyz_offsets``
         (B, 3, gx, gy) Å; ``samples`` (B,) int64; timings ``sim_seconds`` and ``produce_seconds``.
+
+        A sample that cannot be simulated or described (:class:`InputError`: outside the scan
+        window, too close to the probe, …) is left out rather than failing the batch: its number
+        goes to ``skipped_samples`` (int64) and a line naming its molecule id, rotation and reason
+        to ``skipped`` (list of str), so B may be smaller than ``len(spec.samples)``, even 0.
         """
         started = time.perf_counter()
         split = self.splits.get(spec.split)
         if split is None:
             raise InputError("batch", f"this factory has no {spec.split!r} split")
-        molecules = [split.molecule(sample) for sample in spec.samples]
-        seeds = np.random.SeedSequence(spec.seed).spawn(2 * len(self.task.tips))
+        remaining = [int(sample) for sample in spec.samples]
+        skipped: list[tuple[int, str]] = []
+        while True:
+            try:
+                batch = self._make(split, remaining, spec.seed) if remaining else self._empty()
+                break
+            except InputError as error:
+                culprit = self._culprit(split, remaining, spec.seed, error)
+                if culprit is None:  # fails only together: not one sample's fault
+                    raise
+                skipped.append((remaining.pop(culprit[0]), culprit[1]))
+        batch["skipped_samples"] = np.array([sample for sample, _ in skipped], dtype=np.int64)
+        batch["skipped"] = [f"{spec.split} sample {sample} ({split.describe(sample)}): {reason}"
+                            for sample, reason in skipped]
+        batch["sim_seconds"] = batch.pop("_sim_seconds", 0.0)
+        batch["produce_seconds"] = time.perf_counter() - started
+        return batch
+
+    def _make(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...]) -> dict:
+        started = time.perf_counter()
+        molecules = [split.molecule(sample) for sample in samples]
+        seeds = np.random.SeedSequence(seed).spawn(2 * len(self.task.tips))
         stacks, slice_indices = [], None
         for tip_index, tip in enumerate(self.task.tips):
             sim_seed = int(seeds[2 * tip_index].generate_state(1)[0])
@@ -126,10 +161,36 @@ class BatchFactory:
             slice_indices = augmented.slice_indices
             stacks.append(augmented.stacks)
         sim_seconds = time.perf_counter() - started
-        batch = {"x": np.stack(stacks, axis=1), **self._targets(molecules),
-                 "samples": np.asarray(spec.samples, dtype=np.int64), "sim_seconds": sim_seconds}
-        batch["produce_seconds"] = time.perf_counter() - started
-        return batch
+        return {"x": np.stack(stacks, axis=1), **self._targets(molecules),
+                "samples": np.asarray(samples, dtype=np.int64), "_sim_seconds": sim_seconds}
+
+    def _culprit(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...],
+                 error: InputError) -> tuple[int, str] | None:
+        """(position, reason) of the sample that ``error`` is about: the molecule it names, else the first that fails alone."""
+        for position, sample in enumerate(samples):
+            if error.where == f"molecule {split.molecule_id(sample)}":
+                return position, error.what
+        for position, sample in enumerate(samples):
+            try:
+                self._make(split, [sample], seed)
+            except InputError as alone:
+                return position, str(alone)
+        return None
+
+    def _empty(self) -> dict:
+        """A batch of no samples (every sample skipped), with the arrays' per-sample shapes."""
+        nx, ny = self.simulator.config.scan_pixels
+        slices = (self.augment_config.scan_height.kept_slices if self.augment_config.scan_height.enabled
+                  else self.simulator.config.num_slices)
+        batch = {"x": np.zeros((0, len(self.task.tips), nx, ny, slices), np.float32)}
+        if self.task.model == "xyz":
+            classes = self.xyz_grid.n_classes
+            gx, gy = self.xyz_grid.grid_shape
+            batch.update(xyz_classes=np.zeros((0, classes, gx, gy), np.float32),
+                         xyz_offsets=np.zeros((0, 3, gx, gy), np.float32))
+        else:
+            batch.update({name: np.zeros((0, nx, ny), np.float32) for name in self.task.targets})
+        return {**batch, "samples": np.zeros(0, np.int64)}
 
     def _targets(self, molecules: list[Molecule]) -> dict[str, np.ndarray]:
         return describe(molecules, self.task.targets, self.simulator, self.window, self.height_map_config,

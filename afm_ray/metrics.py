@@ -392,6 +392,20 @@ class XYZEvaluator:
         self._atom_counts = atom_counts if self._atom_counts is None else self._atom_counts + atom_counts
         self._confusion = confusion if self._confusion is None else self._confusion + confusion
 
+    def merge(self, other: "XYZEvaluator") -> None:
+        """Add ``other``'s statistics (another rank's share of the same set): as if one had seen both."""
+        if other._confusion is None:
+            return
+        if self._confusion is None:
+            self._box_counts, self._atom_counts = other._box_counts.copy(), other._atom_counts.copy()
+            self._confusion = other._confusion.copy()
+        else:
+            self._box_counts = self._box_counts + other._box_counts
+            self._atom_counts = self._atom_counts + other._atom_counts
+            self._confusion = self._confusion + other._confusion
+        self._box_errors.extend(other._box_errors)
+        self._matched_errors.extend(other._matched_errors)
+
     def result(self) -> XYZMetrics:
         if self._confusion is None:
             raise ValueError("XYZEvaluator.result() called before any update()")
@@ -443,6 +457,14 @@ class ImageMSEAccumulator:
         sums = np.array(sums)
         self._squared_error = sums if self._squared_error is None else self._squared_error + sums
         self._count += count
+
+    def merge(self, other: "ImageMSEAccumulator") -> None:
+        """Add ``other``'s sums (another rank's share of the same set)."""
+        if other._squared_error is None:
+            return
+        self._squared_error = (other._squared_error.copy() if self._squared_error is None
+                               else self._squared_error + other._squared_error)
+        self._count += other._count
 
     def result(self) -> dict[str, float]:
         if not self._count:

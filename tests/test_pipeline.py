@@ -1,14 +1,30 @@
-"""The distributed pipeline on a real local Ray cluster: actors, streaming, fault tolerance."""
+"""The distributed pipeline on a real local Ray cluster: actors, streaming, balance, fault tolerance, fixed sets."""
 
+import logging
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
+import pytest
 import ray
+import ray.cloudpickle
 
+from afm_ray.bench.synthetic_stream import FixedLatencyActor, measure_layout
 from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch
-from afm_ray.pipeline.actors import create_simulation_actors
-from afm_ray.pipeline.fixed_sets import FixedSet, materialize
+from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
+from afm_ray.pipeline.fixed_sets import FixedSet, fixed_set_key, materialize
+
+# the fault-injecting actors below live in this test module: workers get them by value
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def all_samples(specs) -> list[int]:
+    return sorted(np.concatenate([s.samples for s in specs]).tolist())
 
 
 def test_plan_is_deterministic_disjoint_and_equal_per_rank():
@@ -23,8 +39,110 @@ def test_plan_is_deterministic_disjoint_and_equal_per_rank():
     assert not set(b.index for b in ranks[0]) & set(b.index for b in ranks[1])
 
 
+def test_importing_the_batch_stages_does_not_import_ray():
+    code = "import sys, afm_ray.batches, afm_ray.plan, afm_ray.train.config; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_actor_works_for_every_consumer(ray_session):
+    """8 actors, 4 consumers at the default in-flight: before, only actors 0–3 ever got work."""
+    row = measure_layout(8, 4, latency_s=0.05, rounds=10)
+    assert row["exactly_once"]
+    assert row["actors_used"] == 8
+    assert 0.8 <= row["share_min"] and row["share_max"] <= 1.2, row
+
+
+class SlowOrBrokenActor(FixedLatencyActor):
+    """A fixed-latency actor that hangs (``hang``) or dies (``crash``) on the batch with index ``bad_index``."""
+
+    def __init__(self, latency_s: float, fault: str = "", bad_index: int = -1):
+        super().__init__(latency_s)
+        self.fault, self.bad_index = fault, bad_index
+
+    def make_batch(self, spec):
+        if spec.index == self.bad_index and self.fault == "hang":
+            time.sleep(3600)
+        if spec.index == self.bad_index and self.fault == "crash":
+            os._exit(1)
+        return super().make_batch(spec)
+
+
+def start_fake_actors(faults: list[tuple[str, int]], latency_s: float = 0.05) -> list:
+    remote = ray.remote(SlowOrBrokenActor).options(num_cpus=0, max_restarts=-1, max_task_retries=0)
+    actors = [remote.remote(latency_s, fault, index) for fault, index in faults]
+    ray.get([actor.describe.remote() for actor in actors])
+    return actors
+
+
+def test_a_hanging_actor_is_warned_about_and_its_batch_made_elsewhere(ray_session, caplog):
+    actors = start_fake_actors([("hang", 3), ("", -1), ("", -1)])
+    specs = plan_epoch(24, 2, run_seed=0, epoch=0)
+    try:
+        stream = BatchStream(actors, specs, max_in_flight=6, batch_timeout_s=2.0)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="afm_ray.pipeline"):
+            received = [int(s) for spec, batch in stream for s in batch["samples"]]
+        assert time.monotonic() - started < 30
+    finally:
+        stop_actors(actors)
+    assert sorted(received) == all_samples(specs)
+    assert stream.stats.timed_out >= 1 and stream.stats.dropped_batches == 0
+    assert any("has not come back from simulation actor" in r.message for r in caplog.records), caplog.text
+
+
+def test_a_batch_that_always_kills_its_actor_is_dropped_after_bounded_retries(ray_session, caplog):
+    """Every actor dies on batch 2; the stream tries it on 3 different actors, then drops it and finishes."""
+    actors = start_fake_actors([("crash", 2)] * 4)
+    specs = plan_epoch(12, 2, run_seed=0, epoch=0)
+    try:
+        stream = BatchStream(actors, specs, max_attempts=3, batch_timeout_s=60)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="afm_ray.pipeline"):
+            results = list(stream)
+        assert time.monotonic() - started < 120
+    finally:
+        stop_actors(actors)
+    dropped = [spec.index for spec, batch in results if batch is None]
+    assert dropped == [2] and stream.stats.dropped_batches == 1 and stream.stats.resent >= 2
+    assert sorted(spec.index for spec, _ in results) == list(range(6))
+    assert any("dropped" in r.message for r in caplog.records)
+
+
+def test_next_epoch_is_made_while_this_one_ends(ray_session):
+    actors = start_fake_actors([("", -1)] * 2, latency_s=0.1)
+    epoch0, epoch1 = plan_epoch(16, 2, 0, 0), plan_epoch(16, 2, 0, 1)
+    try:
+        stream = BatchStream(actors, max_in_flight=4)
+        stream.request(epoch0)
+        stream.request(epoch1)
+        first = list(stream.results(epoch0))
+        time.sleep(0.3)  # "validation"
+        validated = time.time()
+        second = list(stream.results(epoch1))
+    finally:
+        stop_actors(actors)
+    assert {spec.epoch for spec, _ in first} == {0} and {spec.epoch for spec, _ in second} == {1}
+    assert all_samples([s for s, _ in second]) == list(range(16))
+    # both actors made epoch-1 batches during the "validation": they had been requested before it
+    made_meanwhile = {batch["made_by"][0] for _, batch in second if batch["made_by"][1] < validated}
+    assert len(made_meanwhile) == 2
+
+
+class NeverReadyActor(FixedLatencyActor):
+    def __init__(self, *args):
+        time.sleep(3600)
+
+
+def test_actor_start_up_has_a_timeout_with_a_clear_error(ray_session, tiny_config):
+    pipeline = tiny_config.pipeline.model_copy(update={"actor_startup_timeout_s": 2.0, "sim_num_cpus": 0.0})
+    with pytest.raises(RuntimeError, match="did not start within pipeline.actor_startup_timeout_s = 2 s"):
+        create_simulation_actors(tiny_config.sample_settings, pipeline, actor_class=NeverReadyActor, args=(0.1,))
+
+
+# -- real simulation actors ------------------------------------------------------------------------
+
 def test_simulation_actors_stream_real_batches(ray_session, tiny_config):
-    actors = create_simulation_actors(tiny_config)
+    actors = create_simulation_actors(tiny_config.sample_settings, tiny_config.pipeline)
     try:
         places = ray.get([a.describe.remote() for a in actors])
         assert len({p["pid"] for p in places}) == 2
@@ -41,43 +159,105 @@ def test_simulation_actors_stream_real_batches(ray_session, tiny_config):
         again = ray.get(actors[1].make_batch.remote(spec))
         np.testing.assert_array_equal(again["x"], batch["x"])
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        stop_actors(actors)
 
 
 def test_killed_simulation_actor_restarts_and_every_sample_arrives_once(ray_session, tiny_config):
-    actors = create_simulation_actors(tiny_config)
+    actors = create_simulation_actors(tiny_config.sample_settings, tiny_config.pipeline)
     try:
         victim_pid = ray.get(actors[0].describe.remote())["pid"]
         specs = plan_epoch(24, 2, run_seed=0, epoch=0)  # 12 batches
         received = []
-        for count, (spec, batch) in enumerate(BatchStream(actors, specs, max_in_flight=4)):
+        stream = BatchStream(actors, specs, max_in_flight=4)
+        for count, (spec, batch) in enumerate(stream):
             received.extend(batch["samples"].tolist())
             if count == 1:
                 os.kill(victim_pid, signal.SIGKILL)
-        assert sorted(received) == sorted(np.concatenate([s.samples for s in specs]).tolist())
-        assert len(received) == len(set(received)) == 24
+        assert sorted(received) == all_samples(specs)
+        assert len(received) == len(set(received)) == 24 and stream.stats.dropped_batches == 0
         restarted = ray.get(actors[0].describe.remote(), timeout=120)
         assert restarted["pid"] != victim_pid
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        stop_actors(actors)
 
+
+def test_samples_that_cannot_be_simulated_are_skipped_with_their_molecule(tiny_config):
+    """A 6.4 Å window holds every molecule of the tiny split but one rotation of one training molecule."""
+    from afm_ray.batches import BatchFactory
+    from afm_ray.pipeline.sources import load_split_samples, task_of
+
+    settings = tiny_config.sample_settings.model_copy(update={"sim": tiny_config.sim.model_copy(
+        update={"scan_size_angstrom": (6.4, 6.4)})})
+    splits = load_split_samples(settings, ("train",))
+    factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.height_map, splits, device="cpu")
+    try:
+        batches = [factory.make_batch(spec) for spec in plan_epoch(24, 6, 0, 0)]
+    finally:
+        factory.close()
+    skipped = [line for batch in batches for line in batch["skipped"]]
+    assert len(skipped) == 1 and "molecule qm9:" in skipped[0] and "rotation" in skipped[0]
+    assert "does not contain the molecule" in skipped[0]
+    assert sum(len(batch["samples"]) for batch in batches) == 23
+    short = next(batch for batch in batches if len(batch["skipped_samples"]))
+    assert len(short["samples"]) == len(short["x"]) == len(short["vdw_spheres"]) == 5
+    assert short["skipped_samples"][0] not in short["samples"]
+
+
+# -- fixed sets ----------------------------------------------------------------------------------------
 
 def test_fixed_sets_are_materialised_once_and_read_back(ray_session, tiny_config):
-    actors = create_simulation_actors(tiny_config)
+    settings, seed = tiny_config.sample_settings, tiny_config.run.seed
+    actors = create_simulation_actors(settings, tiny_config.pipeline)
     try:
-        path = materialize(tiny_config, "val", 6, actors, progress=False)
+        path = materialize(settings, "val", 6, seed, actors, progress=False)
         stamp = (path / "_SUCCESS").stat().st_mtime_ns
-        assert materialize(tiny_config, "val", 6, actors, progress=False) == path
+        assert materialize(settings, "val", 6, seed, actors, progress=False) == path
         assert (path / "_SUCCESS").stat().st_mtime_ns == stamp  # not simulated again
-        fixed = FixedSet(path)
+        fixed = FixedSet(path, cache_mib=1.0)
         assert len(fixed) == 6
         first = fixed.first(4)
         assert first["x"].shape == (4, 1, 32, 32, 6) and first["samples"].tolist() == [0, 1, 2, 3]
         regenerated = ray.get(actors[0].make_batch.remote(
-            plan_epoch(6, 16, tiny_config.run.seed, 0, split="val", shuffle=False, drop_last=False)[0]))
+            plan_epoch(6, 16, seed, 0, split="val", shuffle=False, drop_last=False)[0]))
         np.testing.assert_array_equal(regenerated["x"][:4], first["x"])
+        cached = next(fixed.batches())
+        assert next(fixed.batches()) is cached  # decoded once, kept in memory within the bound
+        assert next(FixedSet(path, cache_mib=0).batches()) is not next(FixedSet(path, cache_mib=0).batches())
+
+        # two jobs building the same set at once on shared storage: one correct set, no leftovers
+        shutil.rmtree(path)
+        paths, errors = [], []
+
+        def build():
+            try:
+                paths.append(materialize(settings, "val", 6, seed, actors, progress=False))
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        builders = [threading.Thread(target=build) for _ in range(2)]
+        for builder in builders:
+            builder.start()
+        for builder in builders:
+            builder.join()
+        assert not errors and paths == [path, path]
+        assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+        np.testing.assert_array_equal(FixedSet(path).first(4)["x"], first["x"])
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        stop_actors(actors)
+
+
+def test_fixed_set_hash_covers_only_what_changes_its_samples(tiny_config, tmp_path):
+    settings = tiny_config.sample_settings
+    key = fixed_set_key(settings, "val", 6, seed=0)
+    copy = tmp_path / "elsewhere.parquet"
+    shutil.copy(settings.data.database, copy)
+    same = [settings.model_copy(update={"data": settings.data.model_copy(update=change)})
+            for change in ({"max_train_molecules": 5}, {"rotations_per_molecule": 7}, {"database": copy},
+                           {"fixed_set_dir": tmp_path / "other"})]
+    same.append(settings.model_copy(update={"train_rotations_per_molecule": 9}))
+    assert {fixed_set_key(s, "val", 6, seed=0) for s in same} == {key}
+    different = [settings.model_copy(update={"sim": settings.sim.model_copy(update={"num_slices": 10})}),
+                 settings.model_copy(update={"data": settings.data.model_copy(update={"eval_rotations_per_molecule": 2})}),
+                 settings.model_copy(update={"model": "es"})]
+    keys = {fixed_set_key(s, "val", 6, seed=0) for s in different} | {fixed_set_key(settings, "val", 6, seed=1)}
+    assert key not in keys and len(keys) == 4

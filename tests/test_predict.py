@@ -16,7 +16,7 @@ from afm_ray.augment import CutoutConfig, NoiseConfig, ShiftConfig, normalize_sl
 from afm_ray.batches import BatchFactory, SplitSamples
 from afm_ray.molecules.database import read_molecules
 from afm_ray.pipeline.sources import task_of
-from afm_ray.pipeline.work import BatchSpec
+from afm_ray.plan import BatchSpec
 from afm_ray.predict import Predictor, load_model
 from afm_ray.train.loop import load_checkpoint_model
 
@@ -63,7 +63,7 @@ def test_predict_on_simulated_npz_equals_the_training_pipeline(trained_dsh, tiny
     deterministic = config.augment.model_copy(update={"noise": NoiseConfig(enabled=False),
                                                       "shift": ShiftConfig(enabled=False),
                                                       "cutout": CutoutConfig(enabled=False)})
-    factory = BatchFactory(task_of(config), sim, deterministic, config.height_map,
+    factory = BatchFactory(task_of(config.sample_settings), sim, deterministic, config.height_map,
                            {"probe": SplitSamples((molecule,), np.eye(3)[None, None])}, device="cpu")
     batch = factory.make_batch(BatchSpec("probe", 0, 0, np.array([0]), (5,)))
     factory.close()

@@ -119,3 +119,38 @@ def test_model_name_registered_with_another_architecture_is_refused(tiny_config,
     with pytest.raises(InputError, match="already registered with architecture 'xyz'"):
         preflight(uri, "afm-taken", "dsh")
     preflight(uri, "afm-taken", "xyz")
+
+
+def test_two_ddp_ranks_share_actors_validation_and_metrics(ray_session, tiny_config):
+    """2 gloo ranks, 4 real simulation actors, a 6.4 Å window that one training sample does not fit.
+
+    Every actor works every epoch; every planned sample is trained or skipped exactly once per
+    epoch (and the run finishes); the sharded validation equals one rank evaluating the whole set.
+    """
+    from afm_ray.pipeline.fixed_sets import FixedSet
+    from afm_ray.train.loop import evaluate
+    from afm_ray.train.steps import build_loss
+
+    def changed(section, **values):
+        return getattr(tiny_config, section).model_copy(update=values)
+
+    config = tiny_config.model_copy(update={
+        "scaling": changed("scaling", num_workers=2, cpus_per_worker=1.0),
+        "pipeline": changed("pipeline", num_sim_actors=4, sim_num_cpus=0.5),
+        "sim": changed("sim", scan_size_angstrom=(6.4, 6.4)), "data": changed("data", eval_rotations_per_molecule=4),
+        "run": changed("run", epochs=2, name="ddp")})
+    outcome = run_training(config, progress=False)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    history = {key: [m.value for m in sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)]
+               for key in ("sim_actors_used", "samples_trained", "samples_skipped", "batches_dropped")}
+    assert history["sim_actors_used"] == [4, 4]
+    assert [t + s for t, s in zip(history["samples_trained"], history["samples_skipped"])] == [24, 24]
+    assert history["samples_skipped"] == [1, 1] and history["batches_dropped"] == [0, 0]
+
+    model, _, checkpoint_history = load_checkpoint_model(outcome.checkpoint_path)
+    val_path = next(p for p in config.data.fixed_set_dir.iterdir() if "-val-" in p.name)
+    single = evaluate(model, build_loss(config), config, FixedSet(val_path), torch.device("cpu")).result("val")
+    assert len(FixedSet(val_path).shards) >= 2  # each rank had a shard of its own
+    for name, value in single.items():
+        assert checkpoint_history[-1][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+

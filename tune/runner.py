@@ -88,7 +88,8 @@ def _scheduler(sweep: SweepConfig, config: TrainConfig):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=config.run.epochs,
+    # epochs, not training_iteration: Tune restarts that count at 1 when a trial resumes
+    return ASHAScheduler(time_attr="epochs_completed", max_t=config.run.epochs,
                          grace_period=min(sweep.scheduler.grace_period_epochs, config.run.epochs),
                          reduction_factor=sweep.scheduler.reduction_factor)
 

@@ -70,10 +70,22 @@ def trial_config(base: dict, train_overrides: dict, params: dict, where: str = "
 
 
 def check_space(base: dict, train_overrides: dict, search: dict[str, Dimension]) -> None:
-    """Every dimension names a real field and its range yields valid configs (raises :class:`InputError`)."""
+    """Every dimension names a real field, its range yields valid configs, and it leaves the shared data alone.
+
+    All trials of a sweep share one pool of simulation actors and one pair of fixed validation /
+    test sets, built from the base config; a dimension that would change what they make (``sim.*``,
+    ``augment.*``, ``data.*``, ``height_map.*``, the model's name or element classes, ``pipeline.*``)
+    is refused here rather than silently ignored by the trials. Raises :class:`InputError`.
+    """
+    reference = trial_config(base, train_overrides, {})
     for path, dimension in search.items():
         for value in dimension.values_to_check():
-            trial_config(base, train_overrides, {param_key(path): value}, where=f"search: {path}")
+            trial = trial_config(base, train_overrides, {param_key(path): value}, where=f"search: {path}")
+            if trial.sample_settings != reference.sample_settings or trial.pipeline != reference.pipeline:
+                raise InputError(f"search: {path}", f"value {_plain(value)!r} changes the simulated data or the "
+                                 "simulation actors, which every trial of a sweep shares (built once from the "
+                                 "base config); search training hyperparameters only, and run one sweep per "
+                                 "data setting (set it in train_overrides)")
 
 
 def _plain(value):

@@ -15,8 +15,16 @@ pending calls feeding forward, loss, backward and optimiser steps of the configu
   bound the stream guarantees: ``(max_in_flight + 1) × batch bytes`` (the pending calls' results
   plus the batch being trained on; reached only when the actors keep up).
 
+* how idle the actors are while the trainer validates, with and without requesting the next
+  epoch's batches first (``pipeline.prefetch_next_epoch``): after the timed batches the consumer
+  runs ``--validation-batches`` forward passes (a validation), then pulls the next epoch. Idle is
+  the share of actor-seconds in that window with no batch being made (from the actors' own clocks).
+
 On a machine with fewer cores than actors + trainer the figures show contention, not scaling:
 read them with ``os.cpu_count()`` (printed). Compare ratios within one run.
+
+``--synthetic`` measures the stream alone with many fixed-latency actors instead
+(:mod:`afm_ray.bench.synthetic_stream`).
 """
 
 from __future__ import annotations
@@ -45,6 +53,17 @@ def register(subparsers) -> None:
     parser.add_argument("--actors", default="1,2,4", help="comma-separated actor counts (default 1,2,4)")
     parser.add_argument("--batches", type=int, default=12, help="timed batches per actor count (default 12)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    parser.add_argument("--validation-batches", type=int, default=8,
+                        help="forward passes of the pause between epochs (default 8)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="fixed-latency actors (no CPU), many consumers: is every actor busy? (see below)")
+    parser.add_argument("--layouts", default="32x8,64x4,4x8",
+                        help="--synthetic: ACTORSxCONSUMERS layouts (default 32x8,64x4,4x8)")
+    parser.add_argument("--latency", type=float, default=0.2, help="--synthetic: seconds per batch (default 0.2)")
+    parser.add_argument("--rounds", type=int, default=40, help="--synthetic: batches per actor (default 40)")
+    parser.add_argument("--in-flight", type=int, default=None,
+                        help="--synthetic: batches in flight per consumer (default: the stream's own, "
+                             "max(4, 2 × ⌈actors / consumers⌉))")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs of the local Ray instance (default: all); ignored with RAY_ADDRESS")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for `afm-ray train`")
@@ -92,18 +111,24 @@ def batch_nbytes(batch: dict) -> int:
     return sum(value.nbytes for value in batch.values() if isinstance(value, np.ndarray))
 
 
-def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_train: int, gcs_address: str) -> dict:
-    """One row of the table: a consumer training on ``n_batches`` batches from ``n_actors`` actors."""
-    import ray
+def idle_fraction(intervals: list[tuple[int, float, float]], n_actors: int, window: tuple[float, float]) -> float:
+    """Share of ``n_actors × window`` actor-seconds in which no batch was being made."""
+    begin, end = window
+    busy = sum(max(0.0, min(stop, end) - max(start, begin)) for _, start, stop in intervals)
+    return 1.0 - busy / (n_actors * max(end - begin, 1e-9))
 
+
+def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: int, n_train: int,
+            gcs_address: str, prefetch: bool) -> dict:
+    """One row of the table: a consumer training on ``n_batches`` batches from ``n_actors`` actors, then validating."""
     from afm_ray.batches import MODEL_TIPS
     from afm_ray.optim import build_optimizer
     from afm_ray.pipeline import BatchStream, plan_epoch
-    from afm_ray.pipeline.actors import create_simulation_actors
+    from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
     from afm_ray.train.steps import build_loss, build_model, compute_loss, to_tensors
 
-    config = config.model_copy(update={"pipeline": config.pipeline.model_copy(update={"num_sim_actors": n_actors})})
-    actors = create_simulation_actors(config)
+    pipeline = config.pipeline.model_copy(update={"num_sim_actors": n_actors})
+    actors = create_simulation_actors(config.sample_settings, pipeline)
     try:
         model, loss_fn = build_model(config), build_loss(config)
         optimizer, _ = build_optimizer(model.parameters(), config.optimizer.learning_rate, config.optimizer.decay,
@@ -112,11 +137,16 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_train: int, 
         while len(specs) < n_warmup + n_batches:
             specs += plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch)
             epoch += 1
-        stream = BatchStream(actors, specs[:n_warmup + n_batches], config.pipeline.max_in_flight_per_worker)
+        specs = specs[:n_warmup + n_batches]
+        stream = BatchStream(actors, max_in_flight=pipeline.max_in_flight_per_worker)
+        following = plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch + 1)[:stream.max_in_flight]
+        stream.request(specs)
+        if prefetch:
+            stream.request(following)
         timed_from = wait_from = None
-        samples, largest_batch = 0, 0
+        samples, largest_batch, intervals, kept = 0, 0, [], []
         with ObjectStorePeak(gcs_address) as peak:
-            for index, (spec, batch) in enumerate(stream):
+            for index, (spec, batch) in enumerate(stream.results(specs)):
                 if index == n_warmup:
                     timed_from, wait_from = time.perf_counter(), stream.stats.wait_seconds
                     produce_from, produced_from = stream.stats.produce_seconds, stream.stats.samples
@@ -126,21 +156,36 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_train: int, 
                 loss.total.backward()
                 optimizer.step()
                 largest_batch = max(largest_batch, batch_nbytes(batch))
+                intervals.append(batch["made_by"])
+                kept = [tensors["x"]]
                 if index >= n_warmup:
                     samples += len(spec.samples)
             elapsed = time.perf_counter() - timed_from
+            validation = (time.time(), None)
+            with torch_no_grad():
+                for _ in range(n_validation):
+                    model(kept[0])
+            validation = (validation[0], time.time())
+            intervals += [batch["made_by"] for _, batch in stream.results(following)]
         produce_seconds = stream.stats.produce_seconds - produce_from
         produced = stream.stats.samples - produced_from
         return {
-            "actors": n_actors, "samples_per_s": samples / elapsed,
+            "actors": n_actors, "samples_per_s": samples / elapsed, "prefetch": prefetch,
             "wait_fraction": (stream.stats.wait_seconds - wait_from) / elapsed,
             "sim_stacks_per_s_per_actor": produced * len(MODEL_TIPS[config.model.name]) / max(produce_seconds, 1e-9),
             "store_peak_mib": peak.peak_mib if peak.available else None,
-            "store_bound_mib": (config.pipeline.max_in_flight_per_worker + 1) * largest_batch / 2**20,
+            "store_bound_mib": (stream.max_in_flight + 1) * largest_batch / 2**20,
+            "validation_s": validation[1] - validation[0],
+            "idle_in_validation": idle_fraction(intervals, n_actors, validation),
         }
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        stop_actors(actors)
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,6 +196,16 @@ def run(args: argparse.Namespace) -> int:
     from afm_ray.train.config import load_train_config
     from afm_ray.train.trainer import with_absolute_paths
 
+    if args.synthetic:
+        from afm_ray.bench.synthetic_stream import run_synthetic
+
+        try:
+            layouts = [tuple(int(n) for n in part.lower().split("x")) for part in args.layouts.split(",")]
+        except ValueError:
+            raise InputError("--layouts", f"expected ACTORSxCONSUMERS,… e.g. 32x8,64x4, got {args.layouts!r}") from None
+        if any(len(layout) != 2 or min(layout) < 1 for layout in layouts) or args.latency <= 0 or args.rounds < 1:
+            raise InputError("bench pipeline --synthetic", "layouts need two counts ≥ 1, --latency > 0, --rounds ≥ 1")
+        return run_synthetic(layouts, args.latency, args.rounds, args.in_flight, args.num_cpus)
     try:
         actor_counts = [int(part) for part in args.actors.split(",")]
     except ValueError:
@@ -158,25 +213,30 @@ def run(args: argparse.Namespace) -> int:
     if min(actor_counts) < 1 or args.batches < 1 or args.warmup < 0:
         raise InputError("bench pipeline", "--actors must be ≥ 1, --batches ≥ 1, --warmup ≥ 0")
     config = with_absolute_paths(load_train_config(args.config, args.overrides))
-    n_train = len(load_split_samples(config, ("train",))["train"])
+    n_train = len(load_split_samples(config.sample_settings, ("train",))["train"])
     ensure_ray(num_cpus=args.num_cpus, log_to_driver=False, quiet=True)
     gcs_address = ray.get_runtime_context().gcs_address
     print(f"model {config.model.name}, scan {config.sim.scan_pixels[0]}×{config.sim.scan_pixels[1]} px × "
           f"{config.sim.num_slices} slices, batch {config.run.batch_size}, "
-          f"{config.pipeline.max_in_flight_per_worker} batches in flight, {os.cpu_count()} CPUs on this machine, "
+          f"{config.pipeline.max_in_flight_per_worker or 'max(4, 2 × actors)'} batches in flight, "
+          f"{os.cpu_count()} CPUs on this machine, "
           f"Ray cluster {ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU")
-    print(f"{'actors':>6} {'samples/s':>10} {'efficiency':>10} {'data wait':>9} {'sim stacks/s/actor':>18} "
-          f"{'store peak MiB':>14} {'bound MiB':>9}")
+    print(f"{'actors':>6} {'prefetch':>8} {'samples/s':>10} {'efficiency':>10} {'data wait':>9} "
+          f"{'sim stacks/s/actor':>18} {'store peak MiB':>14} {'bound MiB':>9} {'validation s':>12} "
+          f"{'actors idle in it':>17}")
     baseline = None
     try:
         for n_actors in actor_counts:
-            row = measure(config, n_actors, args.batches, args.warmup, n_train, gcs_address)
-            baseline = baseline or row["samples_per_s"] / row["actors"]
-            peak = "n/a" if row["store_peak_mib"] is None else f"{row['store_peak_mib']:d}"
-            print(f"{row['actors']:>6d} {row['samples_per_s']:>10.1f} "
-                  f"{100 * row['samples_per_s'] / (row['actors'] * baseline):>9.0f}% "
-                  f"{100 * row['wait_fraction']:>8.0f}% {row['sim_stacks_per_s_per_actor']:>18.1f} "
-                  f"{peak:>14} {row['store_bound_mib']:>9.1f}", flush=True)
+            for prefetch in (False, True):
+                row = measure(config, n_actors, args.batches, args.warmup, args.validation_batches, n_train,
+                              gcs_address, prefetch)
+                baseline = baseline or row["samples_per_s"] / row["actors"]
+                peak = "n/a" if row["store_peak_mib"] is None else f"{row['store_peak_mib']:d}"
+                print(f"{row['actors']:>6d} {'on' if prefetch else 'off':>8} {row['samples_per_s']:>10.1f} "
+                      f"{100 * row['samples_per_s'] / (row['actors'] * baseline):>9.0f}% "
+                      f"{100 * row['wait_fraction']:>8.0f}% {row['sim_stacks_per_s_per_actor']:>18.1f} "
+                      f"{peak:>14} {row['store_bound_mib']:>9.1f} {row['validation_s']:>12.2f} "
+                      f"{100 * row['idle_in_validation']:>16.0f}%", flush=True)
     finally:
         shutdown_ray()
     return 0

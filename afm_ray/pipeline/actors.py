@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import os
+import time
 
 import ray
+from ray.exceptions import GetTimeoutError
 
 from afm_ray.errors import InputError
-from afm_ray.pipeline.work import BatchSpec
-from afm_ray.train.config import TrainConfig
+from afm_ray.pipeline.settings import PipelineSettings, SampleSettings
+from afm_ray.plan import BatchSpec
 
 
 class SimulationActor:
     """Makes batches for any subset of the run's split; created once, reused every epoch."""
 
-    def __init__(self, config_json: str):
+    def __init__(self, settings_json: str, opencl_device: str = "auto"):
         from afm_ray.batches import BatchFactory
         from afm_ray.pipeline.sources import load_split_samples, task_of
 
-        config = TrainConfig.model_validate_json(config_json)
-        self.factory = BatchFactory(task_of(config), config.sim, config.augment, config.height_map,
-                                    load_split_samples(config), device=config.pipeline.opencl_device)
+        settings = SampleSettings.model_validate_json(settings_json)
+        self.factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.height_map,
+                                    load_split_samples(settings), device=opencl_device)
 
     def make_batch(self, spec: BatchSpec) -> dict:
-        return self.factory.make_batch(spec)
+        started = time.time()
+        batch = self.factory.make_batch(spec)
+        batch["made_by"] = (os.getpid(), started, time.time())  # wall clock: a benchmark sees when actors idle
+        return batch
 
     def describe(self) -> dict:
         """Where this actor runs: OpenCL device, Ray node, assigned GPUs, process id."""
@@ -33,23 +38,53 @@ class SimulationActor:
                 "resources": context.get_assigned_resources()}
 
 
-def create_simulation_actors(config: TrainConfig, name_prefix: str | None = None) -> list:
+def actor_options(pipeline: PipelineSettings) -> dict:
+    """Ray options of a simulation actor: its placement, and restarts after a crash.
+
+    Calls are not retried by Ray (``max_task_retries=0``): the :class:`~afm_ray.pipeline.BatchStream`
+    re-sends a failed call itself, to another actor and a bounded number of times.
+    """
+    return {"num_cpus": pipeline.sim_num_cpus, "num_gpus": pipeline.sim_num_gpus,
+            "resources": dict(pipeline.sim_resources), "max_restarts": -1, "max_task_retries": 0}
+
+
+def create_simulation_actors(settings: SampleSettings, pipeline: PipelineSettings, name_prefix: str | None = None,
+                             actor_class: type = SimulationActor, args: tuple | None = None) -> list:
     """Start ``pipeline.num_sim_actors`` actors pinned by ``sim_num_gpus`` / ``sim_resources``.
 
-    Actors restart after a crash (``max_restarts=-1``) and their pending calls are retried, so a
-    lost actor delays batches but loses none. Waits until every actor has built its simulator.
+    Waits until every actor has built its simulator, at most ``pipeline.actor_startup_timeout_s``;
+    then fails with an error that says how many started and what they need. ``actor_class`` and
+    ``args`` replace :class:`SimulationActor` and its arguments (benchmarks and fault tests).
     """
-    pipeline = config.pipeline
     check_cluster_fits({"CPU": pipeline.sim_num_cpus, "GPU": pipeline.sim_num_gpus, **pipeline.sim_resources},
                        "pipeline: each simulation actor")
-    remote_class = ray.remote(SimulationActor)
-    options = {"num_cpus": pipeline.sim_num_cpus, "num_gpus": pipeline.sim_num_gpus,
-               "resources": dict(pipeline.sim_resources), "max_restarts": -1, "max_task_retries": -1}
-    config_json = config.model_dump_json()
-    actors = [remote_class.options(**options, name=f"{name_prefix}-{index}" if name_prefix else None).remote(config_json)
-              for index in range(pipeline.num_sim_actors)]
-    ray.get([actor.describe.remote() for actor in actors])
+    remote_class = ray.remote(actor_class)
+    args = args if args is not None else (settings.model_dump_json(), pipeline.opencl_device)
+    actors = [remote_class.options(**actor_options(pipeline), name=f"{name_prefix}-{index}" if name_prefix else None)
+              .remote(*args) for index in range(pipeline.num_sim_actors)]
+    describing = [actor.describe.remote() for actor in actors]
+    ready, waiting = ray.wait(describing, num_returns=len(describing), timeout=pipeline.actor_startup_timeout_s)
+    try:
+        ray.get(ready)  # an actor whose constructor raised (bad database, OpenCL build failure) says why here
+        if waiting:
+            raise GetTimeoutError()
+    except GetTimeoutError:
+        stop_actors(actors)
+        raise RuntimeError(
+            f"{len(waiting)} of {len(actors)} simulation actors did not start within "
+            f"pipeline.actor_startup_timeout_s = {pipeline.actor_startup_timeout_s:g} s. Each needs "
+            f"{pipeline.sim_num_cpus:g} CPU, {pipeline.sim_num_gpus:g} GPU and {dict(pipeline.sim_resources)}; "
+            f"the cluster has {ray.available_resources()} free (a node of that kind may still be starting, "
+            f"or their OpenCL kernels are still compiling)") from None
+    except BaseException:
+        stop_actors(actors)
+        raise
     return actors
+
+
+def stop_actors(actors: list) -> None:
+    for actor in actors:
+        ray.kill(actor)
 
 
 def check_cluster_fits(per_unit: dict[str, float], what: str) -> None:

@@ -2,18 +2,26 @@
 
 A fixed set is a folder of ``shard-NNNNN.parquet`` files, one per batch, each row a sample and
 each array field a binary column (C-contiguous bytes; dtype and per-sample shape in the schema
-metadata). The folder name holds a hash of everything that determines the samples (molecules,
-rotations, simulator, descriptors, augmentation, seed), so a run with other settings never reads
-stale data, while every run and tuning trial with the same settings reads identical samples. The
-folder is written under a temporary name and renamed when complete: an interrupted
-materialisation is simply redone.
+metadata). The folder name holds a hash of exactly what determines the samples (the database's
+content, split, evaluation rotations, model targets, simulator, descriptors, augmentation, seed;
+not the database's path nor any training-only setting), so every run and tuning trial with the same
+settings reads identical samples and no run reads stale ones.
+
+Builds are safe on shared storage: each build writes its own uniquely named temporary folder and
+renames it into place, which is atomic; when two jobs build the same set at once the second rename
+fails, and that job deletes its copy and uses the winner's. An interrupted build leaves only a
+temporary folder, never a half-written set.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
+import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,38 +30,42 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from afm_ray.pipeline.settings import SampleSettings
 from afm_ray.pipeline.stream import BatchStream
-from afm_ray.pipeline.work import plan_epoch
-from afm_ray.train.config import TrainConfig
+from afm_ray.plan import plan_epoch
 
-ARRAY_FIELDS_EXCLUDED = ("sim_seconds", "produce_seconds")
+log = logging.getLogger("afm_ray.pipeline")
 FIXED_SET_BATCH_SIZE = 16
+NOT_STORED = ("sim_seconds", "produce_seconds", "skipped_samples")
 
 
-def fixed_set_key(config: TrainConfig, subset: str, n_samples: int) -> str:
-    """Hash of everything that determines the samples of a fixed set."""
-    database = Path(config.data.database)
-    identity = {
-        "subset": subset, "n_samples": n_samples, "model": config.model.model_dump(mode="json"),
-        "data": config.data.model_dump(mode="json", exclude={"fixed_set_dir"}),
-        "database_bytes": database.stat().st_size if database.exists() else None,
-        "database_mtime_ns": database.stat().st_mtime_ns if database.exists() else None,
-        "sim": config.sim.model_dump(mode="json", exclude={"device"}),
-        "height_map": config.height_map.model_dump(mode="json"),
-        "augment": config.augment.model_dump(mode="json"), "seed": config.run.seed,
-    }
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fixed_set_key(settings: SampleSettings, subset: str, n_samples: int, seed: int) -> str:
+    """Hash of what determines the samples of a fixed set (see the module doc)."""
+    database = Path(settings.data.database)
+    stat = database.stat() if database.exists() else None
+    identity = {"subset": subset, "n_samples": n_samples, "seed": seed, **settings.eval_identity(),
+                "database": _file_digest(str(database), stat.st_size, stat.st_mtime_ns) if stat else str(database)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{config.model.name}-{config.data.split}-{subset}-{digest}"
+    return f"{settings.model}-{settings.data.split}-{subset}-{digest}"
 
 
-def fixed_set_path(config: TrainConfig, subset: str, n_samples: int) -> Path:
-    return Path(config.data.fixed_set_dir) / fixed_set_key(config, subset, n_samples)
+def fixed_set_path(settings: SampleSettings, subset: str, n_samples: int, seed: int) -> Path:
+    return Path(settings.data.fixed_set_dir) / fixed_set_key(settings, subset, n_samples, seed)
 
 
 def _batch_to_table(batch: dict) -> pa.Table:
     columns, metadata = {}, {}
     for name, value in batch.items():
-        if name in ARRAY_FIELDS_EXCLUDED:
+        if name in NOT_STORED or not isinstance(value, np.ndarray):
             continue
         array = np.ascontiguousarray(value)
         if name == "samples":
@@ -75,42 +87,94 @@ def table_to_batch(table: pa.Table) -> dict[str, np.ndarray]:
     return batch
 
 
-def materialize(config: TrainConfig, subset: str, n_samples: int, actors: list, progress: bool = True) -> Path:
-    """Simulate ``subset`` once with ``actors`` (if not stored yet); returns the shard folder."""
-    path = fixed_set_path(config, subset, n_samples)
+def materialize(settings: SampleSettings, subset: str, n_samples: int, seed: int, actors: list,
+                progress: bool = True, batch_timeout_s: float = 600.0, max_attempts: int = 3) -> Path:
+    """Simulate ``subset`` once with ``actors`` unless it is stored already; returns the shard folder.
+
+    Samples the actors skip are left out (and logged); a batch dropped after ``max_attempts`` fails
+    the build, since a fixed set must be complete.
+    """
+    path = fixed_set_path(settings, subset, n_samples, seed)
     if (path / "_SUCCESS").exists():
         return path
-    temporary = path.with_name(path.name + ".partial")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    specs = plan_epoch(n_samples, FIXED_SET_BATCH_SIZE, config.run.seed, 0, split=subset, shuffle=False,
-                       drop_last=False)
-    stream = BatchStream(actors, specs, max_in_flight=2 * len(actors))
-    with tqdm(total=n_samples, desc=f"simulating {subset} set", unit="sample", disable=not progress) as bar:
-        for spec, batch in stream:
-            pq.write_table(_batch_to_table(batch), temporary / f"shard-{spec.index:05d}.parquet")
-            bar.update(len(spec.samples))
-    (temporary / "_SUCCESS").write_text(json.dumps({"samples": n_samples, "batches": len(specs)}))
-    shutil.rmtree(path, ignore_errors=True)
-    temporary.rename(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.building-{uuid.uuid4().hex[:12]}")
+    temporary.mkdir()
+    try:
+        specs = plan_epoch(n_samples, FIXED_SET_BATCH_SIZE, seed, 0, split=subset, shuffle=False, drop_last=False)
+        stream = BatchStream(actors, specs, batch_timeout_s=batch_timeout_s, max_attempts=max_attempts)
+        stored = 0
+        with tqdm(total=n_samples, desc=f"simulating {subset} set", unit="sample", disable=not progress) as bar:
+            for spec, batch in stream:
+                if batch is None:
+                    raise RuntimeError(f"{subset} set: batch {spec.index} failed on every attempt; see the log")
+                if len(batch["samples"]):
+                    pq.write_table(_batch_to_table(batch), temporary / f"shard-{spec.index:05d}.parquet")
+                stored += len(batch["samples"])
+                bar.update(len(spec.samples))
+        if stored == 0:
+            raise RuntimeError(f"{subset} set: every one of its {n_samples} samples was skipped; see the log")
+        (temporary / "_SUCCESS").write_text(json.dumps({"samples": stored, "batches": len(specs),
+                                                        "samples_skipped": stream.stats.samples_skipped}))
+        _publish(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     return path
 
 
-class FixedSet:
-    """Read a materialised fixed set batch by batch (shards in order)."""
+def _publish(temporary: Path, path: Path) -> None:
+    """Rename ``temporary`` to ``path`` atomically; if another build got there first, keep theirs."""
+    try:
+        os.rename(temporary, path)
+        return
+    except OSError:
+        if (path / "_SUCCESS").exists():
+            log.info("%s was built by another job at the same time; using that one", path)
+            return
+    # a folder without _SUCCESS is no set: an earlier afm-ray's leftover. Move it aside, then retry.
+    stale = path.with_name(f".{path.name}.stale-{uuid.uuid4().hex[:12]}")
+    try:
+        os.rename(path, stale)
+    except OSError:
+        pass
+    shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(temporary, path)
+    except OSError:
+        if not (path / "_SUCCESS").exists():
+            raise
 
-    def __init__(self, path: str | Path):
+
+class FixedSet:
+    """Read a materialised fixed set batch by batch (shards in order), optionally one rank's share.
+
+    ``cache_mib``: decoded shards are kept in memory after their first read while they fit in this
+    bound (a validation set is read every epoch); 0 keeps nothing.
+    """
+
+    def __init__(self, path: str | Path, cache_mib: float = 0.0):
         self.path = Path(path)
         if not (self.path / "_SUCCESS").exists():
             raise FileNotFoundError(f"{self.path}: fixed set is not complete (no _SUCCESS marker)")
         self.shards = sorted(self.path.glob("shard-*.parquet"))
+        self.cache_bytes = int(cache_mib * 2**20)
+        self._cache: dict[Path, dict[str, np.ndarray]] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return json.loads((self.path / "_SUCCESS").read_text())["samples"]
 
-    def batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for shard in self.shards:
-            yield table_to_batch(pq.read_table(shard))
+    def batches(self, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        """Shards ``rank, rank + world_size, …`` decoded: ``{name: (B, …) array}``."""
+        for shard in self.shards[rank::world_size]:
+            batch = self._cache.get(shard)
+            if batch is None:
+                batch = table_to_batch(pq.read_table(shard))
+                size = sum(value.nbytes for value in batch.values())
+                if self._cached_bytes + size <= self.cache_bytes:
+                    self._cache[shard] = batch
+                    self._cached_bytes += size
+            yield batch
 
     def first(self, count: int) -> dict[str, np.ndarray]:
         """The first ``count`` samples (for figures on fixed validation samples)."""

@@ -50,12 +50,12 @@ from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.errors import InputError
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import fibonacci_sphere, rotations_to_z
-from afm_ray.pipeline.work import BatchSpec
+from afm_ray.plan import BatchSpec
 from afm_ray.predict.inputs import AfmStack
 from afm_ray.predict.predictor import Predictor
 from afm_ray.predict.preprocess import PreparedStack, PrepareSettings, prepare_stack
 from afm_ray.sim import ScanParams, SimConfig
-from afm_ray.train.config import PipelineSettings
+from afm_ray.pipeline.settings import PipelineSettings
 
 MATCH_OUTPUT = "vdw_spheres"
 DEFAULT_DIRECTIONS = 500
@@ -231,21 +231,23 @@ def simulate_rotations(molecule: Molecule, rotations: np.ndarray, sim_config: Si
     import ray
 
     from afm_ray.pipeline import BatchStream
-    from afm_ray.pipeline.actors import check_cluster_fits
+    from afm_ray.pipeline.actors import actor_options, check_cluster_fits, stop_actors
 
     placement = placement or PipelineSettings()
     check_cluster_fits({"CPU": placement.sim_num_cpus, "GPU": placement.sim_num_gpus, **placement.sim_resources},
                        "match: each simulation actor")
-    options = {"num_cpus": placement.sim_num_cpus, "num_gpus": placement.sim_num_gpus,
-               "resources": dict(placement.sim_resources), "max_restarts": -1, "max_task_retries": -1}
-    remote = ray.remote(RotationSimulator).options(**options)
+    remote = ray.remote(RotationSimulator).options(**actor_options(placement))
     workers = [remote.remote(molecule, rotations, sim_config, tip, placement.opencl_device) for _ in range(actors)]
     try:
-        for spec, batch in BatchStream(workers, specs, max_in_flight=2 * actors):
+        stream = BatchStream(workers, specs, batch_timeout_s=placement.batch_timeout_s,
+                             max_attempts=placement.max_attempts_per_batch)
+        for spec, batch in stream:
+            if batch is None:
+                raise RuntimeError(f"rotations {spec.samples[0]}–{spec.samples[-1]} failed on every attempt; "
+                                   "see the log")
             yield spec.samples, batch["df"]
     finally:
-        for worker in workers:
-            ray.kill(worker)
+        stop_actors(workers)
 
 
 # -- matching -------------------------------------------------------------------------------------

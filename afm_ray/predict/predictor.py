@@ -91,7 +91,8 @@ class Predictor:
         if self.model.model_name == "xyz":
             from afm_ray.pipeline.sources import task_of
 
-            self._grid = XyzGrid(window=self.window, element_groups=task_of(self.model.config).element_groups)
+            groups = task_of(self.model.config.sample_settings).element_groups
+            self._grid = XyzGrid(window=self.window, element_groups=groups)
 
     @property
     def model_input(self) -> ModelInput:

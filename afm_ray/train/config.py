@@ -7,16 +7,16 @@ key.path=value …`` overrides single fields. Units are in field names or descri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
 from pydantic import Field, model_validator
 
 from afm_ray.augment import AugmentConfig
+from afm_ray.batches import ModelName
 from afm_ray.config import StrictModel, load_config
 from afm_ray.descriptors.height_es import HeightMapConfig
+from afm_ray.pipeline.settings import DataSettings, PipelineSettings, SampleSettings
 from afm_ray.sim.config import SimConfig
 
-ModelName = Literal["dsh", "es", "xyz"]
+__all__ = ["DataSettings", "PipelineSettings", "TrainConfig", "load_train_config"]
 THESIS_ROTATIONS = {"dsh": 20, "es": 20, "xyz": 30}
 XYZ_BOX_ANGSTROM = 1.0
 """Edge of the xyz descriptor's boxes (Å): one per 8 × 8 input pixels at the thesis' 0.125 Å/px."""
@@ -30,35 +30,6 @@ class ModelSettings(StrictModel):
     element_classes: list[list[str]] | None = Field(
         None, description="xyz only: atom classes as element-symbol groups, e.g. [[H], [C], [N, O, F]]; "
                           "None = one 'atom' class as in the thesis")
-
-
-class DataSettings(StrictModel):
-    """Molecules, split and rotations."""
-
-    database: Path = Field(Path("data/qm9.parquet"), description="molecule database (afm-ray molecules …)")
-    split: str = Field("dataset1", description="split column of the database (thesis: dataset1 or dataset2)")
-    max_train_molecules: int | None = Field(None, ge=1, description="use at most this many training molecules")
-    max_eval_molecules: int | None = Field(None, ge=1, description="use at most this many val / test molecules")
-    rotations_per_molecule: int | None = Field(
-        None, ge=1, le=100, description="best rotations by thesis Eq. 25 (default 20 for dsh/es, 30 for xyz)")
-    eval_rotations_per_molecule: int = Field(
-        5, ge=1, le=100, description="rotations of each val/test molecule in the fixed evaluation sets")
-    rotation_candidates: int = Field(100, ge=1, description="candidate directions on the sphere (thesis 100)")
-    rotation_beta_per_angstrom: float = Field(1.0, gt=0, description="β of the rotation score S (thesis 1 Å⁻¹)")
-    fixed_set_dir: Path = Field(Path("data/fixed_sets"),
-                                description="where simulated val/test sets are stored as Parquet shards")
-
-
-class PipelineSettings(StrictModel):
-    """Simulation actors: how many, where, and how much work each consumer keeps in flight."""
-
-    num_sim_actors: int = Field(2, ge=1, description="simulation actors (each owns one OpenCL simulator)")
-    sim_num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed; 0 = CPU OpenCL)")
-    sim_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor")
-    sim_resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources per actor, e.g. {sim_gpu: 1} (KubeRay worker groups)")
-    max_in_flight_per_worker: int = Field(4, ge=1, description="batches requested ahead by each train worker")
-    opencl_device: str = Field("auto", description="auto | cpu | gpu | ray (the GPU Ray assigned) | index | name")
 
 
 class ScalingSettings(StrictModel):
@@ -159,6 +130,13 @@ class TrainConfig(StrictModel):
     @property
     def rotations_per_molecule(self) -> int:
         return self.data.rotations_per_molecule or THESIS_ROTATIONS[self.model.name]
+
+    @property
+    def sample_settings(self) -> SampleSettings:
+        """What the simulation actors need to make this run's batches and fixed sets."""
+        return SampleSettings(model=self.model.name, element_classes=self.model.element_classes, data=self.data,
+                              train_rotations_per_molecule=self.rotations_per_molecule, sim=self.sim,
+                              height_map=self.height_map, augment=self.augment)
 
     @property
     def input_slices(self) -> int:

@@ -1,15 +1,18 @@
 """The per-worker training loop run by Ray Train (one process per DDP rank).
 
-Each epoch a rank plans its share of the epoch's batches, pulls them from the simulation actors
-(:class:`~afm_ray.pipeline.BatchStream`), trains, and reports. Rank 0 evaluates the fixed
-validation set and writes the checkpoint (model, optimiser, scheduler, epoch, history); the
-controller logs each report to MLflow once the checkpoint is saved
-(:class:`~afm_ray.train.tracking.MlflowReportCallback`). A restarted worker group resumes from
-the latest checkpoint.
+Each rank pulls its share of every epoch's batches from the simulation actors through one
+:class:`~afm_ray.pipeline.BatchStream` that lasts the whole run, so the next epoch's batches are
+requested while this epoch ends, validates and checkpoints (``pipeline.prefetch_next_epoch``).
+Every rank then validates its shard of the fixed validation set; the shares are combined into
+one evaluation equal to a single-rank one, and training figures are summed over all ranks. Rank 0
+writes the checkpoint (model, optimiser, scheduler, epoch, history); the controller logs each
+report to MLflow once the checkpoint is saved (:class:`~afm_ray.train.tracking.MlflowReportCallback`).
+A restarted worker group resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -23,7 +26,7 @@ from ray.train import Checkpoint
 from afm_ray.batches import MODEL_TIPS
 from afm_ray.models.memory_format import channels_last, to_channels_last
 from afm_ray.optim import build_optimizer
-from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch
+from afm_ray.pipeline import BatchStream, StreamStats, batches_for_rank, plan_epoch
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.steps import Evaluation, build_loss, build_model, compute_loss, evaluation_for, objective, to_tensors
@@ -36,18 +39,43 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet, device) -> Evaluation:
-    """Loss and task metrics of ``model`` on a fixed set (no gradient, no DDP collectives)."""
+def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet, device,
+             rank: int = 0, world_size: int = 1) -> Evaluation:
+    """Loss and task metrics of ``model`` on shards ``rank::world_size`` of a fixed set (no gradient)."""
     network = unwrap(model)
     network.eval()
     evaluation = evaluation_for(config)
     with torch.no_grad():
-        for batch in fixed_set.batches():
+        for batch in fixed_set.batches(rank, world_size):
             tensors = to_tensors(batch, device)
             outputs = network(tensors["x"])
             evaluation.update(outputs, tensors, compute_loss(config.model.name, loss_fn, outputs, tensors))
     network.train()
     return evaluation
+
+
+def summed_over_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
+    """Every rank's ``values`` added up (a collective call when ``world_size`` > 1)."""
+    if world_size == 1:
+        return dict(values)
+    import torch.distributed as dist
+
+    shares: list = [None] * world_size
+    dist.all_gather_object(shares, values)
+    total: dict[str, float] = {}
+    for share in shares:
+        for name, value in share.items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
+def _stats_since(stats: StreamStats, before: StreamStats) -> dict[str, float]:
+    delta = {name: getattr(stats, name) - getattr(before, name)
+             for name in ("wait_seconds", "samples", "produce_seconds", "resent", "timed_out", "dropped_batches",
+                          "samples_skipped")}
+    delta.update({f"actor_{actor}": count - before.per_actor_batches.get(actor, 0)
+                  for actor, count in stats.per_actor_batches.items()})
+    return delta
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -76,53 +104,81 @@ def train_loop_per_worker(loop_config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
 
-    val_set = FixedSet(loop_config["val_path"]) if rank == 0 else None
+    val_set = FixedSet(loop_config["val_path"], cache_mib=config.data.fixed_set_cache_mib)
     n_train = loop_config["n_train_samples"]
     n_tips = len(MODEL_TIPS[config.model.name])
+    pipeline = config.pipeline
+    stream = BatchStream(actors, max_in_flight=pipeline.max_in_flight_per_worker, consumer=rank,
+                         consumers=world_size, batch_timeout_s=pipeline.batch_timeout_s,
+                         max_attempts=pipeline.max_attempts_per_batch, seed=config.run.seed)
+
+    def rank_plan(epoch: int):
+        return batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank, world_size)
+
+    def step(loss_total) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_total.backward()
+        optimizer.step()
+        scheduler.step()
+
     for epoch in range(start_epoch, config.run.epochs):
-        specs = batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank, world_size)
-        stream = BatchStream(actors, specs, config.pipeline.max_in_flight_per_worker)
+        specs = rank_plan(epoch)
+        stream.request(specs)
+        if pipeline.prefetch_next_epoch and epoch + 1 < config.run.epochs:
+            stream.request(rank_plan(epoch + 1))  # queued behind this epoch: actors stay busy while we validate
+        before = dataclasses.replace(stream.stats, per_actor_batches=dict(stream.stats.per_actor_batches))
         model.train()
         started = time.perf_counter()
-        loss_sum, loss_terms, steps = 0.0, {}, 0
-        for spec, batch in stream:
+        local = {"loss": 0.0, "steps": 0.0}
+        for spec, batch in stream.results(specs):
+            if batch is None or len(batch["samples"]) == 0:
+                if world_size > 1:  # every rank must run the same number of DDP steps: a step of zero loss
+                    outputs = model(_blank_input(config, n_tips, device))
+                    step(sum(o.sum() for o in outputs) * 0.0)
+                continue
             tensors = to_tensors(batch, device)
             outputs = model(channels_last(tensors["x"]) if config.run.channels_last else tensors["x"])
             loss = compute_loss(config.model.name, loss_fn, outputs, tensors)
-            optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
-            optimizer.step()
-            scheduler.step()
-            values = loss.detached()
-            loss_sum += values["total"]
-            for name, value in values.items():
-                if name not in ("total", "n_samples"):
-                    loss_terms[name] = loss_terms.get(name, 0.0) + value
-            steps += 1
+            step(loss.total)
+            for name, value in loss.detached().items():
+                if name != "n_samples":
+                    key = "loss" if name == "total" else f"loss_{name}"
+                    local[key] = local.get(key, 0.0) + value
+            local["steps"] += 1
         elapsed = time.perf_counter() - started
-        if steps == 0:
-            raise RuntimeError(f"epoch {epoch}: no training batches for rank {rank} "
-                               f"({n_train} samples, batch size {config.run.batch_size}, {world_size} ranks)")
-        stats = stream.stats
+        local.update(_stats_since(stream.stats, before), elapsed=elapsed)
+        total = summed_over_ranks(local, world_size)
+        if total["steps"] == 0:
+            raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, batch "
+                               f"size {config.run.batch_size}, {world_size} ranks); see the log for dropped batches")
+        validation_started = time.perf_counter()
+        evaluation = evaluate(model, loss_fn, config, val_set, device, rank, world_size).combined_over_ranks()
         metrics = {
-            "epoch": epoch, "train_loss": loss_sum / steps,
-            **{f"train_loss_{name}": value / steps for name, value in loss_terms.items()},
-            "train_samples_per_s": stats.samples * world_size / elapsed,
-            "data_wait_fraction": stats.wait_seconds / elapsed,
+            "epoch": epoch, "epochs_completed": epoch + 1, "train_loss": total["loss"] / total["steps"],
+            **{f"train_{name}": value / total["steps"] for name, value in total.items() if name.startswith("loss_")},
+            "train_samples_per_s": total["samples"] * world_size / total["elapsed"],
+            "data_wait_fraction": total["wait_seconds"] / total["elapsed"],
             # what one actor sustains while producing (stacks of all tips per second of its work)
-            "sim_stacks_per_s_per_actor": stats.samples * n_tips / max(stats.produce_seconds, 1e-9),
-            "batches_resent": stats.resent, "learning_rate": scheduler.get_last_lr()[0], "epoch_seconds": elapsed,
+            "sim_stacks_per_s_per_actor": total["samples"] * n_tips / max(total["produce_seconds"], 1e-9),
+            "samples_trained": total["samples"],
+            "sim_actors_used": sum(1 for name, count in total.items() if name.startswith("actor_") and count > 0),
+            "batches_resent": total["resent"], "batches_timed_out": total["timed_out"],
+            "batches_dropped": total["dropped_batches"], "samples_skipped": total["samples_skipped"],
+            "learning_rate": scheduler.get_last_lr()[0], "epoch_seconds": total["elapsed"] / world_size,
+            **evaluation.result("val"),
+            "validation_seconds": time.perf_counter() - validation_started,
         }
-        if rank != 0:
-            ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=None)
-            continue
-        metrics.update(evaluate(model, loss_fn, config, val_set, device).result("val"))
         history.append({k: float(v) for k, v in metrics.items()})
         best = [h[objective_name] for h in history]
         metrics["is_best"] = float(metrics[objective_name] == (max(best) if objective_mode == "max" else min(best)))
+        if rank != 0:
+            ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=None)
+            continue
         print(f"epoch {epoch + 1}/{config.run.epochs}  train_loss {metrics['train_loss']:.4g}  "
               f"val_loss {metrics['val_loss']:.4g}  {objective_name} {metrics[objective_name]:.4g}  "
-              f"{metrics['train_samples_per_s']:.1f} samples/s  data wait {100 * metrics['data_wait_fraction']:.0f} %",
+              f"{metrics['train_samples_per_s']:.1f} samples/s  data wait {100 * metrics['data_wait_fraction']:.0f} %"
+              + (f"  skipped {metrics['samples_skipped']:.0f} samples" if metrics["samples_skipped"] else "")
+              + (f"  dropped {metrics['batches_dropped']:.0f} batches" if metrics["batches_dropped"] else ""),
               # Ray Train's patched print tees a wrapped sys.stdout *and* logs to the console: twice
               file=sys.__stdout__, flush=True)
         with tempfile.TemporaryDirectory(prefix="afm-ray-checkpoint-") as folder:
@@ -131,6 +187,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         "config_json": loop_config["config_json"]}, Path(folder) / CHECKPOINT_FILE)
             (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
             ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=Checkpoint.from_directory(folder))
+
+
+def _blank_input(config: TrainConfig, n_tips: int, device) -> torch.Tensor:
+    """One all-zero input sample, (1, tips, nx, ny, slices)."""
+    x = torch.zeros(1, n_tips, *config.sim.scan_pixels, config.input_slices, device=device)
+    return channels_last(x) if config.run.channels_last else x
 
 
 def load_checkpoint_model(checkpoint_path: str | Path) -> tuple[torch.nn.Module, TrainConfig, list[dict]]:

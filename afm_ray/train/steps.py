@@ -101,6 +101,33 @@ class Evaluation:
         else:
             self._images.update([o.detach().cpu() for o in outputs], [t.cpu() for t in targets])
 
+    def merge(self, other: "Evaluation") -> None:
+        """Add another rank's evaluation of its shard of the same set."""
+        for name, value in other._loss_sum.items():
+            self._loss_sum[name] = self._loss_sum.get(name, 0.0) + value
+        self._samples += other._samples
+        if self._xyz is not None:
+            self._xyz.merge(other._xyz)
+        else:
+            self._images.merge(other._images)
+
+    def combined_over_ranks(self) -> "Evaluation":
+        """The evaluation of the whole set when every DDP rank evaluated its shard (a collective call).
+
+        Each rank's sums and xyz detections are gathered to every rank and added in rank order, so
+        the result equals one rank evaluating every shard, up to float summation order.
+        """
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+            return self
+        shares: list = [None] * dist.get_world_size()
+        dist.all_gather_object(shares, self)
+        combined = Evaluation(self.model_name, self.class_names)
+        for share in shares:
+            combined.merge(share)
+        return combined
+
     def result(self, prefix: str = "val") -> dict[str, float]:
         samples = max(self._samples, 1.0)
         figures = {f"{prefix}_loss" if name == "total" else f"{prefix}_loss_{name}": value / samples
@@ -132,8 +159,10 @@ def objective(config: TrainConfig) -> tuple[str, str]:
     return (XYZ_OBJECTIVE, "max") if config.model.name == "xyz" else (IMAGE_OBJECTIVE, "min")
 
 
-EPOCH_METRICS = ("train_loss", "train_samples_per_s", "data_wait_fraction", "sim_stacks_per_s_per_actor",
-                 "batches_resent", "learning_rate", "epoch_seconds")
+EPOCH_METRICS = ("epochs_completed", "train_loss", "train_samples_per_s", "data_wait_fraction",
+                 "sim_stacks_per_s_per_actor", "samples_trained", "sim_actors_used", "batches_resent",
+                 "batches_timed_out", "batches_dropped", "samples_skipped", "learning_rate", "epoch_seconds",
+                 "validation_seconds")
 
 
 def reported_metrics(config: TrainConfig) -> set[str]:

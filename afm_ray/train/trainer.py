@@ -25,7 +25,7 @@ from ray.train.torch import TorchTrainer
 from afm_ray.batches import MODEL_TARGETS
 from afm_ray.errors import InputError
 from afm_ray.models.packed import PackedOutputs
-from afm_ray.pipeline.actors import check_cluster_fits, create_simulation_actors
+from afm_ray.pipeline.actors import check_cluster_fits, create_simulation_actors, stop_actors
 from afm_ray.pipeline.fixed_sets import FixedSet, materialize
 from afm_ray.pipeline.sources import load_split_samples
 from afm_ray.ray_cluster import ensure_ray
@@ -129,8 +129,7 @@ class Pipeline:
     test_path: Path
 
     def stop(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
+        stop_actors(self.actors)
 
 
 def prepare(config: TrainConfig, workers_at_once: int = 1,
@@ -142,7 +141,7 @@ def prepare(config: TrainConfig, workers_at_once: int = 1,
     """
     config = with_absolute_paths(config)
     tracking_uri = config.mlflow.tracking_uri
-    counts = {subset: len(samples) for subset, samples in load_split_samples(config).items()}
+    counts = {subset: len(samples) for subset, samples in load_split_samples(config.sample_settings).items()}
     if counts["train"] < config.run.batch_size * config.scaling.num_workers:
         raise InputError("run.batch_size", f"{counts['train']} training samples cannot fill one batch of "
                                            f"{config.run.batch_size} on each of {config.scaling.num_workers} workers")
@@ -166,18 +165,18 @@ def prepare(config: TrainConfig, workers_at_once: int = 1,
 
 def start_pipeline(config: TrainConfig, counts: dict[str, int], progress: bool = True) -> Pipeline:
     """Start the simulation actors and make sure the fixed validation and test sets exist."""
-    actors = create_simulation_actors(config)
+    settings, pipeline = config.sample_settings, config.pipeline
+    actors = create_simulation_actors(settings, pipeline)
     for index, place in enumerate(ray.get([actor.describe.remote() for actor in actors])):
         print(f"simulation actor {index}: OpenCL {place['device']} on node {place['node_id'][:12]}, "
               f"pid {place['pid']}, resources {place['resources']}", flush=True)
     try:
-        val_path = materialize(config, "val", counts["val"], actors, progress)
-        test_path = materialize(config, "test", counts["test"], actors, progress)
+        paths = [materialize(settings, subset, counts[subset], config.run.seed, actors, progress,
+                             pipeline.batch_timeout_s, pipeline.max_attempts_per_batch) for subset in ("val", "test")]
     except BaseException:
-        for actor in actors:
-            ray.kill(actor)
+        stop_actors(actors)
         raise
-    return Pipeline(actors, counts, val_path, test_path)
+    return Pipeline(actors, counts, *paths)
 
 
 def build_trainer(config: TrainConfig, pipeline: Pipeline, tracking_uri: str, run_id: str, storage_path: Path,

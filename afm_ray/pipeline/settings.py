@@ -1,0 +1,85 @@
+"""The pipeline's own settings: which samples to make (:class:`SampleSettings`) and how (:class:`PipelineSettings`).
+
+:class:`~afm_ray.train.config.TrainConfig` holds these and hands them down
+(``config.sample_settings``); nothing in :mod:`afm_ray.pipeline` reads the training config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from afm_ray.augment import AugmentConfig
+from afm_ray.batches import ModelName
+from afm_ray.config import StrictModel
+from afm_ray.descriptors.height_es import HeightMapConfig
+from afm_ray.sim.config import SimConfig
+
+
+class DataSettings(StrictModel):
+    """Molecules, split and rotations."""
+
+    database: Path = Field(Path("data/qm9.parquet"), description="molecule database (afm-ray molecules …)")
+    split: str = Field("dataset1", description="split column of the database (thesis: dataset1 or dataset2)")
+    max_train_molecules: int | None = Field(None, ge=1, description="use at most this many training molecules")
+    max_eval_molecules: int | None = Field(None, ge=1, description="use at most this many val / test molecules")
+    rotations_per_molecule: int | None = Field(
+        None, ge=1, le=100, description="best rotations by thesis Eq. 25 (default 20 for dsh/es, 30 for xyz)")
+    eval_rotations_per_molecule: int = Field(
+        5, ge=1, le=100, description="rotations of each val/test molecule in the fixed evaluation sets")
+    rotation_candidates: int = Field(100, ge=1, description="candidate directions on the sphere (thesis 100)")
+    rotation_beta_per_angstrom: float = Field(1.0, gt=0, description="β of the rotation score S (thesis 1 Å⁻¹)")
+    fixed_set_dir: Path = Field(Path("data/fixed_sets"),
+                                description="where simulated val/test sets are stored as Parquet shards")
+    fixed_set_cache_mib: float = Field(
+        1024.0, ge=0, description="decoded validation shards each training rank keeps in memory after the first "
+                                  "epoch, MiB (a rank holds 1/W of the set; beyond the bound shards are re-read)")
+
+
+class PipelineSettings(StrictModel):
+    """Simulation actors: how many, where, how much work each consumer keeps in flight, and when to give up."""
+
+    num_sim_actors: int = Field(2, ge=1, description="simulation actors (each owns one OpenCL simulator)")
+    sim_num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed; 0 = CPU OpenCL)")
+    sim_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor")
+    sim_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per actor, e.g. {sim_gpu: 1} (KubeRay worker groups)")
+    max_in_flight_per_worker: int | None = Field(
+        None, ge=1, description="batches requested ahead by each train worker (object-store memory: this many "
+                                "batches per worker); None = max(4, 2 × ⌈actors / workers⌉), so each of a "
+                                "worker's own actors has one batch queued behind the one it makes")
+    opencl_device: str = Field("auto", description="auto | cpu | gpu | ray (the GPU Ray assigned) | index | name")
+    prefetch_next_epoch: bool = Field(
+        True, description="request the next epoch's batches while the current one ends, validates and checkpoints")
+    batch_timeout_s: float = Field(
+        600.0, gt=0, description="seconds a batch may take (queued + made) before it is re-sent to another actor, "
+                                 "with a warning naming the actor and the batch")
+    max_attempts_per_batch: int = Field(
+        3, ge=1, description="tries of a batch (each on another actor where there is one) before it is dropped "
+                             "and reported")
+    actor_startup_timeout_s: float = Field(
+        900.0, gt=0, description="seconds to wait for all simulation actors to be placed and build their simulator")
+
+
+class SampleSettings(StrictModel):
+    """Everything that turns a :class:`~afm_ray.plan.BatchSpec` into a batch: model task, molecules, stages."""
+
+    model: ModelName = Field("dsh", description="the model whose inputs and targets are made")
+    element_classes: list[list[str]] | None = Field(None, description="xyz element groups (None = one atom class)")
+    data: DataSettings = Field(default_factory=DataSettings)
+    train_rotations_per_molecule: int = Field(20, ge=1, description="rotations per training molecule")
+    sim: SimConfig = Field(default_factory=SimConfig)
+    height_map: HeightMapConfig = Field(default_factory=HeightMapConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    def eval_identity(self) -> dict:
+        """What determines a validation or test sample (the fixed sets' hash) besides the database's content:
+        no training-only fields, not where files are."""
+        data = self.data.model_dump(mode="json", include={"split", "max_eval_molecules",
+                                                          "eval_rotations_per_molecule", "rotation_candidates",
+                                                          "rotation_beta_per_angstrom"})
+        return {"model": self.model, "element_classes": self.element_classes, "data": data,
+                "sim": self.sim.model_dump(mode="json", exclude={"device"}),
+                "height_map": self.height_map.model_dump(mode="json"),
+                "augment": self.augment.model_dump(mode="json")}
