@@ -182,10 +182,10 @@ class BatchStream:
 
     # -- receive ---------------------------------------------------------------------------------
     def _receive_one(self) -> None:
+        if not self._pending and not self._abandoned:
+            raise RuntimeError("BatchStream: results wanted but nothing queued or pending (a bug: please report)")
         started = time.perf_counter()
         try:
-            if not self._pending and not self._abandoned:
-                return
             oldest = min((call.sent_at for call in self._pending.values()), default=time.monotonic())
             timeout = max(0.0, oldest + self.batch_timeout_s - time.monotonic())
             ready, _ = ray.wait([*self._pending, *self._abandoned], num_returns=1, timeout=timeout)
