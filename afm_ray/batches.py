@@ -166,13 +166,15 @@ class BatchFactory:
 
     def _culprit(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...],
                  error: InputError) -> tuple[int, str] | None:
-        """(position, reason) of the sample that ``error`` is about: the molecule it names, else the first that fails alone."""
-        for position, sample in enumerate(samples):
-            if error.where == f"molecule {split.molecule_id(sample)}":
-                return position, error.what
-        for position, sample in enumerate(samples):
+        """(position, reason) of the sample that ``error`` is about: found by making the suspects alone.
+
+        Suspects are the samples of the molecule the error names (any of its rotations), else all.
+        """
+        named = [position for position, sample in enumerate(samples)
+                 if error.where == f"molecule {split.molecule_id(sample)}"]
+        for position in named or range(len(samples)):
             try:
-                self._make(split, [sample], seed)
+                self._make(split, [samples[position]], seed)
             except InputError as alone:
                 return position, str(alone)
         return None

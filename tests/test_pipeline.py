@@ -18,6 +18,7 @@ from afm_ray.bench.synthetic_stream import FixedLatencyActor, measure_layout
 from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch
 from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
 from afm_ray.pipeline.fixed_sets import FixedSet, fixed_set_key, materialize
+from afm_ray.pipeline.stream import home_actors
 
 # the fault-injecting actors below live in this test module: workers get them by value
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -37,6 +38,15 @@ def test_plan_is_deterministic_disjoint_and_equal_per_rank():
     ranks = [batches_for_rank(first, rank, 5) for rank in range(5)]
     assert {len(r) for r in ranks} == {2}
     assert not set(b.index for b in ranks[0]) & set(b.index for b in ranks[1])
+
+
+@pytest.mark.parametrize("n_actors, consumers", [(32, 8), (64, 4), (6, 4), (4, 8), (1, 3)])
+def test_every_actor_is_some_consumers_and_every_consumer_has_as_many(n_actors, consumers):
+    homes = [home_actors(n_actors, consumer, consumers) for consumer in range(consumers)]
+    assert set().union(*homes) == set(range(n_actors))
+    assert len({len(home) for home in homes}) == 1
+    if n_actors % consumers == 0:  # owned outright: nobody else loads them
+        assert sum(len(home) for home in homes) == n_actors
 
 
 def test_importing_the_batch_stages_does_not_import_ray():

@@ -121,6 +121,18 @@ def test_summary_plots_numeric_and_categorical_hyperparameters(tmp_path):
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_settings_each_trial_applies_itself_may_be_searched(sweep_file):
+    from afm_ray.config import read_yaml
+    from tune.config import Dimension
+    from tune.space import check_space
+
+    sweep = load_sweep_config(sweep_file)
+    check_space(read_yaml(sweep.train_config), sweep.train_overrides, {
+        "pipeline.batch_timeout_s": Dimension(choice=[60.0, 120.0]),
+        "pipeline.max_in_flight_per_worker": Dimension(randint=(2, 8)),
+        "data.fixed_set_cache_mib": Dimension(choice=[0.0, 512.0])})
+
+
 def test_thesis_sweep_configs_load():
     for name in ("sweep_xyz.yaml", "sweep_xyz_gamma_grid.yaml", "sweep_dsh.yaml", "sweep_es.yaml"):
         config = load_sweep_config(CONFIGS / name)

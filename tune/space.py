@@ -74,14 +74,17 @@ def check_space(base: dict, train_overrides: dict, search: dict[str, Dimension])
 
     All trials of a sweep share one pool of simulation actors and one pair of fixed validation /
     test sets, built from the base config; a dimension that would change what they make (``sim.*``,
-    ``augment.*``, ``data.*``, ``height_map.*``, the model's name or element classes, ``pipeline.*``)
-    is refused here rather than silently ignored by the trials. Raises :class:`InputError`.
+    ``augment.*``, ``data.*``, ``height_map.*``, the model's name or element classes, the actors'
+    ``pipeline.*`` placement) is refused here rather than silently ignored by the trials; settings each
+    trial's workers apply themselves (in-flight, timeouts, prefetch, caches) may be searched. Raises
+    :class:`InputError`.
     """
     reference = trial_config(base, train_overrides, {})
     for path, dimension in search.items():
         for value in dimension.values_to_check():
             trial = trial_config(base, train_overrides, {param_key(path): value}, where=f"search: {path}")
-            if trial.sample_settings != reference.sample_settings or trial.pipeline != reference.pipeline:
+            if (trial.sample_settings.actor_identity() != reference.sample_settings.actor_identity()
+                    or trial.pipeline.actor_identity() != reference.pipeline.actor_identity()):
                 raise InputError(f"search: {path}", f"value {_plain(value)!r} changes the simulated data or the "
                                  "simulation actors, which every trial of a sweep shares (built once from the "
                                  "base config); search training hyperparameters only, and run one sweep per "

@@ -27,9 +27,9 @@ for Ray Data (which has no in-flight bound):
 actors × consumers  before: each consumer  afm-ray stream now     Ray Data              Ray Data, rows
                     balanced by own count  (home actors)          ``streaming_split``   materialised first
 ==================  =====================  =====================  ====================  ==================
-32 × 8              12 %, 4 of 32 actors   94 %, 32 of 32         11 %, 17 of 32        37 %, 32 of 32
-64 × 4              6 %, 4 of 64 actors    97 %, 64 of 64         5 %, 18 of 64         19 %, 64 of 64
-4 × 8               97 %                   98 %                   55 %                  79 %
+32 × 8              12 %, 4 of 32 actors   92–94 %, 32 of 32      11 %, 17 of 32        37 %, 32 of 32
+64 × 4              6 %, 4 of 64 actors    94–97 %, 64 of 64      5 %, 18 of 64         19 %, 64 of 64
+4 × 8               97 %                   95–98 %                55 %                  79 %
 ==================  =====================  =====================  ====================  ==================
 
 ("before" is the rate against all actors' 1 / latency each, with its default in-flight of 4. Now

@@ -137,6 +137,12 @@ def _publish(temporary: Path, path: Path) -> None:
         os.rename(path, stale)
     except OSError:
         pass
+    if (stale / "_SUCCESS").exists():  # another job published between our two looks: put it back
+        try:
+            os.rename(stale, path)
+        except OSError:
+            shutil.rmtree(stale, ignore_errors=True)
+        return
     shutil.rmtree(stale, ignore_errors=True)
     try:
         os.rename(temporary, path)

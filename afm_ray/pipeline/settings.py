@@ -62,6 +62,12 @@ class PipelineSettings(StrictModel):
         900.0, gt=0, description="seconds to wait for all simulation actors to be placed and build their simulator")
 
 
+    def actor_identity(self) -> dict:
+        """The fields the simulation actors are started with (the rest is each consumer's own)."""
+        return self.model_dump(mode="json", include={"num_sim_actors", "sim_num_gpus", "sim_num_cpus",
+                                                     "sim_resources", "opencl_device"})
+
+
 class SampleSettings(StrictModel):
     """Everything that turns a :class:`~afm_ray.plan.BatchSpec` into a batch: model task, molecules, stages."""
 
@@ -72,6 +78,10 @@ class SampleSettings(StrictModel):
     sim: SimConfig = Field(default_factory=SimConfig)
     height_map: HeightMapConfig = Field(default_factory=HeightMapConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    def actor_identity(self) -> dict:
+        """What the simulation actors make batches from (not the consumers' own settings, such as caches)."""
+        return self.model_dump(mode="json", exclude={"data": {"fixed_set_cache_mib"}})
 
     def eval_identity(self) -> dict:
         """What determines a validation or test sample (the fixed sets' hash) besides the database's content:

@@ -8,7 +8,8 @@ trainer simply stops asking (backpressure).
 **Which actor.** Consumer ``c`` of ``W`` owns the *home* actors ``c, c + W, c + 2W, …`` (with fewer
 actors than consumers, actor ``c mod N``, shared). A home actor receives calls from its owner
 alone, so the owner's count of its outstanding calls *is* the actor's global load: each call goes
-to the home actor with the fewest, ties broken at random. Other actors are used only when every
+to the home actor with the fewest, ties broken at random. (When ``W`` does not divide ``N``, the
+``N mod W`` last actors are shared by all consumers.) Other actors are used only when every
 home actor is failing, has failed this batch, or has timed out. Where ``max_in_flight`` is not
 given it is ``max(4, 2 × ⌈N / W⌉)``: every home actor has one batch queued behind the one it is making.
 (Before, every consumer balanced over *all* actors by its own counter, starting at zero with ties
@@ -35,7 +36,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (ActorUnschedulableError, GetTimeoutError, NodeDiedError, ObjectLostError, RayActorError,
+                            RayError)
 
 from afm_ray.plan import BatchSpec
 
@@ -45,8 +47,11 @@ except ImportError:  # pragma: no cover
     ActorUnavailableError = RayActorError
 
 log = logging.getLogger("afm_ray.pipeline")
-ACTOR_LOST = (RayActorError, ActorUnavailableError)
+# errors that say the actor (or its node, or the object it made) is gone, rather than that the batch failed
+ACTOR_LOST = (RayActorError, ActorUnavailableError, ActorUnschedulableError, NodeDiedError, ObjectLostError)
 MIN_DEFAULT_IN_FLIGHT = 4
+SUSPECT_SECONDS = 30.0
+"""How long an actor that died is passed over (it restarts meanwhile); a hung one stays so until it answers."""
 
 
 @dataclass
@@ -78,10 +83,15 @@ class _Call:
 
 
 def home_actors(n_actors: int, consumer: int, consumers: int) -> list[int]:
-    """Actor indices owned by ``consumer`` of ``consumers`` (see the module doc)."""
-    if n_actors >= consumers:
-        return list(range(consumer % consumers, n_actors, consumers))
-    return [consumer % n_actors]
+    """Actor indices ``consumer`` of ``consumers`` sends work to (see the module doc).
+
+    Each consumer owns ``n_actors // consumers`` actors; the ``n_actors % consumers`` left over are
+    shared by all, so that no rank (and with DDP, no step) is fed by fewer actors than the others.
+    """
+    if n_actors < consumers:
+        return [consumer % n_actors]
+    owned = n_actors // consumers * consumers
+    return list(range(consumer, owned, consumers)) + list(range(owned, n_actors))
 
 
 def default_in_flight(n_actors: int, consumers: int) -> int:
@@ -126,7 +136,7 @@ class BatchStream:
         self._attempts: dict = {}  # key → calls sent
         self._failed_on: dict = {}  # key → actor indices that failed or timed out on it
         self._outstanding = [0] * len(self.actors)
-        self._suspect: set[int] = set()  # actors that died or hung, avoided until they deliver again
+        self._suspect: dict[int, float] = {}  # actor → until when it is passed over (inf: hung, until it answers)
         self._initial = list(specs)
         self.request(self._initial)
 
@@ -151,22 +161,30 @@ class BatchStream:
                 self._count(spec, batch, actor)
                 yield spec, batch
             if wanted:
-                self._fill()
+                self._fill(wanted)
                 self._receive_one()
 
     def __iter__(self) -> Iterator[tuple[BatchSpec, dict | None]]:
         return self.results(self._initial)
 
     # -- dispatch --------------------------------------------------------------------------------
-    def _fill(self) -> None:
+    def _fill(self, wanted: set) -> None:
         while self._queue and (len(self._pending) + len(self._ready) < self.max_in_flight or not self._pending):
             self._send(self._queue.popleft())
+        # the budget may be full of later work (the next epoch) while a re-queued batch of this one waits
+        if not any(call.spec.key in wanted for call in self._pending.values()):
+            waiting = next((spec for spec in self._queue if spec.key in wanted), None)
+            if waiting is not None:
+                self._queue.remove(waiting)
+                self._send(waiting)
 
     def _choose_actor(self, key) -> int:
         failed = self._failed_on.get(key, set())
         everyone = range(len(self.actors))
-        for pool in ([a for a in self.home if a not in failed and a not in self._suspect],
-                     [a for a in everyone if a not in failed and a not in self._suspect],
+        now = time.monotonic()
+        suspect = {actor for actor, until in self._suspect.items() if until > now}
+        for pool in ([a for a in self.home if a not in failed and a not in suspect],
+                     [a for a in everyone if a not in failed and a not in suspect],
                      [a for a in everyone if a not in failed],
                      list(everyone)):
             if pool:
@@ -198,11 +216,11 @@ class BatchStream:
             self._outstanding[call.actor] -= 1
             try:
                 batch = ray.get(ref, timeout=self.batch_timeout_s)
-            except (*ACTOR_LOST, RayTaskError, GetTimeoutError) as error:
+            except (RayError, GetTimeoutError) as error:
                 if not late:
                     self._failed(call, error)
                 return
-            self._suspect.discard(call.actor)
+            self._suspect.pop(call.actor, None)
             if late:
                 self._late_success(call, batch)
             else:
@@ -247,7 +265,7 @@ class BatchStream:
 
     def _failed(self, call: _Call, error: Exception) -> None:
         if isinstance(error, ACTOR_LOST):
-            self._suspect.add(call.actor)
+            self._suspect[call.actor] = max(self._suspect.get(call.actor, 0.0), time.monotonic() + SUSPECT_SECONDS)
         reason = str(error).strip().splitlines()[-1][:300] if str(error).strip() else type(error).__name__
         self._retry_or_drop(call, f"failed on simulation actor {call.actor}: {reason}")
 
@@ -257,7 +275,7 @@ class BatchStream:
             if now - call.sent_at >= self.batch_timeout_s:
                 self.stats.timed_out += 1
                 self._abandoned[ref] = self._pending.pop(ref)
-                self._suspect.add(call.actor)
+                self._suspect[call.actor] = math.inf
                 log.warning("batch %s has not come back from simulation actor %d after %.0f s; sending it "
                             "to another actor", _name(call.spec), call.actor, now - call.sent_at)
                 self._retry_or_drop(call, f"timed out on simulation actor {call.actor}")
