@@ -29,7 +29,8 @@ from afm_ray.optim import build_optimizer
 from afm_ray.pipeline import BatchStream, StreamStats, batches_for_rank, plan_epoch
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig
-from afm_ray.train.steps import Evaluation, build_loss, build_model, compute_loss, evaluation_for, objective, to_tensors
+from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for,
+                                 gathered_from_ranks, objective, to_tensors)
 
 CHECKPOINT_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -54,16 +55,10 @@ def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: Fi
     return evaluation
 
 
-def summed_over_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
-    """Every rank's ``values`` added up (a collective call when ``world_size`` > 1)."""
-    if world_size == 1:
-        return dict(values)
-    import torch.distributed as dist
-
-    shares: list = [None] * world_size
-    dist.all_gather_object(shares, values)
+def summed_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Every DDP rank's ``values`` added up (a collective call)."""
     total: dict[str, float] = {}
-    for share in shares:
+    for share in gathered_from_ranks(values):
         for name, value in share.items():
             total[name] = total.get(name, 0.0) + value
     return total
@@ -147,7 +142,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             local["steps"] += 1
         elapsed = time.perf_counter() - started
         local.update(_stats_since(stream.stats, before), elapsed=elapsed)
-        total = summed_over_ranks(local, world_size)
+        total = summed_over_ranks(local)
         if total["steps"] == 0:
             raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, batch "
                                f"size {config.run.batch_size}, {world_size} ranks); see the log for dropped batches")

@@ -117,12 +117,9 @@ class Evaluation:
         Each rank's sums and xyz detections are gathered to every rank and added in rank order, so
         the result equals one rank evaluating every shard, up to float summation order.
         """
-        import torch.distributed as dist
-
-        if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        shares = gathered_from_ranks(self)
+        if len(shares) == 1:
             return self
-        shares: list = [None] * dist.get_world_size()
-        dist.all_gather_object(shares, self)
         combined = Evaluation(self.model_name, self.class_names)
         for share in shares:
             combined.merge(share)
@@ -146,6 +143,17 @@ class Evaluation:
 
     def xyz_metrics(self):
         return self._xyz.result() if self._xyz is not None else None
+
+
+def gathered_from_ranks(value) -> list:
+    """``value`` of every DDP rank, in rank order (a collective call); ``[value]`` outside DDP."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    shares: list = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, value)
+    return shares
 
 
 def evaluation_for(config: TrainConfig) -> Evaluation:
