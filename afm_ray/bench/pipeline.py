@@ -121,6 +121,8 @@ def idle_fraction(intervals: list[tuple[int, float, float]], n_actors: int, wind
 def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: int, n_train: int,
             gcs_address: str, prefetch: bool) -> dict:
     """One row of the table: a consumer training on ``n_batches`` batches from ``n_actors`` actors, then validating."""
+    import torch
+
     from afm_ray.batches import MODEL_TIPS
     from afm_ray.optim import build_optimizer
     from afm_ray.pipeline import BatchStream, plan_epoch
@@ -144,7 +146,7 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
         if prefetch:
             stream.request(following)
         timed_from = wait_from = None
-        samples, largest_batch, intervals, kept = 0, 0, [], []
+        samples, largest_batch, intervals = 0, 0, []
         with ObjectStorePeak(gcs_address) as peak:
             for index, (spec, batch) in enumerate(stream.results(specs)):
                 if index == n_warmup:
@@ -157,21 +159,22 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
                 optimizer.step()
                 largest_batch = max(largest_batch, batch_nbytes(batch))
                 intervals.append(batch["made_by"])
-                kept = [tensors["x"]]
                 if index >= n_warmup:
                     samples += len(spec.samples)
             elapsed = time.perf_counter() - timed_from
-            validation = (time.time(), None)
-            with torch_no_grad():
+            # the timed batches' figures, before the next epoch's batches add to the stream's counters
+            waited = stream.stats.wait_seconds - wait_from
+            produce_seconds = stream.stats.produce_seconds - produce_from
+            produced = stream.stats.samples - produced_from
+            validation_started = time.time()
+            with torch.no_grad():
                 for _ in range(n_validation):
-                    model(kept[0])
-            validation = (validation[0], time.time())
+                    model(tensors["x"])  # the last batch, as a stand-in validation set
+            validation = (validation_started, time.time())
             intervals += [batch["made_by"] for _, batch in stream.results(following)]
-        produce_seconds = stream.stats.produce_seconds - produce_from
-        produced = stream.stats.samples - produced_from
         return {
             "actors": n_actors, "samples_per_s": samples / elapsed, "prefetch": prefetch,
-            "wait_fraction": (stream.stats.wait_seconds - wait_from) / elapsed,
+            "wait_fraction": waited / elapsed,
             "sim_stacks_per_s_per_actor": produced * len(MODEL_TIPS[config.model.name]) / max(produce_seconds, 1e-9),
             "store_peak_mib": peak.peak_mib if peak.available else None,
             "store_bound_mib": (stream.max_in_flight + 1) * largest_batch / 2**20,
@@ -180,12 +183,6 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
         }
     finally:
         stop_actors(actors)
-
-
-def torch_no_grad():
-    import torch
-
-    return torch.no_grad()
 
 
 def run(args: argparse.Namespace) -> int:
