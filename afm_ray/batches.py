@@ -23,13 +23,13 @@ import numpy as np
 
 from afm_ray.augment import AugmentConfig, augment
 from afm_ray.descriptors import XyzGrid, atomic_disks, height_and_es_maps, vdw_spheres
+from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.descriptors.geometry import ScanWindow
-from afm_ray.descriptors.height_es import HeightMapConfig
 from afm_ray.errors import InputError
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import select_rotations
 from afm_ray.plan import BatchSpec
-from afm_ray.sim import SimConfig, Simulator
+from afm_ray.sim import ScanParams, SimConfig, Simulator
 
 ModelName = Literal["dsh", "es", "xyz"]
 MODEL_TIPS = {"dsh": ("CO",), "es": ("CO", "Xe"), "xyz": ("CO",)}
@@ -95,16 +95,16 @@ class BatchFactory:
 
     Args:
         task: model and targets.
-        sim_config, augment_config, height_map_config: the stages' configurations.
+        sim_config, augment_config, descriptors: the stages' configurations.
         splits: ``{"train": SplitSamples, "val": …}``.
         device: OpenCL device override (see :func:`afm_ray.sim.device.select_device`).
     """
 
     def __init__(self, task: Task, sim_config: SimConfig, augment_config: AugmentConfig,
-                 height_map_config: HeightMapConfig, splits: dict[str, SplitSamples], device=None):
+                 descriptors: DescriptorsConfig, splits: dict[str, SplitSamples], device=None):
         self.task = task
         self.augment_config = augment_config
-        self.height_map_config = height_map_config
+        self.descriptors = descriptors
         self.splits = splits
         self.simulator = Simulator(sim_config, device=device)
         self.window = ScanWindow.from_sim_config(sim_config)
@@ -155,8 +155,11 @@ class BatchFactory:
         seeds = np.random.SeedSequence(seed).spawn(2 * len(self.task.tips))
         stacks, slice_indices = [], None
         for tip_index, tip in enumerate(self.task.tips):
-            sim_seed = int(seeds[2 * tip_index].generate_state(1)[0])
-            df = self.simulator.simulate(molecules, tip=tip, seed=sim_seed)
+            # each sample's tilt and start distance depend on its number, not its place in the batch, so a
+            # sample simulated alone (to find the one a batch failed on) is the sample the batch had
+            scan_params = [ScanParams.draw(self.simulator.config, _sample_seed(seeds[2 * tip_index], sample))
+                           for sample in samples]
+            df = self.simulator.simulate(molecules, tip=tip, scan_params=scan_params)
             augmented = augment(df, seeds[2 * tip_index + 1], self.augment_config, slice_indices=slice_indices)
             slice_indices = augmented.slice_indices
             stacks.append(augmented.stacks)
@@ -195,28 +198,34 @@ class BatchFactory:
         return {**batch, "samples": np.zeros(0, np.int64)}
 
     def _targets(self, molecules: list[Molecule]) -> dict[str, np.ndarray]:
-        return describe(molecules, self.task.targets, self.simulator, self.window, self.height_map_config,
-                        self.xyz_grid)
+        return describe(molecules, self.task.targets, self.simulator, self.window, self.descriptors, self.xyz_grid)
 
     def close(self) -> None:
         self.simulator.release()
 
 
+def _sample_seed(tip_seed: np.random.SeedSequence, sample: int) -> int:
+    """The scan-parameter seed of sample number ``sample`` under one tip's seed of a batch."""
+    child = np.random.SeedSequence(tip_seed.entropy, spawn_key=(*tip_seed.spawn_key, int(sample)))
+    return int(child.generate_state(1, np.uint64)[0] >> 1)
+
+
 def describe(molecules: list, targets: Sequence[str], simulator: Simulator, window: ScanWindow,
-             height_map_config: HeightMapConfig, xyz_grid: XyzGrid | None = None) -> dict[str, np.ndarray]:
+             descriptors: DescriptorsConfig, xyz_grid: XyzGrid | None = None) -> dict[str, np.ndarray]:
     """The descriptors named in ``targets`` (names of :data:`MODEL_TARGETS`) for a batch of molecules.
 
-    Maps are (B, nx, ny) float32 on ``window`` (Å, or V for ``es_map``); ``xyz_classes``
-    (B, n_classes, gx, gy) and ``xyz_offsets`` (B, 3, gx, gy) Å come from ``xyz_grid``. Height and
-    ES maps come from one call of ``simulator``'s field kernel.
+    Maps are (B, nx, ny) float32 on ``window`` (Å; ``es_map`` V or V/Å; ppafm Atomic Disks
+    dimensionless), with the conventions of ``descriptors``; ``xyz_classes`` (B, n_classes, gx, gy)
+    and ``xyz_offsets`` (B, 3, gx, gy) Å come from ``xyz_grid``. Height and ES maps come from one
+    call of ``simulator``'s field kernel.
     """
     out: dict[str, np.ndarray] = {}
     if "atomic_disks" in targets:
-        out["atomic_disks"] = atomic_disks(molecules, window)
+        out["atomic_disks"] = atomic_disks(molecules, window, mode=descriptors.atomic_disks.mode)
     if "vdw_spheres" in targets:
-        out["vdw_spheres"] = vdw_spheres(molecules, window)
+        out["vdw_spheres"] = vdw_spheres(molecules, window, radii=descriptors.vdw_spheres.radii)
     if "height_map" in targets or "es_map" in targets:
-        maps = height_and_es_maps(molecules, simulator, height_map_config)
+        maps = height_and_es_maps(molecules, simulator, descriptors.height_map, descriptors.es_map)
         if "height_map" in targets:
             out["height_map"] = maps.height
         if "es_map" in targets:

@@ -29,12 +29,14 @@ class ElementTable:
     covalent_radius_angstrom: np.ndarray
     lj_rmin_half_angstrom: np.ndarray
     lj_epsilon_ev: np.ndarray
+    ppafm_disk_radius_angstrom: np.ndarray
 
     @classmethod
     def from_csv(cls, text: str, where: str = "elements.csv") -> "ElementTable":
         symbols = [""] * _MAX_Z
         columns = {name: np.full(_MAX_Z, np.nan) for name in
-                   ("vdw_radius_angstrom", "covalent_radius_angstrom", "lj_rmin_half_angstrom", "lj_epsilon_ev")}
+                   ("vdw_radius_angstrom", "covalent_radius_angstrom", "lj_rmin_half_angstrom", "lj_epsilon_ev",
+                    "ppafm_disk_radius_angstrom")}
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
         for row_number, row in enumerate(csv.DictReader(lines), start=2):
             try:
@@ -94,6 +96,10 @@ class ElementTable:
     def covalent_radius(self, numbers) -> np.ndarray:
         """Covalent radius in Å for each atomic number."""
         return self.covalent_radius_angstrom[self.check_numbers(numbers)]
+
+    def ppafm_disk_radius(self, numbers) -> np.ndarray:
+        """Atomic Disks radius in Å of ppafm's element table (its "radius cov." column) for each atomic number."""
+        return self.ppafm_disk_radius_angstrom[self.check_numbers(numbers)]
 
     @property
     def known_numbers(self) -> np.ndarray:

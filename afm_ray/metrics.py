@@ -427,49 +427,69 @@ class XYZEvaluator:
 
 def per_output_mse(predictions: Sequence, targets: Sequence, names: Sequence[str]) -> dict[str, float]:
     """Pixel MSE of each output map (e.g. DSH: Atomic Disks, vdW Spheres, Height Map; Å²)."""
-    accumulator = ImageMSEAccumulator(names)
+    accumulator = ImageMetricsAccumulator(names)
     accumulator.update(predictions, targets)
     return accumulator.result()
 
 
 @dataclass
-class ImageMSEAccumulator:
-    """Pixel MSE per output over many batches (exact: sums squared errors and pixel counts)."""
+class ImageMetricsAccumulator:
+    """Pixel MSE and Pearson correlation per output over many batches (exact: sums of float64 moments).
+
+    The correlation pools every pixel of every sample: r = cov(prediction, target) / (σ_p σ_t).
+    """
 
     names: Sequence[str]
-    _squared_error: np.ndarray | None = field(default=None, init=False, repr=False)
+    _moments: np.ndarray | None = field(default=None, init=False, repr=False)  # (outputs, 6): see _MOMENTS
     _count: int = field(default=0, init=False, repr=False)
+
+    _MOMENTS = ("squared_error", "p", "t", "pp", "tt", "pt")
 
     def update(self, predictions: Sequence, targets: Sequence) -> None:
         if len(predictions) != len(self.names) or len(targets) != len(self.names):
             raise ValueError(f"expected {len(self.names)} outputs, got {len(predictions)} predictions "
                              f"and {len(targets)} targets")
-        sums = []
+        moments = []
         count = None
         for name, prediction, target in zip(self.names, predictions, targets):
-            prediction, target = _numpy(prediction), _numpy(target)
+            prediction, target = _numpy(prediction).astype(np.float64), _numpy(target).astype(np.float64)
             if prediction.shape != target.shape:
                 raise ValueError(f"{name}: prediction {prediction.shape} != target {target.shape}")
             if count is not None and prediction.size != count:
                 raise ValueError("all outputs of a batch must have the same number of pixels")
             count = prediction.size
-            sums.append(np.square(prediction - target).sum())
-        sums = np.array(sums)
-        self._squared_error = sums if self._squared_error is None else self._squared_error + sums
+            moments.append([np.square(prediction - target).sum(), prediction.sum(), target.sum(),
+                            np.square(prediction).sum(), np.square(target).sum(), (prediction * target).sum()])
+        moments = np.array(moments)
+        self._moments = moments if self._moments is None else self._moments + moments
         self._count += count
 
-    def merge(self, other: "ImageMSEAccumulator") -> None:
+    def merge(self, other: "ImageMetricsAccumulator") -> None:
         """Add ``other``'s sums (another rank's share of the same set)."""
-        if other._squared_error is None:
+        if other._moments is None:
             return
-        self._squared_error = (other._squared_error.copy() if self._squared_error is None
-                               else self._squared_error + other._squared_error)
+        self._moments = other._moments.copy() if self._moments is None else self._moments + other._moments
         self._count += other._count
 
     def result(self) -> dict[str, float]:
+        """Mean squared error of each output (its units squared)."""
+        self._check_updated()
+        return {name: float(value / self._count) for name, value in zip(self.names, self._moments[:, 0])}
+
+    def correlations(self) -> dict[str, float]:
+        """Pearson correlation of each output with its target (NaN where either is constant)."""
+        self._check_updated()
+        n = self._count
+        _, p, t, pp, tt, pt = self._moments.T
+        covariance = pt / n - (p / n) * (t / n)
+        variances = (pp / n - (p / n) ** 2) * (tt / n - (t / n) ** 2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(variances > 0, covariance / np.sqrt(np.maximum(variances, 0.0)), np.nan)
+        return {name: float(value) for name, value in zip(self.names, r)}
+
+    def _check_updated(self) -> None:
         if not self._count:
-            raise ValueError("ImageMSEAccumulator.result() called before any update()")
-        return {name: float(value / self._count) for name, value in zip(self.names, self._squared_error)}
+            raise ValueError("ImageMetricsAccumulator results asked for before any update()")
 
 
 # -- plots (matplotlib's object API: no pyplot, no global backend state) --------------------------

@@ -47,16 +47,20 @@ def ray_session():
     shutdown_ray()
 
 
+def qm9_sample_database(folder: Path, split: str, sizes: tuple[int, int, int]) -> Path:
+    """``folder/qm9.parquet``: the 49-molecule QM9 sample with one split of (train, val, test) molecules."""
+    from afm_ray.cli import main
+
+    path = folder / "qm9.parquet"
+    assert main(["molecules", "build-qm9", "--qm9-csv", str(QM9_SAMPLE), "--out", str(path)]) == 0
+    assert main(["molecules", "split", str(path), "--name", split, "--sizes", *map(str, sizes)]) == 0
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_database(tmp_path_factory):
     """The 49-molecule QM9 sample with a small split 'tiny' (train 12 / val 6 / test 6)."""
-    from afm_ray.cli import main
-
-    folder = tmp_path_factory.mktemp("db")
-    path = folder / "qm9.parquet"
-    assert main(["molecules", "build-qm9", "--qm9-csv", str(QM9_SAMPLE), "--out", str(path)]) == 0
-    assert main(["molecules", "split", str(path), "--name", "tiny", "--sizes", "12", "6", "6"]) == 0
-    return path
+    return qm9_sample_database(tmp_path_factory.mktemp("db"), "tiny", (12, 6, 6))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from afm_ray.metrics import (Atoms, ImageMSEAccumulator, XYZEvaluator, box_position_errors, box_precision_recall,
+from afm_ray.metrics import (Atoms, ImageMetricsAccumulator, XYZEvaluator, box_position_errors, box_precision_recall,
                              confusion_matrix, decode_xyz, match_atoms, non_max_suppression, per_output_mse,
                              plot_confusion_matrix, plot_position_error_histogram, plot_pr_curve)
 
@@ -189,7 +189,7 @@ def test_per_output_mse_and_its_accumulator():
     predictions = [torch.zeros(2, 4, 4), torch.ones(2, 4, 4)]
     targets = [torch.full((2, 4, 4), 2.0), torch.ones(2, 4, 4)]
     assert per_output_mse(predictions, targets, ["es_map", "height_map"]) == {"es_map": 4.0, "height_map": 0.0}
-    accumulator = ImageMSEAccumulator(["es_map", "height_map"])
+    accumulator = ImageMetricsAccumulator(["es_map", "height_map"])
     accumulator.update(predictions, targets)
     accumulator.update([torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
     result = accumulator.result()

@@ -86,10 +86,10 @@ def test_reflective_padding_matches_torch_reflect_pad():
     assert torch.allclose(conv2d(y), expected2d, atol=1e-6)
 
 
-def test_padding_differs_from_zero_padding_and_symmetric_repeats_the_edge():
+def test_padding_differs_from_zero_padding_and_replicate_repeats_the_edge():
     x = torch.arange(4.0).reshape(1, 1, 4)
     assert pad_same(x, 1, "reflect").tolist() == [[[1.0, 0.0, 1.0, 2.0, 3.0, 2.0]]]
-    assert pad_same(x, 1, "symmetric").tolist() == [[[0.0, 0.0, 1.0, 2.0, 3.0, 3.0]]]
+    assert pad_same(x, 1, "replicate").tolist() == [[[0.0, 0.0, 1.0, 2.0, 3.0, 3.0]]]
 
 
 def test_reflect_padding_of_a_single_slice_repeats_it():

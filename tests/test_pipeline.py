@@ -199,7 +199,7 @@ def test_samples_that_cannot_be_simulated_are_skipped_with_their_molecule(tiny_c
     settings = tiny_config.sample_settings.model_copy(update={"sim": tiny_config.sim.model_copy(
         update={"scan_size_angstrom": (6.4, 6.4)})})
     splits = load_split_samples(settings, ("train",))
-    factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.height_map, splits, device="cpu")
+    factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.descriptors, splits, device="cpu")
     try:
         batches = [factory.make_batch(spec) for spec in plan_epoch(24, 6, 0, 0)]
     finally:

@@ -63,7 +63,7 @@ def test_predict_on_simulated_npz_equals_the_training_pipeline(trained_dsh, tiny
     deterministic = config.augment.model_copy(update={"noise": NoiseConfig(enabled=False),
                                                       "shift": ShiftConfig(enabled=False),
                                                       "cutout": CutoutConfig(enabled=False)})
-    factory = BatchFactory(task_of(config.sample_settings), sim, deterministic, config.height_map,
+    factory = BatchFactory(task_of(config.sample_settings), sim, deterministic, config.descriptors,
                            {"probe": SplitSamples((molecule,), np.eye(3)[None, None])}, device="cpu")
     batch = factory.make_batch(BatchSpec("probe", 0, 0, np.array([0]), (5,)))
     factory.close()

@@ -82,7 +82,7 @@ def test_single_atom_image_is_radially_symmetric_and_strongest_at_the_centre(cen
 
 def test_tilt_shifts_the_image_opposite_to_the_probe_offset(centred_sim):
     atom = mol([("C", (0.0, 0.0, 0.0), 0.0)])
-    tilted = centred_sim.run([atom], scan_params=[ScanParams((1.0, 0.0), 5.0)]).df[0]
+    tilted = centred_sim.run([atom], scan_params=[ScanParams((1.0, 0.0), centred_sim.config.start_distance_angstrom)]).df[0]
     far = tilted[..., 0]
     # The probe hangs 1 Å to +x of the tip: it is above the atom when the tip is 1 Å (2 px) to -x.
     assert np.unravel_index(far.argmin(), far.shape) == (14, 16)
@@ -135,7 +135,7 @@ def test_relaxed_probe_positions_are_equilibria_of_springs_and_sample_forces(sim
     from afm_ray.elements import ELEMENT_TABLE
 
     config = sim.config
-    params = [ScanParams((0.6, -0.4), 5.0)]
+    params = [ScanParams((0.6, -0.4), config.start_distance_angstrom)]
     result = sim.run([FORMALDEHYDE], tip="Xe", scan_params=params, return_probe_positions=True)
     positions = result.probe_positions[0]                     # (nx, ny, n_steps, 3)
     assert result.relax_iterations.max() < config.relax_max_iterations
@@ -251,7 +251,7 @@ def test_seeds_reproduce_each_sample(small_config):
     assert radii.max() <= small_config.tilt_radius_angstrom and radii.max() > 0.5
     jittered = SimConfig(start_distance_jitter_angstrom=0.25)
     distances = [p.start_distance_angstrom for p in draw_scan_params(jittered, 50, seed=1)]
-    assert 4.75 <= min(distances) < max(distances) <= 5.25
+    assert 5.75 <= min(distances) < max(distances) <= 6.25
 
 
 def test_same_seed_same_stacks(sim):
@@ -325,7 +325,7 @@ def test_cli_simulate_writes_stacks_and_metadata(tmp_path, cpu_device):
     data = np.load(out)
     assert data["df"].shape == (1, 16, 16, 5) and data["df"].dtype == np.float32
     assert str(data["tip"]) == "Xe" and int(data["tip_atomic_number"]) == 54
-    np.testing.assert_allclose(data["probe_rest_offset_angstrom"], [[0.0, 0.0, -3.0]])
+    np.testing.assert_allclose(data["probe_rest_offset_angstrom"], [[0.0, 0.0, -4.0]])
     assert data["slice_tip_height_above_top_atom_angstrom"].shape == (1, 5)
     assert float(data["amplitude_peak_to_peak_angstrom"]) == pytest.approx(1.0)
     assert main(["simulate", "--xyz", str(xyz), "--tip", "Ar", "--device", "cpu", "--out", str(out)]) == 2

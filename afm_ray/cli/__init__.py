@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "afm_ray.cli.molecules",
     "afm_ray.cli.simulate",
     "afm_ray.cli.train",
+    "afm_ray.cli.evaluate",
     "afm_ray.cli.tune",
     "afm_ray.cli.predict",
     "afm_ray.cli.bench",
@@ -30,6 +31,7 @@ The data flow, one command group per stage:
   simulate    simulate AFM frequency-shift stacks (Probe Particle Model, OpenCL) into .npz
   train       train DSH / ES / xyz with Ray Train on batches simulated on the fly; MLflow tracks and
               registers the model
+  evaluate    score a registered model (or the published ASD-AFM weights) on a config's val/test set
   tune        sweep loss hyperparameters (γ, αn, βPL, loss weights) with Ray Tune: ASHA + Optuna
   predict     use a trained model on AFM stacks (.npz, Nanonis); `models` lists the registry, `match`
               finds a known molecule's orientation in experiments (thesis Fig. 17)

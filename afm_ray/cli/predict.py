@@ -46,6 +46,7 @@ MODELS_EPILOG = """\
 examples:
   afm-ray models list
   afm-ray models show afm-dsh --tracking-uri sqlite:///mlruns.db
+  afm-ray models import-asdafm ../shared/asd-afm/model_light.h5 --name asdafm-dsh-light
 """
 
 MATCH_EPILOG = """\
@@ -113,7 +114,7 @@ def _register_predict(subparsers) -> None:
 def _register_models(subparsers) -> None:
     parser = subparsers.add_parser(
         "models", help="list registered models, or show one's versions, aliases, training config and metrics",
-        description="Browse the MLflow model registry that afm-ray train registers into.",
+        description="Browse the MLflow model registry that afm-ray train registers into, or import published weights.",
         epilog=MODELS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = parser.add_subparsers(dest="models_action", metavar="ACTION")
     listing = actions.add_parser("list", help="registered models: architecture, versions, aliases")
@@ -123,6 +124,23 @@ def _register_models(subparsers) -> None:
     show.add_argument("name", help="registered model name (e.g. afm-dsh)")
     show.add_argument("--tracking-uri", help=TRACKING_HELP)
     show.set_defaults(handler=run_models_show)
+    imported = actions.add_parser(
+        "import-asdafm", help="register the published ASD-AFM DSH weights (Keras .h5) as an afm-ray model",
+        description="Read the published ASD-AFM DSH Keras weights (model_light.h5 / model_heavy.h5, MIT) into "
+                    "afm-ray's DSH network (replicate padding), log it to MLflow with its signature, the data "
+                    "preset it expects as its config, its preprocessing and provenance, and register it as "
+                    "models:/NAME@ALIAS. predict, match, evaluate and models show then use it like a trained model.",
+        epilog="example:\n  afm-ray models import-asdafm ../shared/asd-afm/model_light.h5 --name asdafm-dsh-light\n"
+               "  afm-ray evaluate --model models:/asdafm-dsh-light@published --config configs/published_asdafm.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    imported.add_argument("file", metavar="FILE.h5", help="Keras HDF5 weights of the ASD-AFM DSH model")
+    imported.add_argument("--name", required=True, help="registered model name")
+    imported.add_argument("--alias", default="published", help="alias set on the new version (default published)")
+    imported.add_argument("--config", type=Path, default=Path("configs/published_asdafm.yaml"),
+                          help="the data preset the model expects, recorded as its config "
+                               "(default configs/published_asdafm.yaml)")
+    imported.add_argument("--tracking-uri", help=TRACKING_HELP)
+    imported.set_defaults(handler=run_models_import_asdafm)
     parser.set_defaults(handler=lambda args: parser.print_help() or 1)
 
 
@@ -151,6 +169,16 @@ def _register_match(subparsers) -> None:
     _add_input_options(parser)
     _add_ray_options(parser, "the simulations on simulation actors")
     parser.set_defaults(handler=run_match)
+
+
+def run_models_import_asdafm(args: argparse.Namespace) -> int:
+    from afm_ray.train.config import load_train_config
+    from afm_ray.train.published import import_asdafm
+
+    config = load_train_config(args.config)
+    version, run_id = import_asdafm(args.file, args.name, args.alias, config, str(args.config), args.tracking_uri)
+    print(f"registered models:/{args.name}@{args.alias} (version {version}, MLflow run {run_id}) from {args.file}")
+    return 0
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 def draw_samples(folder: Path, molecules: list, stacks: np.ndarray, simulator, tip_name: str) -> list[Path]:
     """One PNG per molecule: Δf slices of its stack (nx, ny, nz; Hz) beside its descriptors."""
     from afm_ray.batches import describe
-    from afm_ray.descriptors import HeightMapConfig, ScanWindow, XyzGrid
+    from afm_ray.descriptors import DescriptorsConfig, HeightMapConfig, ScanWindow, XyzGrid
     from afm_ray.plots import plot_sample
 
     if not molecules:
@@ -104,7 +104,8 @@ def draw_samples(folder: Path, molecules: list, stacks: np.ndarray, simulator, t
         names.append("xyz_classes")
     except InputError:  # a window that is not a whole number of 1 Å boxes has no thesis xyz grid
         xyz_grid = None
-    targets = describe(molecules, names, simulator, window, HeightMapConfig(tip=tip_name), xyz_grid)
+    targets = describe(molecules, names, simulator, window,
+                       DescriptorsConfig(height_map=HeightMapConfig(tip=tip_name)), xyz_grid)
     paths = []
     for index, molecule in enumerate(molecules):
         name = str(getattr(molecule, "id", None) or index)

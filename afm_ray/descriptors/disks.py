@@ -11,19 +11,27 @@ the value ppafm uses, so bonded cones barely touch). Atoms whose nucleus is more
 below the top nucleus are left out. Where cones overlap the pixel takes the larger value, so the
 apex of every visible cone still reads its atom's height.
 
-Deliberate differences from ppafm's ``ppafm.ml.AuxMap.AtomicDisks`` (``diskMode='center'``,
-``zmin=-2``), whose per-cone profile is ``(1 − d)/2 · (1 − r/R_cov)`` for an atom ``d`` Å below the
-top: ppafm sums overlapping cones and halves the scale; ours takes the maximum, so away from
-overlaps ours = 2 × ppafm with the same radii.
+That is ``mode: thesis`` (the default). ``mode: ppafm`` reproduces the Atomic Disks of the
+published ASD-AFM data (ppafm's ``AtomicDisks`` with ``zmin = −1.2``, ``Rpp = −0.5``)::
+
+    value(r) = Σ_i (1 − d_i / 1.2) · (1 − r / R_i)   over atoms with r < R_i,
+    d_i      = z_top − z_i < 1.2 Å   and   (top of the highest sphere) − (z_i + S_i) < 1.2 Å,
+
+with ``R_i`` ppafm's disk radii (its element table's "radius cov." column: C 0.735, H 0.365 Å)
+and ``S_i`` its sphere radii (LJ R_min/2 − 0.5 Å). Overlapping cones add up, and the top atom's
+apex is 1.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
+from pydantic import Field
 
-from afm_ray.descriptors.geometry import DEFAULT_WINDOW, ScanWindow, prepare_atoms
+from afm_ray.config import StrictModel
+from afm_ray.descriptors.geometry import DEFAULT_WINDOW, AtomBatch, ScanWindow, prepare_atoms
+from afm_ray.descriptors.spheres import sphere_radius_of
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
 
@@ -33,11 +41,24 @@ ATOMIC_DISKS_CUT_DEPTH = 1.0
 CONE_WIDTH_FACTOR = 1.0
 """Cone base radius in units of the covalent radius."""
 
+PPAFM_DEPTH = 1.2
+"""Å: ``mode: ppafm`` depth scale, both of the nuclei and of the sphere tops (ppafm's ``zmin``, ``zmax_s``)."""
+
+DiskMode = Literal["thesis", "ppafm"]
+
+
+class AtomicDisksConfig(StrictModel):
+    """Which Atomic Disks convention (module docstring)."""
+
+    mode: DiskMode = Field("thesis", description="thesis: maximum of cones 1 Å deep, Cordero covalent radii; ppafm: sum "
+                                                 "of cones (1 − d/1.2)(1 − r/R), ppafm's radii (published ASD-AFM data)")
+
 
 def atomic_disks(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
                  cut_depth: float = ATOMIC_DISKS_CUT_DEPTH,
                  cone_width_factor: float = CONE_WIDTH_FACTOR,
-                 radius_of: Callable[[np.ndarray], np.ndarray] | None = None, centre: bool = True) -> np.ndarray:
+                 radius_of: Callable[[np.ndarray], np.ndarray] | None = None, mode: DiskMode = "thesis",
+                 centre: bool = True) -> np.ndarray:
     """Atomic Disks maps for a batch of molecules.
 
     Args:
@@ -47,13 +68,20 @@ def atomic_disks(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
         cut_depth: Å below the top nucleus beyond which atoms are dropped; also the top apex value.
         cone_width_factor: cone base radius = factor × radius.
         radius_of: maps atomic numbers to radii in Å; default the element table's covalent radii.
+        mode: ``thesis`` (the arguments above apply) or ``ppafm`` (fixed published convention; the
+            other arguments besides ``window`` and ``centre`` are ignored).
 
         centre: move each molecule's mean atom xy to the origin first (as the simulator does);
             False to use the positions as given.
 
     Returns:
-        (B, nx, ny) float32 in Å, in ``[0, cut_depth]``; 0 is background.
+        (B, nx, ny) float32: ``thesis`` in Å, in ``[0, cut_depth]``; ``ppafm`` dimensionless, ≥ 0;
+        0 is background.
     """
+    if mode == "ppafm":
+        return _ppafm_disks(prepare_atoms(molecules, centre), window)
+    if mode != "thesis":
+        raise InputError("atomic_disks.mode", f"expected 'thesis' or 'ppafm', got {mode!r}")
     if cut_depth <= 0:
         raise InputError("atomic_disks.cut_depth", f"must be > 0 Å, got {cut_depth}")
     if cone_width_factor <= 0:
@@ -63,6 +91,22 @@ def atomic_disks(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
     apex = batch.positions[..., 2] - (batch.top_z() - cut_depth)[:, None]
     # An atom exactly cut_depth below has apex 0 and so draws nothing: ">= 0" and "> 0" agree.
     visible = batch.mask & (apex > 0.0)
+    return _cones(batch, visible, apex, widths, window, np.maximum)
+
+
+def _ppafm_disks(batch: AtomBatch, window: ScanWindow) -> np.ndarray:
+    depth = batch.top_z()[:, None] - batch.positions[..., 2]
+    sphere_tops = batch.positions[..., 2] + batch.per_atom(sphere_radius_of("ppafm"))
+    sphere_depth = np.where(batch.mask, sphere_tops, -np.inf).max(axis=1)[:, None] - sphere_tops
+    visible = batch.mask & (depth < PPAFM_DEPTH) & (sphere_depth < PPAFM_DEPTH)
+    return _cones(batch, visible, 1.0 - depth / PPAFM_DEPTH, batch.per_atom(ELEMENT_TABLE.ppafm_disk_radius),
+                  window, np.add)
+
+
+def _cones(batch: AtomBatch, visible: np.ndarray, apex: np.ndarray, widths: np.ndarray, window: ScanWindow,
+           combine) -> np.ndarray:
+    """(B, nx, ny) float32: cones ``apex · (1 − r / width)`` (0 beyond ``width``) of the ``visible`` (B, N)
+    atoms, overlaps merged by ``combine`` (``np.maximum`` or ``np.add``)."""
     px, py = window.pixel_x(), window.pixel_y()
     disks = np.zeros((batch.batch_size, window.nx, window.ny))
     # One pass per atom slot keeps memory at one (B, nx, ny) temporary instead of (B, N, nx, ny).
@@ -74,6 +118,6 @@ def atomic_disks(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
         dx2 = (px[None, :] - x[:, None]) ** 2
         dy2 = (py[None, :] - y[:, None]) ** 2
         r = np.sqrt(dx2[:, :, None] + dy2[:, None, :])
-        cone = apex[present, atom][:, None, None] * (1.0 - r / widths[present, atom][:, None, None])
-        disks[present] = np.maximum(disks[present], cone)
+        cone = apex[present, atom][:, None, None] * np.maximum(1.0 - r / widths[present, atom][:, None, None], 0.0)
+        disks[present] = combine(disks[present], cone)
     return disks.astype(np.float32)

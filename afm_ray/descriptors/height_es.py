@@ -15,11 +15,11 @@ iso level, are 0. (ppafm's reference is the same plane unless the whole surface 
 2 Å, when it uses the lowest surface point; we always cut 2 Å below the maximum, as the thesis
 says.)
 
-Electrostatic Map: the sample's point-charge potential ``Σ k_e q_i / r`` in V (the tip's charge
-plays no part) on the Height-Map surface, linearly interpolated between the two planes that
-bracket the crossing (error ≈ V''·dz²/8 < 1 mV at 0.1 Å), and 0 wherever the Height Map is 0.
-ppafm's ``ESMap`` instead stores the z component of the electric field there; the thesis asks for
-the potential.
+Electrostatic Map (``EsMapConfig.quantity``): the sample's point-charge potential
+``Σ k_e q_i / r`` in V (``potential``, the thesis' choice; the tip's charge plays no part) or the
+z component of its field ``Σ k_e q_i (z − z_i) / r³`` in V/Å (``ez``, what ppafm's ``ESMap``
+stores) on the Height-Map surface, linearly interpolated between the two planes that bracket the
+crossing (error ≈ V''·dz²/8 < 1 mV at 0.1 Å), and 0 wherever the Height Map is 0.
 
 Frames and grid are the simulator's: the window is centred on each molecule's mean atom xy,
 arrays are ``(B, nx, ny)`` with x first (see :mod:`afm_ray.descriptors.geometry`).
@@ -28,7 +28,7 @@ arrays are ``(B, nx, ny)`` with x first (see :mod:`afm_ray.descriptors.geometry`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -74,13 +74,20 @@ class HeightMapConfig(StrictModel):
         return self.highest_plane_angstrom - self.dz_angstrom * np.arange(count)
 
 
+class EsMapConfig(StrictModel):
+    """Which electrostatic quantity the Electrostatic Map holds (module docstring)."""
+
+    quantity: Literal["potential", "ez"] = Field(
+        "potential", description="potential: Σ k_e q/r in V (thesis); ez: field z component in V/Å (ppafm's ESMap)")
+
+
 @dataclass(frozen=True)
 class HeightEsMaps:
     """Height Map and Electrostatic Map of a batch.
 
     Attributes:
         height: (B, nx, ny) float32 Å above the cut plane, in [0, cut_depth].
-        es: (B, nx, ny) float32 potential in V on the surface; 0 where ``height`` is 0.
+        es: (B, nx, ny) float32 potential in V (or E_z in V/Å) on the surface; 0 where ``height`` is 0.
         surface_z: (B, nx, ny) float32 z of the iso surface in Å above the top nucleus; NaN where
             the column never reaches the iso level.
     """
@@ -97,7 +104,7 @@ def height_and_es_from_fields(fz: np.ndarray, potential: np.ndarray, planes: np.
 
     Args:
         fz: (B, nx, ny, nz) z force on the probe in eV/Å.
-        potential: (B, nx, ny, nz) sample potential in V.
+        potential: (B, nx, ny, nz) sample potential in V (or any field to read on the surface).
         planes: (nz,) plane heights in Å (any common zero), strictly decreasing (far → close).
         iso_force: iso level in eV/Å (> 0).
         cut_depth: Å below the surface maximum where the Height Map is cut.
@@ -146,21 +153,25 @@ class _AtomsView:
     charges: np.ndarray
 
 
-def height_and_es_maps(molecules: Any, simulator, config: HeightMapConfig | None = None) -> HeightEsMaps:
+def height_and_es_maps(molecules: Any, simulator, config: HeightMapConfig | None = None,
+                       es_map: EsMapConfig | None = None) -> HeightEsMaps:
     """Height Map and Electrostatic Map for a batch, on ``simulator``'s pixel grid.
 
     Args:
         molecules: anything :func:`afm_ray.descriptors.as_atom_batch` takes (charges in e matter).
         simulator: an :class:`afm_ray.sim.Simulator`; its config sets the window, pixels and tip.
         config: iso level, cut and scan planes.
+        es_map: the electrostatic quantity (default: the potential).
     """
     config = config or HeightMapConfig()
+    es_map = es_map or EsMapConfig()
     batch = as_atom_batch(molecules)
     views = []
     for index in range(batch.batch_size):
         positions, numbers, charges = batch.molecule(index)
         views.append(_AtomsView(numbers=numbers, positions=positions, charges=charges))
     planes = config.planes()
-    fz, potential = simulator.rigid_probe_fields(views, planes, tip=config.tip, relative_to="top_atom")
+    fz, potential = simulator.rigid_probe_fields(views, planes, tip=config.tip, relative_to="top_atom",
+                                                 electrostatics=es_map.quantity)
     return height_and_es_from_fields(fz, potential, planes, config.iso_force_ev_per_angstrom,
                                      config.cut_depth_angstrom)

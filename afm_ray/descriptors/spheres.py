@@ -10,19 +10,25 @@ of the highest sphere and clipped to ``[0, cut_depth]``:
 
 Zero-based, non-negative values suit the ReLU output of the DSH decoder (thesis 3.3).
 
-Radii come from :data:`afm_ray.elements.ELEMENT_TABLE` (Bondi vdW radii, e.g. H 1.20, C 1.70 Å).
-Deliberate differences from ppafm's ``ppafm.ml.AuxMap.vdwSpheres`` (used as a test reference):
-ppafm uses ``R_min/2 + Rpp`` of its LJ table with ``Rpp = −0.5 Å`` (C 1.408 Å, H 0.987 Å) as
-radius and returns values in ``[−1.5, 0]`` (top 0); with the same radii our map equals ppafm's
-plus 1.5 Å up to its pixel grid (ppafm puts pixel centres on ``linspace(x_min, x_max, n)``).
+Two radius conventions (``VdwSpheresConfig.radii``):
+
+* ``vdw`` (default, the thesis' "van der Waals radius"): Bondi radii from
+  :data:`afm_ray.elements.ELEMENT_TABLE`, e.g. H 1.20, C 1.70 Å;
+* ``ppafm``: the Lennard-Jones ``R_min/2 − 0.5 Å`` of the same table (C 1.408, H 0.987 Å), the
+  radii of ppafm's ``vdwSpheres`` (``Rpp = −0.5``) and so of the published ASD-AFM models' data.
+
+ppafm returns values in ``[−1.5, 0]`` (top 0); with the same radii our map equals ppafm's plus
+1.5 Å up to its pixel grid (ppafm puts pixel centres on ``linspace(x_min, x_max, n)``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
+from pydantic import Field
 
+from afm_ray.config import StrictModel
 from afm_ray.descriptors.geometry import DEFAULT_WINDOW, AtomBatch, ScanWindow, prepare_atoms
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
@@ -30,10 +36,32 @@ from afm_ray.errors import InputError
 VDW_SPHERES_CUT_DEPTH = 1.5
 """Å below the top of the highest sphere at which the descriptor is cut (thesis 3.2)."""
 
+PPAFM_RADIUS_OFFSET = -0.5
+"""Å added to the LJ R_min/2 for ``radii: ppafm`` (ppafm's ``Rpp``)."""
+
+SphereRadii = Literal["vdw", "ppafm"]
+
+
+class VdwSpheresConfig(StrictModel):
+    """Which radii the vdW Spheres use (module docstring)."""
+
+    radii: SphereRadii = Field("vdw", description="vdw: Bondi van der Waals radii (thesis); ppafm: LJ R_min/2 − 0.5 Å "
+                                                  "(ppafm / published ASD-AFM data)")
+
+
+def sphere_radius_of(radii: SphereRadii) -> Callable[[np.ndarray], np.ndarray]:
+    """Atomic numbers → sphere radii in Å for a radius convention."""
+    if radii == "vdw":
+        return ELEMENT_TABLE.vdw_radius
+    if radii == "ppafm":
+        return lambda numbers: ELEMENT_TABLE.lj_params(numbers)[0] + PPAFM_RADIUS_OFFSET
+    raise InputError("vdw_spheres.radii", f"expected 'vdw' or 'ppafm', got {radii!r}")
+
 
 def vdw_spheres(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
                 cut_depth: float = VDW_SPHERES_CUT_DEPTH,
-                radius_of: Callable[[np.ndarray], np.ndarray] | None = None, centre: bool = True) -> np.ndarray:
+                radius_of: Callable[[np.ndarray], np.ndarray] | None = None, radii: SphereRadii = "vdw",
+                centre: bool = True) -> np.ndarray:
     """vdW Spheres maps for a batch of molecules.
 
     Args:
@@ -41,7 +69,8 @@ def vdw_spheres(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
             frame (Å, tip looking down −z).
         window: scan window and pixel grid, in the frame where each molecule's mean atom xy is 0.
         cut_depth: Å below the highest sphere top where the map is cut; also its maximum value.
-        radius_of: maps atomic numbers to sphere radii in Å; default the element table's vdW radii.
+        radius_of: maps atomic numbers to sphere radii in Å; overrides ``radii``.
+        radii: ``vdw`` or ``ppafm`` (module docstring).
 
         centre: move each molecule's mean atom xy to the origin first (as the simulator does);
             False to use the positions as given.
@@ -52,9 +81,9 @@ def vdw_spheres(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
     if cut_depth <= 0:
         raise InputError("vdw_spheres.cut_depth", f"must be > 0 Å, got {cut_depth}")
     batch = prepare_atoms(molecules, centre)
-    radii = batch.per_atom(radius_of or ELEMENT_TABLE.vdw_radius)
-    surface = highest_sphere_surface(batch, radii, window)
-    top = np.where(batch.mask, batch.positions[..., 2] + radii, -np.inf).max(axis=1)
+    radius = batch.per_atom(radius_of or sphere_radius_of(radii))
+    surface = highest_sphere_surface(batch, radius, window)
+    top = np.where(batch.mask, batch.positions[..., 2] + radius, -np.inf).max(axis=1)
     heights = surface - (top - cut_depth)[:, None, None]
     # -inf (no sphere over the pixel) and deep surfaces both clip to 0
     return np.clip(heights, 0.0, cut_depth).astype(np.float32)

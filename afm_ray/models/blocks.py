@@ -10,9 +10,9 @@ Tensor layout everywhere in :mod:`afm_ray.models`:
   is returned squeezed as ``(B, X, Y)``, as in the published Keras models.
 
 Every convolution keeps the feature-map size (stride 1, padding of half the kernel) and pads
-reflectively, as the thesis states. ``padding_mode="symmetric"`` reproduces the published
-ASD-AFM Keras code instead, whose "reflective" padding repeats the edge pixel
-(``reverse(X[:, :1])``), i.e. numpy's ``symmetric`` mode.
+every spatial axis with ``padding_mode``: ``"reflect"`` (the thesis text) or ``"replicate"``
+(the published ASD-AFM Keras code, whose 1-pixel "reflective" padding repeats the edge pixel;
+:mod:`afm_ray.models.asdafm` imports its weights).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 LEAKY_RELU_SLOPE = 0.1
-PADDING_MODES = ("reflect", "symmetric")
+PADDING_MODES = ("reflect", "replicate")
 
 # Channels each encoder stage ends with (3D convs 4, 8, 16) and the xy/z pooling after it.
 ENCODER_CHANNELS = (4, 8, 16)
@@ -62,18 +62,14 @@ def pad_same(x: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
     """Pad every spatial axis of ``x`` (the axes after ``(B, C)``) by ``pad`` on both sides.
 
     ``mode="reflect"`` equals ``F.pad(x, ..., mode="reflect")``; on an axis of length 1, where
-    a reflection does not exist, the single value is repeated (the limit of both modes).
-    ``mode="symmetric"`` mirrors including the edge value (numpy's ``symmetric``).
+    a reflection does not exist, the single value is repeated (as ``"replicate"`` does).
+    ``mode="replicate"`` repeats the edge value ``pad`` times (``F.pad(..., mode="replicate")``).
     """
     if pad == 0:
         return x
     n_spatial = x.dim() - 2
-    if mode == "symmetric":
-        for axis in range(2, x.dim()):
-            head = x.narrow(axis, 0, pad).flip(axis)
-            tail = x.narrow(axis, x.shape[axis] - pad, pad).flip(axis)
-            x = torch.cat((head, x, tail), dim=axis)
-        return x
+    if mode == "replicate":
+        return F.pad(x, (pad,) * (2 * n_spatial), mode="replicate")
     too_short = [x.shape[axis] <= pad for axis in range(2, x.dim())]
     if not any(too_short):
         return F.pad(x, (pad,) * (2 * n_spatial), mode="reflect")
@@ -90,7 +86,7 @@ def pad_same(x: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
 
 
 class PaddedConv(nn.Module):
-    """Convolution (2D or 3D, stride 1) that pads reflectively so the output keeps the input size.
+    """Convolution (2D or 3D, stride 1) that pads (``padding_mode``) so the output keeps the input size.
 
     Input ``(B, in_channels, *spatial)``, output ``(B, out_channels, *spatial)``.
     Weights start Glorot-uniform with zero bias, Keras' defaults the thesis trained with.

@@ -21,7 +21,8 @@ class DSH(nn.Module):
         skip_connections: beyond the thesis (section 5): feed each decoder the encoder's
             activations at matching resolution (z folded, 1 × 1 conv to 16 channels).
             Off by default so the layer list is exactly Table 2.
-        padding_mode: ``"reflect"`` (thesis) or ``"symmetric"`` (published Keras code).
+        padding_mode: ``"reflect"`` (thesis text) or ``"replicate"`` (the published ASD-AFM
+            Keras code, whose 1-pixel "reflective" padding repeats the edge pixel).
 
     Forward:
         x: CO-tip Δf stack ``(B, 1, X, Y, n_slices)`` (or ``(B, X, Y, n_slices)``), X and Y

@@ -22,7 +22,8 @@ class ES(nn.Module):
         n_slices: z-slices per tip stack (thesis 10).
         skip_connections: beyond the thesis: each decoder also receives both branches' encoder
             activations at matching resolution (z folded, 1 × 1 conv to 16 channels).
-        padding_mode: ``"reflect"`` (thesis) or ``"symmetric"`` (published Keras code).
+        padding_mode: ``"reflect"`` (thesis text) or ``"replicate"`` (the published ASD-AFM
+            Keras code, whose 1-pixel "reflective" padding repeats the edge pixel).
 
     Forward:
         x: ``(B, 2, X, Y, n_slices)``, channel 0 the CO-tip stack and channel 1 the Xe-tip

@@ -79,7 +79,8 @@ class XYZ(nn.Module):
         element_classes: beyond the thesis: element groups (e.g. ``DEFAULT_ELEMENT_CLASSES``)
             so the class head predicts background + one class per group; ``None`` (default)
             is the thesis' background / atom.
-        padding_mode: ``"reflect"`` (thesis) or ``"symmetric"`` (published Keras code).
+        padding_mode: ``"reflect"`` (thesis text) or ``"replicate"`` (the published ASD-AFM
+            Keras code, whose 1-pixel "reflective" padding repeats the edge pixel).
 
     Forward:
         x: CO-tip Δf stack ``(B, 1, X, Y, n_slices)`` (or ``(B, X, Y, n_slices)``), X and Y

@@ -21,7 +21,7 @@ class SimulationActor:
         from afm_ray.pipeline.sources import load_split_samples, task_of
 
         settings = SampleSettings.model_validate_json(settings_json)
-        self.factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.height_map,
+        self.factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.descriptors,
                                     load_split_samples(settings), device=opencl_device)
 
     def make_batch(self, spec: BatchSpec) -> dict:

@@ -13,7 +13,7 @@ from pydantic import Field
 from afm_ray.augment import AugmentConfig
 from afm_ray.batches import ModelName
 from afm_ray.config import StrictModel
-from afm_ray.descriptors.height_es import HeightMapConfig
+from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.sim.config import SimConfig
 
 
@@ -76,7 +76,7 @@ class SampleSettings(StrictModel):
     data: DataSettings = Field(default_factory=DataSettings)
     train_rotations_per_molecule: int = Field(20, ge=1, description="rotations per training molecule")
     sim: SimConfig = Field(default_factory=SimConfig)
-    height_map: HeightMapConfig = Field(default_factory=HeightMapConfig)
+    descriptors: DescriptorsConfig = Field(default_factory=DescriptorsConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     def actor_identity(self) -> dict:
@@ -91,5 +91,5 @@ class SampleSettings(StrictModel):
                                                           "rotation_beta_per_angstrom"})
         return {"model": self.model, "element_classes": self.element_classes, "data": data,
                 "sim": self.sim.model_dump(mode="json", exclude={"device"}),
-                "height_map": self.height_map.model_dump(mode="json"),
+                "descriptors": self.descriptors.model_dump(mode="json"),
                 "augment": self.augment.model_dump(mode="json")}

@@ -31,10 +31,8 @@ from afm_ray.config import validate
 from afm_ray.errors import InputError
 from afm_ray.models.packed import PackedOutputs
 from afm_ray.train.config import TrainConfig
+from afm_ray.train.registration import CONFIG_METADATA_KEY
 from afm_ray.train.tracking import ARCHITECTURE_TAG, resolve_tracking_uri
-
-CONFIG_METADATA_KEY = "afm_ray_config"
-"""Key of the training config in the logged model's MLflow metadata."""
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")

@@ -17,7 +17,7 @@ Output axes and units
 axis: transpose for ``imshow``) and slice k, slices ordered **far → close** (k = 0 is the highest
 tip). Pixel centres: ``window_origin + (i + 0.5)·pixel_size`` with the window (16 × 16 Å) centred
 on the molecule's mean atom (x, y). Heights: ``SimulationResult.slice_tip_z[b, k]`` is the tip-anchor
-height (Å, molecule frame) at the centre of slice k's oscillation; the probe hangs 3 Å below it.
+height (Å, molecule frame) at the centre of slice k's oscillation; the probe hangs 4 Å below it.
 
 Physics
 -------
@@ -27,10 +27,10 @@ Physics
   CO = O probe with −0.1 e (monopole; ``multipole="quadrupole"`` gives ppafm's d_z² point charges),
   Xe with +0.3 e.
 * Probe–tip: lateral springs 0.25, 0.25 N/m about the rest offset and a radial spring 30 N/m of rest
-  length 3.0 Å (1 N/m = 0.0624150907 eV/Å²). The rest offset (x, y) is drawn per sample uniformly in a
+  length 4.0 Å (1 N/m = 0.0624150907 eV/Å²; the published data generators' value, see :mod:`afm_ray.sim.config`). The rest offset (x, y) is drawn per sample uniformly in a
   disk of ``tilt_radius_angstrom`` (thesis: 1.0 Å) from a numpy Generator; each sample's seed is
   recorded in its :class:`ScanParams`.
-* Scan: the tip anchor starts ``start_distance_angstrom`` (5.0) above the probe–atom contact height
+* Scan: the tip anchor starts ``start_distance_angstrom`` (6.0) above the probe–atom contact height
   (see :mod:`afm_ray.sim.config`) and descends ``num_slices + df_steps`` steps of dz = 0.1 Å. At each
   height the probe is relaxed starting from the previous height's displacement (carried down the
   approach, as in the thesis), and Fz of the sample on the probe is recorded.

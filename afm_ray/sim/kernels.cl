@@ -222,16 +222,17 @@ __kernel void giessibl_df(
 }
 
 // Rigid probe (no relaxation) on a pixel grid: fz_out = z force of the sample on the probe
-// (LJ + Coulomb with its charges, eV/Å) and potential = Σ k_e q_i / r (V) of the sample's point
-// charges at (x_pix, y_pix, z), with z = z_values[b·zs_sample + k·zs_plane + pix·zs_pixel].
-// Outputs are laid out [b][pix][k].
+// (LJ + Coulomb with its charges, eV/Å) and electrostatics_out = the potential Σ k_e q_i / r (V)
+// (field_z = 0) or the field's z component E_z = Σ k_e q_i (z − z_i) / r³ (V/Å; field_z = 1) of
+// the sample's point charges at (x_pix, y_pix, z), with z = z_values[b·zs_sample + k·zs_plane +
+// pix·zs_pixel]. Outputs are laid out [b][pix][k].
 __kernel void rigid_fields(
     __global const float4 *atoms, __global const float2 *lj, __global const int2 *atom_range,
     __global const float4 *pixel_origin,
     const float4 probe_charge, const float4 probe_charge_z, const int n_charges,
     const float4 pixel_step, const int nx, const int ny,
     __global const float *z_values, const int zs_sample, const int zs_plane, const int zs_pixel, const int n_planes,
-    __global float *fz_out, __global float *potential_out)
+    const int field_z, __global float *fz_out, __global float *electrostatics_out)
 {
     const int pix = get_global_id(0);
     const int b = get_global_id(1);
@@ -245,14 +246,15 @@ __kernel void rigid_fields(
     for (int k = 0; k < n_planes; ++k) {
         const float3 p = (float3)(x, y, z_values[(size_t)b * zs_sample + (size_t)k * zs_plane + (size_t)pix * zs_pixel]);
         const float3 f = sample_force(p, atoms, lj, range.x, range.y, n_charges, charge, charge_z, 0, 0);
-        float potential = 0.0f;
+        float electrostatics = 0.0f;
         for (int i = range.x; i < range.x + range.y; ++i) {
             const float4 atom = atoms[i];
             const float3 d = p - atom.xyz;
-            potential += atom.w * rsqrt(dot(d, d) + R2_SAFE);
+            const float inverse_r = rsqrt(dot(d, d) + R2_SAFE);
+            electrostatics += field_z ? atom.w * d.z * inverse_r * inverse_r * inverse_r : atom.w * inverse_r;
         }
         const size_t out = ((size_t)b * nxy + pix) * n_planes + k;
         fz_out[out] = f.z;
-        potential_out[out] = COULOMB_K * potential;
+        electrostatics_out[out] = COULOMB_K * electrostatics;
     }
 }

@@ -35,7 +35,7 @@ class ScanParams:
     """
 
     tilt_angstrom: tuple[float, float] = (0.0, 0.0)
-    start_distance_angstrom: float = 5.0
+    start_distance_angstrom: float = 6.0
     seed: int | None = None
 
     @classmethod
@@ -268,14 +268,15 @@ class Simulator:
             relax_iterations=None if positions is None else positions[..., 3].astype(np.int32))
 
     def rigid_probe_fields(self, molecules: Sequence, z_planes_angstrom, tip: str = "CO",
-                           relative_to: str = "top_atom") -> tuple[np.ndarray, np.ndarray]:
-        """Rigid-probe Fz and the sample's electrostatic potential on the scan pixel grid.
+                           relative_to: str = "top_atom", electrostatics: str = "potential") -> tuple[np.ndarray, np.ndarray]:
+        """Rigid-probe Fz and the sample's electrostatic potential (or field E_z) on the scan pixel grid.
 
         ``z_planes_angstrom`` (nz,) are probe heights above each molecule's highest nucleus
         (``relative_to="top_atom"``) or absolute z (``"absolute"``). Returns
-        ``(fz, potential)``, each (B, nx, ny, nz) float32: fz in eV/Å is the z force of the whole
-        force field (LJ + Coulomb with the tip's charges) on a probe held at the point; potential in
-        V is Σ k_e q_i / r of the sample's point charges. Pixels as in :meth:`run`.
+        ``(fz, electrostatic)``, each (B, nx, ny, nz) float32: fz in eV/Å is the z force of the whole
+        force field (LJ + Coulomb with the tip's charges) on a probe held at the point;
+        ``electrostatics="potential"`` gives Σ k_e q_i / r in V of the sample's point charges,
+        ``"ez"`` the z component of their field, Σ k_e q_i (z − z_i) / r³ in V/Å. Pixels as in :meth:`run`.
         """
         planes = np.atleast_1d(np.asarray(z_planes_angstrom, dtype=np.float64))
         if planes.ndim != 1 or not np.isfinite(planes).all():
@@ -283,7 +284,8 @@ class Simulator:
         tip_config = self.config.tip(tip)
         batch = self._pack(list(molecules), tip_config.atomic_number)
         z_values = self._z_reference(batch, relative_to)[:, None] + planes[None, :]
-        return self._rigid(batch, tip_config, z_values.astype(np.float32), strides=(planes.size, 1, 0), n_planes=planes.size)
+        return self._rigid(batch, tip_config, z_values.astype(np.float32), strides=(planes.size, 1, 0), n_planes=planes.size,
+                           field_z=_is_field_z(electrostatics))
 
     def electrostatic_potential_on_surface(self, molecules: Sequence, heights_angstrom, relative_to: str = "top_atom") -> np.ndarray:
         """Sample electrostatic potential (V) at one height per pixel, e.g. on the Height-Map surface.
@@ -375,7 +377,7 @@ class Simulator:
         raise InputError("relative_to", f"expected 'top_atom' or 'absolute', got {relative_to!r}")
 
     def _rigid(self, batch: _PackedBatch, tip_config, z_values: np.ndarray, strides: tuple[int, int, int],
-               n_planes: int) -> tuple[np.ndarray, np.ndarray]:
+               n_planes: int, field_z: bool = False) -> tuple[np.ndarray, np.ndarray]:
         config = self.config
         count = batch.atom_range.shape[0]
         nxy = config.scan_pixels[0] * config.scan_pixels[1]
@@ -388,7 +390,8 @@ class Simulator:
                         _float4(charges), _float4(charge_z), np.int32(len(charges)),
                         _float4((*config.pixel_size_angstrom, config.dz_angstrom)),
                         np.int32(config.scan_pixels[0]), np.int32(config.scan_pixels[1]), inputs["z_values"],
-                        *(np.int32(s) for s in strides), np.int32(n_planes), fz_buffer, potential_buffer)
+                        *(np.int32(s) for s in strides), np.int32(n_planes), np.int32(field_z), fz_buffer,
+                        potential_buffer)
         cl.enqueue_nd_range_kernel(self.queue, kernel, (_round_up(nxy, _LOCAL_SIZE), count), (_LOCAL_SIZE, 1))
         fz = np.empty((count, *config.scan_pixels, n_planes), np.float32)
         potential = np.empty_like(fz)
@@ -423,6 +426,12 @@ class Simulator:
         for buffer in self._buffers.values():
             buffer.release()
         self._buffers.clear()
+
+
+def _is_field_z(electrostatics: str) -> bool:
+    if electrostatics not in ("potential", "ez"):
+        raise InputError("electrostatics", f"expected 'potential' or 'ez', got {electrostatics!r}")
+    return electrostatics == "ez"
 
 
 def _round_up(value: int, multiple: int) -> int:

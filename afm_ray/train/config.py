@@ -7,12 +7,14 @@ key.path=value …`` overrides single fields. Units are in field names or descri
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from afm_ray.augment import AugmentConfig
 from afm_ray.batches import ModelName
 from afm_ray.config import StrictModel, load_config
-from afm_ray.descriptors.height_es import HeightMapConfig
+from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.pipeline.settings import DataSettings, PipelineSettings, SampleSettings
 from afm_ray.sim.config import SimConfig
 
@@ -27,6 +29,9 @@ class ModelSettings(StrictModel):
 
     name: ModelName = Field("dsh", description="dsh (Disks, Spheres, Height), es (Electrostatic, Height) or xyz")
     skip_connections: bool = Field(False, description="1×1-conv skips from the 3D encoder into the 2D decoders")
+    padding: Literal["reflect", "replicate"] = Field(
+        "reflect", description="convolution padding: reflect (thesis text) or replicate (the published ASD-AFM Keras "
+                               "code, whose 1-pixel 'reflective' padding repeats the edge pixel)")
     element_classes: list[list[str]] | None = Field(
         None, description="xyz only: atom classes as element-symbol groups, e.g. [[H], [C], [N, O, F]]; "
                           "None = one 'atom' class as in the thesis")
@@ -99,7 +104,7 @@ class TrainConfig(StrictModel):
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     sim: SimConfig = Field(default_factory=SimConfig)
-    height_map: HeightMapConfig = Field(default_factory=HeightMapConfig)
+    descriptors: DescriptorsConfig = Field(default_factory=DescriptorsConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
@@ -107,6 +112,17 @@ class TrainConfig(StrictModel):
     loss: LossSettings = Field(default_factory=LossSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     run: RunSettings = Field(default_factory=RunSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _height_map_moved(cls, data):
+        # configs and registered models of afm-ray 0.1 before the descriptors section had a top-level height_map
+        if isinstance(data, dict) and "height_map" in data:
+            data = dict(data)
+            descriptors = dict(data.get("descriptors") or {})
+            descriptors.setdefault("height_map", data.pop("height_map"))
+            data["descriptors"] = descriptors
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -136,7 +152,7 @@ class TrainConfig(StrictModel):
         """What the simulation actors need to make this run's batches and fixed sets."""
         return SampleSettings(model=self.model.name, element_classes=self.model.element_classes, data=self.data,
                               train_rotations_per_molecule=self.rotations_per_molecule, sim=self.sim,
-                              height_map=self.height_map, augment=self.augment)
+                              descriptors=self.descriptors, augment=self.augment)
 
     @property
     def input_slices(self) -> int:

@@ -11,7 +11,7 @@ from torch import nn
 from afm_ray.batches import MODEL_TARGETS
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.losses import FocalPositionLoss, LossOutput, WeightedMSELoss
-from afm_ray.metrics import ImageMSEAccumulator, XYZEvaluator
+from afm_ray.metrics import ImageMetricsAccumulator, XYZEvaluator
 from afm_ray.models import build_model as build_network
 from afm_ray.models import class_names
 from afm_ray.train.config import TrainConfig
@@ -36,7 +36,7 @@ def model_element_classes(config: TrainConfig) -> list[list[str]] | None:
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    options: dict = {"n_slices": config.input_slices}
+    options: dict = {"n_slices": config.input_slices, "padding_mode": config.model.padding}
     if config.model.name == "xyz":
         options["element_classes"] = model_element_classes(config)
     else:
@@ -80,14 +80,14 @@ class Evaluation:
     class_names: tuple[str, ...] = ("background", "atom")
     _loss_sum: dict[str, float] = field(default_factory=dict)
     _samples: float = 0.0
-    _images: ImageMSEAccumulator | None = None
+    _images: ImageMetricsAccumulator | None = None
     _xyz: XYZEvaluator | None = None
 
     def __post_init__(self):
         if self.model_name == "xyz":
             self._xyz = XYZEvaluator(class_names=self.class_names)
         else:
-            self._images = ImageMSEAccumulator(MODEL_TARGETS[self.model_name])
+            self._images = ImageMetricsAccumulator(MODEL_TARGETS[self.model_name])
 
     def update(self, outputs, tensors: dict[str, torch.Tensor], loss: LossOutput) -> None:
         weight = float(loss.n_samples)
@@ -139,6 +139,7 @@ class Evaluation:
             mse = self._images.result()
             figures.update({f"{prefix}_mse_{name}": value for name, value in mse.items()})
             figures[f"{prefix}_mse_mean"] = float(np.mean(list(mse.values())))
+            figures.update({f"{prefix}_corr_{name}": value for name, value in self._images.correlations().items()})
         return figures
 
     def xyz_metrics(self):

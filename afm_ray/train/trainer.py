@@ -22,9 +22,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from afm_ray.batches import MODEL_TARGETS
 from afm_ray.errors import InputError
-from afm_ray.models.packed import PackedOutputs
 from afm_ray.pipeline.actors import check_cluster_fits, create_simulation_actors, stop_actors
 from afm_ray.pipeline.fixed_sets import FixedSet, materialize
 from afm_ray.pipeline.sources import load_split_samples
@@ -32,6 +30,7 @@ from afm_ray.ray_cluster import ensure_ray
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.figures import plot_loss_curves, plot_predictions
 from afm_ray.train.loop import HISTORY_FILE, evaluate, load_checkpoint_model, train_loop_per_worker
+from afm_ray.train.registration import log_and_register
 from afm_ray.train.steps import build_loss, objective
 from afm_ray.train.tracking import (ARCHITECTURE_TAG, MlflowReportCallback, RunTracker, preflight,
                                     resolve_tracking_uri)
@@ -258,9 +257,7 @@ def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, late
 
 def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, latest_checkpoint,
             test_path: Path) -> TrainingOutcome:
-    import mlflow
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
 
     tracker = RunTracker(tracking_uri, run_id)
     history = backfill_run(tracker, latest_checkpoint)
@@ -284,23 +281,9 @@ def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, lat
             tracker.log_artifact(figure, "figures")
         tracker.flush()
 
-    mlflow.set_tracking_uri(tracking_uri)
-    packed = PackedOutputs(model, MODEL_TARGETS[config.model.name], config.model.name).eval()
-    example = samples["x"][:1]
-    with torch.no_grad():
-        signature = infer_signature(example, packed(torch.from_numpy(example)).numpy())
+    version = log_and_register(model, config, samples["x"][:1], tracking_uri, run_id)
     name = config.registered_model_name
-    with mlflow.start_run(run_id=run_id):
-        # pickle keeps the nn.Module (afm-ray must be installed where it is loaded); pt2 export
-        # would fix the batch size of the input example.
-        info = mlflow.pytorch.log_model(packed, name="model", input_example=example, signature=signature,
-                                        registered_model_name=name, serialization_format="pickle",
-                                        metadata={"afm_ray_config": config.model_dump(mode="json")},
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "afm-ray"])
     client = MlflowClient(tracking_uri)
-    version = str(info.registered_model_version)
-    client.set_registered_model_tag(name, ARCHITECTURE_TAG, config.model.name)
-    client.set_registered_model_alias(name, config.mlflow.alias, version)
     client.set_terminated(run_id, status="FINISHED")
     final = history[-1] if history else {}
     print(f"registered models:/{name}@{config.mlflow.alias} (version {version}); test: "
