@@ -103,16 +103,31 @@ class AugmentConfig(StrictModel):
 
 
 @dataclass(frozen=True)
+class AugmentationDraws:
+    """Every random choice of one augmentation of a (B, nx, ny, nz) batch of stacks (K output slices).
+
+    Attributes:
+        slice_indices: (B, K) int64 indices into the input z axis, increasing along K.
+        unit_noise: (B, nx, ny, K) float32 uniform in [0, 1), or None when noise is off.
+        shifts: (B, K, 2) int64 (sx, sy) in px: output[i, j] = input[i − sx, j − sy] (mirrored at
+            the border); zeros when shifting is off.
+        cutouts: (M, 6) int64 rows ``(sample, slice, x_start, x_stop, y_start, y_stop)`` (half-open
+            pixel ranges; slice indexes the output K axis) of rectangles set to zero.
+    """
+
+    slice_indices: np.ndarray
+    unit_noise: np.ndarray | None
+    shifts: np.ndarray
+    cutouts: np.ndarray
+
+
+@dataclass(frozen=True)
 class AugmentedBatch:
     """Augmented stacks and the random choices that made them.
 
     Attributes:
         stacks: (B, nx, ny, K) float32, z far → close.
-        slice_indices: (B, K) int64 indices into the input z axis, increasing along K.
-        shifts: (B, K, 2) int64 (sx, sy) in px: output[i, j] = input[i − sx, j − sy] (mirrored at
-            the border); zeros when shifting is off.
-        cutouts: (M, 6) int64 rows ``(sample, slice, x_start, x_stop, y_start, y_stop)`` (half-open
-            pixel ranges; slice indexes the output K axis) of rectangles set to zero.
+        slice_indices, shifts, cutouts: as in :class:`AugmentationDraws`.
     """
 
     stacks: np.ndarray
@@ -143,28 +158,76 @@ def augment(stacks: np.ndarray, seed: SeedLike, config: AugmentConfig | None = N
     stacks = np.asarray(stacks)
     if stacks.ndim != 4 or not np.issubdtype(stacks.dtype, np.floating):
         raise InputError("augment", f"stacks must be a float (B, nx, ny, nz) array, got {stacks.dtype} {stacks.shape}")
+    draws = draw_augmentation(stacks.shape, seed, config, slice_indices)
+    return AugmentedBatch(apply_augmentation(stacks, draws, config), draws.slice_indices, draws.shifts, draws.cutouts)
+
+
+def draw_augmentation(shape: tuple[int, ...], seed: SeedLike, config: AugmentConfig | None = None,
+                      slice_indices: np.ndarray | None = None) -> AugmentationDraws:
+    """The random choices :func:`augment` makes for stacks of ``shape`` (B, nx, ny, nz) with ``seed``.
+
+    One generator per step, spawned from ``seed`` in the order scan height, noise, shifts,
+    cutouts: switching a step off does not change the others' draws. ``slice_indices`` (B, K)
+    replaces the scan-height draw (a second tip at the first tip's heights).
+    """
+    config = config or AugmentConfig()
+    batch, nx, ny, nz = shape
     sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     height_rng, noise_rng, shift_rng, cutout_rng = (np.random.default_rng(child) for child in sequence.spawn(4))
-
     if slice_indices is None:
-        slice_indices = _choose_slices(stacks.shape, config.scan_height, height_rng)
-    elif slice_indices.shape[0] != stacks.shape[0] or slice_indices.max(initial=0) >= stacks.shape[3]:
-        raise InputError("augment", f"slice_indices {slice_indices.shape} do not fit stacks {stacks.shape}")
-    out = np.take_along_axis(stacks, slice_indices[:, None, None, :], axis=3).astype(np.float32)
-    if config.normalization.enabled:
-        out = normalize_slices(out)
+        slice_indices = _choose_slices(shape, config.scan_height, height_rng)
+    elif slice_indices.shape[0] != batch or slice_indices.max(initial=0) >= nz:
+        raise InputError("augment", f"slice_indices {slice_indices.shape} do not fit stacks {tuple(shape)}")
+    out_shape = (batch, nx, ny, slice_indices.shape[1])
+    unit_noise = None
     if config.noise.enabled and config.noise.relative_amplitude > 0:
-        out = _add_noise(out, config.noise.relative_amplitude, noise_rng)
-    shifts = np.zeros(out.shape[:1] + out.shape[3:] + (2,), dtype=np.int64)
+        unit_noise = noise_rng.random(out_shape, dtype=np.float32)
+    shifts = np.zeros((batch, out_shape[3], 2), dtype=np.int64)
     if config.shift.enabled and config.shift.max_shift_px > 0:
         limit = config.shift.max_shift_px
         shifts = shift_rng.integers(-limit, limit + 1, size=shifts.shape)
-        out = shift_slices(out, shifts)
     cutouts = np.zeros((0, 6), dtype=np.int64)
     if config.cutout.enabled and config.cutout.attempts_per_slice > 0:
-        cutouts = _draw_cutouts(out.shape, config.cutout, cutout_rng)
-        out = apply_cutouts(out, cutouts)
-    return AugmentedBatch(out, slice_indices, shifts, cutouts)
+        cutouts = _draw_cutouts(out_shape, config.cutout, cutout_rng)
+    return AugmentationDraws(slice_indices, unit_noise, shifts, cutouts)
+
+
+def tip_seeds(batch_seed: Sequence[int], n_tips: int) -> tuple[list[np.random.SeedSequence], list[np.random.SeedSequence]]:
+    """(simulation seeds, augmentation seeds), one per tip, of a batch whose entropy is ``batch_seed``."""
+    children = np.random.SeedSequence(tuple(batch_seed)).spawn(2 * n_tips)
+    return children[0::2], children[1::2]
+
+
+def draw_batch(shape: tuple[int, ...], batch_seed: Sequence[int], config: AugmentConfig) -> list[AugmentationDraws]:
+    """The draws of every tip of a (B, C, nx, ny, nz) training batch: each tip its own, all at the first
+    tip's slices (the ES model's CO and Xe stacks are taken at the same heights)."""
+    batch, n_tips, nx, ny, nz = shape
+    draws: list[AugmentationDraws] = []
+    for seed in tip_seeds(batch_seed, n_tips)[1]:
+        first = draws[0].slice_indices if draws else None
+        draws.append(draw_augmentation((batch, nx, ny, nz), seed, config, slice_indices=first))
+    return draws
+
+
+def augment_batch(df: np.ndarray, batch_seed: Sequence[int], config: AugmentConfig) -> np.ndarray:
+    """(B, C, nx, ny, nz) raw Δf of C tips → (B, C, nx, ny, K) float32 network input (NumPy)."""
+    draws = draw_batch(df.shape, batch_seed, config)
+    return np.stack([apply_augmentation(df[:, tip], tip_draws, config) for tip, tip_draws in enumerate(draws)], axis=1)
+
+
+def apply_augmentation(stacks: np.ndarray, draws: AugmentationDraws, config: AugmentConfig) -> np.ndarray:
+    """(B, nx, ny, nz) stacks → (B, nx, ny, K) float32 augmented with ``draws``: the NumPy reference of
+    :func:`afm_ray.augment_torch.apply_augmentation`."""
+    out = np.take_along_axis(stacks, draws.slice_indices[:, None, None, :], axis=3).astype(np.float32)
+    if config.normalization.enabled:
+        out = normalize_slices(out)
+    if draws.unit_noise is not None:
+        out = _add_noise(out, config.noise.relative_amplitude, draws.unit_noise)
+    if draws.shifts.any():
+        out = shift_slices(out, draws.shifts)
+    if len(draws.cutouts):
+        out = apply_cutouts(out, draws.cutouts)
+    return out
 
 
 def _choose_slices(shape: tuple[int, ...], config: ScanHeightConfig, rng: np.random.Generator) -> np.ndarray:
@@ -196,10 +259,10 @@ def normalize_slices(stacks: np.ndarray) -> np.ndarray:
     return (centred * scale[:, None, :]).reshape(stacks.shape)
 
 
-def _add_noise(stacks: np.ndarray, relative_amplitude: float, rng: np.random.Generator) -> np.ndarray:
+def _add_noise(stacks: np.ndarray, relative_amplitude: float, unit_noise: np.ndarray) -> np.ndarray:
     amplitude = 0.5 * relative_amplitude * (stacks.max(axis=(1, 2), keepdims=True)
                                             - stacks.min(axis=(1, 2), keepdims=True))
-    unit = rng.random(stacks.shape, dtype=np.float32) * np.float32(2.0) - np.float32(1.0)
+    unit = unit_noise * np.float32(2.0) - np.float32(1.0)
     return stacks + unit * amplitude.astype(np.float32)
 
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from afm_ray.augment import AugmentConfig, augment
+from afm_ray.augment import AugmentConfig, augment_batch, tip_seeds
 from afm_ray.descriptors import XyzGrid, atomic_disks, height_and_es_maps, vdw_spheres
 from afm_ray.descriptors.config import DescriptorsConfig
+from afm_ray.descriptors.device_maps import DeviceMaps
 from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.errors import InputError
 from afm_ray.molecules.molecule import Molecule
@@ -98,15 +100,21 @@ class BatchFactory:
         sim_config, augment_config, descriptors: the stages' configurations.
         splits: ``{"train": SplitSamples, "val": …}``.
         device: OpenCL device override (see :func:`afm_ray.sim.device.select_device`).
+        profile: time the simulator's device commands (``simulator.profile``, ``afm-ray bench batch``).
+
+    ``stage_seconds`` sums the wall time of the host stages (descriptors, augmentation) since it was
+    last cleared.
     """
 
     def __init__(self, task: Task, sim_config: SimConfig, augment_config: AugmentConfig,
-                 descriptors: DescriptorsConfig, splits: dict[str, SplitSamples], device=None):
+                 descriptors: DescriptorsConfig, splits: dict[str, SplitSamples], device=None, profile: bool = False):
         self.task = task
         self.augment_config = augment_config
         self.descriptors = descriptors
         self.splits = splits
-        self.simulator = Simulator(sim_config, device=device)
+        self.stage_seconds: dict[str, float] = {}
+        self.simulator = Simulator(sim_config, device=device, profile=profile)
+        self.device_maps = DeviceMaps(self.simulator.context, self.simulator.queue)
         self.window = ScanWindow.from_sim_config(sim_config)
         self.xyz_grid = (XyzGrid(window=self.window, element_groups=task.element_groups)
                          if "xyz_classes" in task.targets else None)
@@ -118,7 +126,8 @@ class BatchFactory:
         """Simulated, described and augmented batch for ``spec``.
 
         Returns a dict of NumPy arrays: ``x`` (B, C, nx, ny, K) float32 normalised Δf (C tips, K
-        slices far → close); the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
+        slices far → close), or with ``spec.raw_df`` instead ``df`` (B, C, nx, ny, nz) float32 Hz, every
+        simulated slice, for :func:`afm_ray.augment_torch.augment_batch`; the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
         (Å, or V for ``es_map``), or ``xyz_classes`` (B, n_classes, gx, gy) and ``xyz_offsets``
         (B, 3, gx, gy) Å; ``samples`` (B,) int64; timings ``sim_seconds`` and ``produce_seconds``.
 
@@ -135,7 +144,7 @@ class BatchFactory:
         skipped: list[tuple[int, str]] = []
         while True:
             try:
-                batch = self._make(split, remaining, spec.seed) if remaining else self._empty()
+                batch = self._make(split, remaining, spec.seed, spec.raw_df) if remaining else self._empty(spec.raw_df)
                 break
             except InputError as error:
                 culprit = self._culprit(split, remaining, spec.seed, error)
@@ -149,23 +158,24 @@ class BatchFactory:
         batch["produce_seconds"] = time.perf_counter() - started
         return batch
 
-    def _make(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...]) -> dict:
+    def _make(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...], raw_df: bool = False) -> dict:
         started = time.perf_counter()
         molecules = [split.molecule(sample) for sample in samples]
-        seeds = np.random.SeedSequence(seed).spawn(2 * len(self.task.tips))
-        stacks, slice_indices = [], None
-        for tip_index, tip in enumerate(self.task.tips):
+        stacks = []
+        for tip, tip_seed in zip(self.task.tips, tip_seeds(seed, len(self.task.tips))[0]):
             # each sample's tilt and start distance depend on its number, not its place in the batch, so a
             # sample simulated alone (to find the one a batch failed on) is the sample the batch had
-            scan_params = [ScanParams.draw(self.simulator.config, _sample_seed(seeds[2 * tip_index], sample))
-                           for sample in samples]
-            df = self.simulator.simulate(molecules, tip=tip, scan_params=scan_params)
-            augmented = augment(df, seeds[2 * tip_index + 1], self.augment_config, slice_indices=slice_indices)
-            slice_indices = augmented.slice_indices
-            stacks.append(augmented.stacks)
+            scan_params = [ScanParams.draw(self.simulator.config, _sample_seed(tip_seed, sample)) for sample in samples]
+            stacks.append(self.simulator.simulate(molecules, tip=tip, scan_params=scan_params))
+        df = np.stack(stacks, axis=1)
         sim_seconds = time.perf_counter() - started
-        return {"x": np.stack(stacks, axis=1), **self._targets(molecules),
-                "samples": np.asarray(samples, dtype=np.int64), "_sim_seconds": sim_seconds}
+        if raw_df:
+            inputs = {"df": df}
+        else:
+            with self._stage("augmentation"):
+                inputs = {"x": augment_batch(df, seed, self.augment_config)}
+        return {**inputs, **self._targets(molecules), "samples": np.asarray(samples, dtype=np.int64),
+                "_sim_seconds": sim_seconds}
 
     def _culprit(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...],
                  error: InputError) -> tuple[int, str] | None:
@@ -182,12 +192,12 @@ class BatchFactory:
                 return position, str(alone)
         return None
 
-    def _empty(self) -> dict:
+    def _empty(self, raw_df: bool = False) -> dict:
         """A batch of no samples (every sample skipped), with the arrays' per-sample shapes."""
         nx, ny = self.simulator.config.scan_pixels
         slices = (self.augment_config.scan_height.kept_slices if self.augment_config.scan_height.enabled
-                  else self.simulator.config.num_slices)
-        batch = {"x": np.zeros((0, len(self.task.tips), nx, ny, slices), np.float32)}
+                  and not raw_df else self.simulator.config.num_slices)
+        batch = {"df" if raw_df else "x": np.zeros((0, len(self.task.tips), nx, ny, slices), np.float32)}
         if self.task.model == "xyz":
             classes = self.xyz_grid.n_classes
             gx, gy = self.xyz_grid.grid_shape
@@ -198,9 +208,19 @@ class BatchFactory:
         return {**batch, "samples": np.zeros(0, np.int64)}
 
     def _targets(self, molecules: list[Molecule]) -> dict[str, np.ndarray]:
-        return describe(molecules, self.task.targets, self.simulator, self.window, self.descriptors, self.xyz_grid)
+        return describe(molecules, self.task.targets, self.simulator, self.window, self.descriptors, self.xyz_grid,
+                        self.device_maps, self._stage)
+
+    @contextmanager
+    def _stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - started
 
     def close(self) -> None:
+        self.device_maps.release()
         self.simulator.release()
 
 
@@ -211,26 +231,40 @@ def _sample_seed(tip_seed: np.random.SeedSequence, sample: int) -> int:
 
 
 def describe(molecules: list, targets: Sequence[str], simulator: Simulator, window: ScanWindow,
-             descriptors: DescriptorsConfig, xyz_grid: XyzGrid | None = None) -> dict[str, np.ndarray]:
+             descriptors: DescriptorsConfig, xyz_grid: XyzGrid | None = None,
+             device_maps: DeviceMaps | None = None, stage=None) -> dict[str, np.ndarray]:
     """The descriptors named in ``targets`` (names of :data:`MODEL_TARGETS`) for a batch of molecules.
 
     Maps are (B, nx, ny) float32 on ``window`` (Å; ``es_map`` V or V/Å; ppafm Atomic Disks
     dimensionless), with the conventions of ``descriptors``; ``xyz_classes`` (B, n_classes, gx, gy)
     and ``xyz_offsets`` (B, 3, gx, gy) Å come from ``xyz_grid``. Height and ES maps come from one
-    call of ``simulator``'s field kernel.
+    iso-surface search on ``simulator``'s device; vdW Spheres and Atomic Disks from one kernel of
+    ``device_maps`` when given (same values), else from NumPy. ``stage(name)``, a context manager,
+    times each group of descriptors.
     """
+    stage = stage or (lambda name: nullcontext())
     out: dict[str, np.ndarray] = {}
-    if "atomic_disks" in targets:
-        out["atomic_disks"] = atomic_disks(molecules, window, mode=descriptors.atomic_disks.mode)
-    if "vdw_spheres" in targets:
-        out["vdw_spheres"] = vdw_spheres(molecules, window, radii=descriptors.vdw_spheres.radii)
+    radii, disks_mode = descriptors.vdw_spheres.radii, descriptors.atomic_disks.mode
+    drawn = [name for name in ("atomic_disks", "vdw_spheres") if name in targets]
+    if drawn:
+        with stage("vdW Spheres + Atomic Disks"):
+            if device_maps is not None:
+                maps = device_maps.maps(molecules, window, radii=radii, disks_mode=disks_mode)
+                out.update({name: maps[name] for name in drawn})
+            else:
+                if "atomic_disks" in drawn:
+                    out["atomic_disks"] = atomic_disks(molecules, window, mode=disks_mode)
+                if "vdw_spheres" in drawn:
+                    out["vdw_spheres"] = vdw_spheres(molecules, window, radii=radii)
     if "height_map" in targets or "es_map" in targets:
-        maps = height_and_es_maps(molecules, simulator, descriptors.height_map, descriptors.es_map)
+        with stage("Height + ES Map"):
+            maps = height_and_es_maps(molecules, simulator, descriptors.height_map, descriptors.es_map)
         if "height_map" in targets:
             out["height_map"] = maps.height
         if "es_map" in targets:
             out["es_map"] = maps.es
     if "xyz_classes" in targets:
-        encoded = xyz_grid.encode(molecules)
+        with stage("xyz encode"):
+            encoded = xyz_grid.encode(molecules)
         out["xyz_classes"], out["xyz_offsets"] = encoded.classes, encoded.offsets
     return out

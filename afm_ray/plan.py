@@ -25,6 +25,8 @@ class BatchSpec:
         index: batch index within the epoch (over all ranks).
         samples: (B,) int64 sample numbers (``molecule * R + rotation``).
         seed: entropy for every random draw of the batch (tilts, heights, noise, shifts, cutouts).
+        raw_df: ship the raw Δf of every simulated slice (``df``) instead of the augmented input
+            (``x``); the consumer augments it with the same draws (:mod:`afm_ray.augment_torch`).
     """
 
     split: str
@@ -32,6 +34,7 @@ class BatchSpec:
     index: int
     samples: np.ndarray
     seed: tuple[int, ...]
+    raw_df: bool = False
 
     @property
     def key(self) -> tuple[str, int, int]:

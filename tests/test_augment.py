@@ -132,3 +132,41 @@ def test_input_is_not_modified(stacks):
     before = stacks.copy()
     augment(stacks, seed=0)
     np.testing.assert_array_equal(stacks, before)
+
+
+# -- the torch implementation on the training worker's device: the NumPy chain is its oracle ----------
+@pytest.mark.parametrize("config", [
+    AugmentConfig(),
+    only("noise", relative_amplitude=0.3),
+    only("shift", max_shift_px=5),
+    only("cutout", probability=0.9),
+    AugmentConfig.model_validate({"scan_height": {"enabled": False}, "normalization": {"enabled": False}}),
+], ids=["thesis", "noise", "shift", "cutout", "all-slices-raw-values"])
+def test_torch_augmentation_equals_the_numpy_chain_on_the_same_draws(stacks, config):
+    import torch
+
+    from afm_ray.augment import apply_augmentation, draw_augmentation
+    from afm_ray.augment_torch import apply_augmentation as apply_on_device
+
+    draws = draw_augmentation(stacks.shape, (3, 1, 4), config)
+    expected = apply_augmentation(stacks, draws, config)
+    result = apply_on_device(torch.from_numpy(stacks), draws, config)
+    assert result.dtype == torch.float32 and tuple(result.shape) == expected.shape
+    np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-6)
+    assert not np.array_equal(expected, stacks[..., :expected.shape[3]])  # the steps did something
+
+
+def test_a_batch_of_two_tips_is_augmented_like_the_actor_does(stacks):
+    import torch
+
+    from afm_ray.augment import augment_batch, draw_batch
+    from afm_ray.augment_torch import augment_batch as augment_batch_on_device
+
+    df = np.stack([stacks, stacks[::-1] * 2.0], axis=1)  # (B, 2 tips, nx, ny, nz)
+    draws = draw_batch(df.shape, (7, 0, 2, 0), AugmentConfig())
+    np.testing.assert_array_equal(draws[0].slice_indices, draws[1].slice_indices)  # Xe at CO's heights
+    assert not np.array_equal(draws[0].unit_noise, draws[1].unit_noise)  # each tip its own noise
+    expected = augment_batch(df, (7, 0, 2, 0), AugmentConfig())
+    result = augment_batch_on_device(torch.from_numpy(df), (7, 0, 2, 0), AugmentConfig())
+    np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-6)
+    assert expected.shape == (B, 2, NX, NY, 10)

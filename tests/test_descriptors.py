@@ -300,3 +300,41 @@ def test_bench_descriptors_runs(run_cli):
     assert code == 0, err
     for line in ("vdW Spheres", "Atomic Disks", "xyz encode", "augment 20→10 slices"):
         assert line in out
+
+
+@pytest.mark.parametrize("tip, quantity", [("CO", "potential"), ("Xe", "ez")])
+def test_device_iso_search_equals_every_plane_search_of_the_fields(tiny_database, tip, quantity):
+    """The simulator's strided, bounded search on the device gives the maps of the NumPy oracle."""
+    from afm_ray.descriptors.height_es import EsMapConfig, HeightMapConfig, height_and_es_from_fields, height_and_es_maps
+    from afm_ray.molecules.database import read_molecules
+    from afm_ray.molecules.rotations import select_rotations
+    from afm_ray.sim import SimConfig, Simulator
+
+    views = [molecule.rotated(rotation) for molecule in read_molecules(tiny_database)[:16]
+             for rotation in select_rotations(molecule.positions, 2, 100, 1.0)]
+    simulator = Simulator(SimConfig(scan_pixels=(64, 64)), device="cpu")
+    config = HeightMapConfig(tip=tip)
+    device = height_and_es_maps(views, simulator, config, EsMapConfig(quantity=quantity))
+    planes = config.planes()
+    fz, electrostatics = simulator.rigid_probe_fields(views, planes, tip=tip, electrostatics=quantity)
+    oracle = height_and_es_from_fields(fz, electrostatics, planes)
+    simulator.release()
+    np.testing.assert_allclose(device.height, oracle.height, atol=1e-5)
+    np.testing.assert_allclose(device.es, oracle.es, atol=1e-5)
+    assert (device.height > 0).mean() > 0.05
+    kept = np.isfinite(device.surface_z)
+    np.testing.assert_allclose(device.surface_z[kept], oracle.surface_z[kept], atol=1e-5)
+    assert np.all(np.isfinite(oracle.surface_z[kept]))
+
+
+@pytest.mark.parametrize("model, where", [("dsh", "trainer"), ("es", "actor")])
+def test_bench_batch_reports_every_stage_and_the_ratios(run_cli, model, where):
+    code, out, err = run_cli("bench", "batch", "--model", model, "--augment-on", where, "--batch-size", "2",
+                             "--size", "32", "--repeats", "1", "--device", "cpu")
+    assert code == 0, err
+    for line in ("relax_scan kernel", "read Δf", "iso search kernels", "Height + ES Map", "Ray serialisation",
+                 "whole batch (actor)", "Height + ES / Δf simulation", "actor work besides the Δf kernels",
+                 "device→host bytes / returned bytes"):
+        assert line in out, line
+    assert ("augmentation on the trainer (torch)" in out) == (where == "trainer")
+    assert ("vdW Spheres + Atomic Disks" in out) == (model == "dsh")

@@ -271,3 +271,30 @@ def test_fixed_set_hash_covers_only_what_changes_its_samples(tiny_config, tmp_pa
                  settings.model_copy(update={"model": "es"})]
     keys = {fixed_set_key(s, "val", 6, seed=0) for s in different} | {fixed_set_key(settings, "val", 6, seed=1)}
     assert key not in keys and len(keys) == 4
+
+
+def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_config):
+    """``BatchSpec.raw_df``: the actor ships every simulated slice; augmenting it on the trainer gives its batch."""
+    import dataclasses
+
+    import torch
+
+    from afm_ray.augment_torch import augment_batch
+    from afm_ray.batches import BatchFactory
+    from afm_ray.pipeline.sources import load_split_samples, task_of
+
+    for model in ("dsh", "es"):
+        settings = tiny_config.sample_settings.model_copy(update={"model": model})
+        factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.descriptors,
+                               load_split_samples(settings, ("train",)), device="cpu")
+        try:
+            spec = plan_epoch(24, 6, 0, 1)[2]
+            made = factory.make_batch(spec)
+            raw = factory.make_batch(dataclasses.replace(spec, raw_df=True))
+        finally:
+            factory.close()
+        assert "x" not in raw and raw["df"].shape == (6, len(task_of(settings).tips), 32, 32, settings.sim.num_slices)
+        for name in (*task_of(settings).targets, "samples"):
+            np.testing.assert_array_equal(raw[name], made[name])
+        augmented = augment_batch(torch.from_numpy(raw["df"]), spec.seed, settings.augment).numpy()
+        np.testing.assert_allclose(augmented, made["x"], rtol=0, atol=1e-6)

@@ -346,3 +346,16 @@ def test_cli_simulate_draws_the_sample_with_its_descriptors(tmp_path, cpu_device
     image = imread(png)
     assert image.shape[0] > 500 and image.shape[1] > 1500  # slices, 4 descriptor maps, xyz and molecule panels
     assert image[..., :3].std() > 0.1
+
+
+def test_a_batch_too_large_for_the_device_is_refused_before_allocation():
+    from afm_ray.errors import InputError
+
+    sim = Simulator(SimConfig(scan_pixels=(32, 32)), device="cpu")
+    per_buffer = int(sim.device.max_mem_alloc_size)
+    # fz holds count × heights × pixels float32: enough samples to pass the device's largest buffer
+    count = per_buffer // (sim.config.num_z_steps * 32 * 32 * 4) + 1
+    with pytest.raises(InputError, match=rf"{count} samples of 32×32 px × 30 heights need .* MiB .* use at most "
+                                         rf"{count - 1} samples per batch"):
+        sim.run([WATER] * count)
+    assert not sim._buffers  # nothing was allocated

@@ -126,6 +126,8 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics(ray_session, tiny_con
 
     Every actor works every epoch; every planned sample is trained or skipped exactly once per
     epoch (and the run finishes); the sharded validation equals one rank evaluating the whole set.
+    The actors ship raw Δf and each rank augments its batches itself (``pipeline.augment_on:
+    trainer``), a short batch with a skipped sample included.
     """
     from afm_ray.pipeline.fixed_sets import FixedSet
     from afm_ray.train.loop import evaluate
@@ -136,7 +138,7 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics(ray_session, tiny_con
 
     config = tiny_config.model_copy(update={
         "scaling": changed("scaling", num_workers=2, cpus_per_worker=1.0),
-        "pipeline": changed("pipeline", num_sim_actors=4, sim_num_cpus=0.5),
+        "pipeline": changed("pipeline", num_sim_actors=4, sim_num_cpus=0.5, augment_on="trainer"),
         "sim": changed("sim", scan_size_angstrom=(6.4, 6.4)), "data": changed("data", eval_rotations_per_molecule=4),
         "run": changed("run", epochs=2, name="ddp")})
     outcome = run_training(config, progress=False)

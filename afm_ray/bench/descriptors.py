@@ -5,7 +5,8 @@ Workload: ``--batch-size`` molecules (default 32; small organic molecules from A
 median of ``--repeats`` timed calls after one untimed call, as ms per batch and samples/s:
 
 * vdW Spheres, Atomic Disks, xyz encode (NumPy, on this process's CPU);
-* Height + ES Map (the simulator's rigid-probe fields on ``--device`` plus the NumPy iso search);
+* vdW Spheres + Atomic Disks in one OpenCL kernel on ``--device`` (:class:`DeviceMaps`, read included);
+* Height + ES Map (the iso-surface search on ``--device``, two maps read back);
 * augmentation of a (B, size, size, 20) float32 stack to 10 slices (all thesis steps);
 * the simulator's Δf stacks for the same batch, when :mod:`afm_ray.sim` can run here.
 
@@ -90,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"simulator unavailable ({exc}); skipping Height/ES maps and simulation")
         return 0
     print(f"simulator device: {simulator.device_name}")
+    from afm_ray.descriptors.device_maps import DeviceMaps
+
+    device_maps = DeviceMaps(simulator.context, simulator.queue)
+    _report("vdW Spheres + Disks (OpenCL)", _median_seconds(lambda: device_maps.maps(molecules, window), args.repeats),
+            batch_size)
     _report("Height + ES Map", _median_seconds(lambda: height_and_es_maps(molecules, simulator), args.repeats), batch_size)
     params = [ScanParams.fixed(config)] * batch_size
     _report("simulate Δf (CO, 20 slices)",

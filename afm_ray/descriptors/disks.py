@@ -78,29 +78,41 @@ def atomic_disks(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
         (B, nx, ny) float32: ``thesis`` in Å, in ``[0, cut_depth]``; ``ppafm`` dimensionless, ≥ 0;
         0 is background.
     """
-    if mode == "ppafm":
-        return _ppafm_disks(prepare_atoms(molecules, centre), window)
+    check_disk_arguments(mode, cut_depth, cone_width_factor)
+    batch = prepare_atoms(molecules, centre)
+    visible, apex, widths = cone_parameters(batch, mode, cut_depth, cone_width_factor, radius_of)
+    return _cones(batch, visible, apex, widths, window, np.add if mode == "ppafm" else np.maximum)
+
+
+def check_disk_arguments(mode: str, cut_depth: float, cone_width_factor: float) -> None:
+    """:class:`InputError` for an unknown mode or, in ``thesis`` mode, a non-positive depth or width."""
+    if mode == "ppafm":  # a fixed convention: the other arguments do not apply
+        return
     if mode != "thesis":
         raise InputError("atomic_disks.mode", f"expected 'thesis' or 'ppafm', got {mode!r}")
     if cut_depth <= 0:
         raise InputError("atomic_disks.cut_depth", f"must be > 0 Å, got {cut_depth}")
     if cone_width_factor <= 0:
         raise InputError("atomic_disks.cone_width_factor", f"must be > 0, got {cone_width_factor}")
-    batch = prepare_atoms(molecules, centre)
+
+
+def cone_parameters(batch: AtomBatch, mode: DiskMode, cut_depth: float = ATOMIC_DISKS_CUT_DEPTH,
+                    cone_width_factor: float = CONE_WIDTH_FACTOR,
+                    radius_of: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
+    """``(visible, apex, width)``, each (B, N): which atoms draw a cone, its apex value and base radius (Å).
+
+    Overlapping cones combine by their maximum (``thesis``) or sum (``ppafm``); see the module docstring.
+    """
+    if mode == "ppafm":
+        depth = batch.top_z()[:, None] - batch.positions[..., 2]
+        sphere_tops = batch.positions[..., 2] + batch.per_atom(sphere_radius_of("ppafm"))
+        sphere_depth = np.where(batch.mask, sphere_tops, -np.inf).max(axis=1)[:, None] - sphere_tops
+        visible = batch.mask & (depth < PPAFM_DEPTH) & (sphere_depth < PPAFM_DEPTH)
+        return visible, 1.0 - depth / PPAFM_DEPTH, batch.per_atom(ELEMENT_TABLE.ppafm_disk_radius)
     widths = cone_width_factor * batch.per_atom(radius_of or ELEMENT_TABLE.covalent_radius)
     apex = batch.positions[..., 2] - (batch.top_z() - cut_depth)[:, None]
     # An atom exactly cut_depth below has apex 0 and so draws nothing: ">= 0" and "> 0" agree.
-    visible = batch.mask & (apex > 0.0)
-    return _cones(batch, visible, apex, widths, window, np.maximum)
-
-
-def _ppafm_disks(batch: AtomBatch, window: ScanWindow) -> np.ndarray:
-    depth = batch.top_z()[:, None] - batch.positions[..., 2]
-    sphere_tops = batch.positions[..., 2] + batch.per_atom(sphere_radius_of("ppafm"))
-    sphere_depth = np.where(batch.mask, sphere_tops, -np.inf).max(axis=1)[:, None] - sphere_tops
-    visible = batch.mask & (depth < PPAFM_DEPTH) & (sphere_depth < PPAFM_DEPTH)
-    return _cones(batch, visible, 1.0 - depth / PPAFM_DEPTH, batch.per_atom(ELEMENT_TABLE.ppafm_disk_radius),
-                  window, np.add)
+    return batch.mask & (apex > 0.0), apex, widths
 
 
 def _cones(batch: AtomBatch, visible: np.ndarray, apex: np.ndarray, widths: np.ndarray, window: ScanWindow,

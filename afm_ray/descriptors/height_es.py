@@ -9,6 +9,16 @@ up, +z) and its 0.1 Å plane spacing; ppafm scans the force-field grid of the re
 we evaluate the force directly (:meth:`afm_ray.sim.Simulator.rigid_probe_fields`) so no second
 force-field implementation exists here.
 
+The search runs on the simulator's OpenCL device (:meth:`afm_ray.sim.Simulator.iso_surface`), so
+two (B, nx, ny) maps leave it instead of the fields on ~56 planes: each column first steps 4 planes
+(0.4 Å) at a time and goes back plane by plane over any stride that crosses the iso level or ends
+within 0.05 eV/Å of it, and stops 2 Å (+ one plane) below the highest crossing over the atoms,
+where the Height Map is 0 anyway. Measured against every-plane search of the fields
+(:func:`height_and_es_from_fields`, the oracle) on 400 QM9 views, CO and Xe: identical maps (max
+|difference| 0); without the 0.05 eV/Å refinement, 134 CO pixels were 0.14 Å off (a column
+grazing an atom's repulsive shell for less than a stride). Device and oracle agree to 1e-6 Å
+(float32 plane heights).
+
 Values: Å above a reference plane ``cut_depth`` (2 Å) below the highest point of the surface,
 clipped to ``[0, cut_depth]``; pixels whose surface is deeper, or whose column never reaches the
 iso level, are 0. (ppafm's reference is the same plane unless the whole surface spans less than
@@ -61,6 +71,11 @@ class HeightMapConfig(StrictModel):
         0.0, description="last scan plane, Å above the top nucleus; must lie below (surface max − cut_depth)")
     dz_angstrom: float = Field(0.1, gt=0.0, description="spacing of scan planes, Å (ppafm's z step)")
     tip: str = Field("CO", description="tip of the simulator config whose force field defines the surface")
+    search_stride_planes: int = Field(
+        4, ge=1, description="planes the probe steps at a time in the device search (1 = every plane; see the module "
+                             "docstring for the measurement behind 4)")
+    search_refine_margin_ev_per_angstrom: float = Field(
+        0.05, ge=0.0, description="eV/Å: a stride whose ends come this close to the iso level is searched plane by plane")
 
     @model_validator(mode="after")
     def _planes_ordered(self):
@@ -131,17 +146,30 @@ def height_and_es_from_fields(fz: np.ndarray, potential: np.ndarray, planes: np.
     surface = np.where(found, z_above + fraction * (z_below - z_above), np.nan)
     v_above = np.take_along_axis(potential, above, axis=3)[..., 0].astype(np.float64)
     v_below = np.take_along_axis(potential, below, axis=3)[..., 0].astype(np.float64)
-    surface_potential = v_above + fraction * (v_below - v_above)
+    return maps_from_surface(surface, v_above + fraction * (v_below - v_above), planes[-1], cut_depth)
 
+
+def maps_from_surface(surface: np.ndarray, surface_value: np.ndarray, lowest_plane: float,
+                      cut_depth: float = HEIGHT_MAP_CUT_DEPTH) -> HeightEsMaps:
+    """Height and ES maps from the iso surface and the electrostatics on it.
+
+    Args:
+        surface: (B, nx, ny) z of the iso surface (Å, any zero shared with ``lowest_plane``); NaN
+            where the column never reached the iso level.
+        surface_value: (B, nx, ny) potential (V) or E_z (V/Å) on the surface.
+        lowest_plane: the lowest height the search visited (Å); the cut plane must lie above it.
+        cut_depth: Å below the surface maximum where the Height Map is cut.
+    """
+    found = np.isfinite(surface)
     top = np.where(found, surface, -np.inf).max(axis=(1, 2))  # (B,)
     reference = top - cut_depth
-    if np.any(np.isfinite(reference) & (reference < planes[-1] - 1e-6)):
+    if np.any(np.isfinite(reference) & (reference < lowest_plane - 1e-6)):
         worst = float(np.min(reference[np.isfinite(reference)]))
-        raise InputError("height map", f"the scan stops at {planes[-1]:g} Å but the cut plane lies at {worst:.2f} Å: "
+        raise InputError("height map", f"the scan stops at {lowest_plane:g} Å but the cut plane lies at {worst:.2f} Å: "
                                        f"lower lowest_plane_angstrom")
     height = np.where(found, np.clip(surface - reference[:, None, None], 0.0, cut_depth), 0.0)
-    es = np.where(height > 0.0, surface_potential, ES_MAP_CUT)
-    return HeightEsMaps(height.astype(np.float32), es.astype(np.float32), surface.astype(np.float32))
+    es = np.where(height > 0.0, surface_value, ES_MAP_CUT)
+    return HeightEsMaps(height.astype(np.float32), es.astype(np.float32), np.asarray(surface, np.float32))
 
 
 @dataclass(frozen=True)
@@ -171,7 +199,9 @@ def height_and_es_maps(molecules: Any, simulator, config: HeightMapConfig | None
         positions, numbers, charges = batch.molecule(index)
         views.append(_AtomsView(numbers=numbers, positions=positions, charges=charges))
     planes = config.planes()
-    fz, potential = simulator.rigid_probe_fields(views, planes, tip=config.tip, relative_to="top_atom",
-                                                 electrostatics=es_map.quantity)
-    return height_and_es_from_fields(fz, potential, planes, config.iso_force_ev_per_angstrom,
-                                     config.cut_depth_angstrom)
+    surface, value = simulator.iso_surface(views, planes[0], config.dz_angstrom, planes.size,
+                                           config.iso_force_ev_per_angstrom, config.cut_depth_angstrom,
+                                           tip=config.tip, electrostatics=es_map.quantity,
+                                           stride_planes=config.search_stride_planes,
+                                           refine_margin_ev_per_angstrom=config.search_refine_margin_ev_per_angstrom)
+    return maps_from_surface(surface, value, planes[-1], config.cut_depth_angstrom)

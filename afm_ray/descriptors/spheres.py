@@ -58,6 +58,11 @@ def sphere_radius_of(radii: SphereRadii) -> Callable[[np.ndarray], np.ndarray]:
     raise InputError("vdw_spheres.radii", f"expected 'vdw' or 'ppafm', got {radii!r}")
 
 
+def check_sphere_arguments(cut_depth: float) -> None:
+    if cut_depth <= 0:
+        raise InputError("vdw_spheres.cut_depth", f"must be > 0 Å, got {cut_depth}")
+
+
 def vdw_spheres(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
                 cut_depth: float = VDW_SPHERES_CUT_DEPTH,
                 radius_of: Callable[[np.ndarray], np.ndarray] | None = None, radii: SphereRadii = "vdw",
@@ -78,8 +83,7 @@ def vdw_spheres(molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *,
     Returns:
         (B, nx, ny) float32 heights in Å above the cut plane, in ``[0, cut_depth]``.
     """
-    if cut_depth <= 0:
-        raise InputError("vdw_spheres.cut_depth", f"must be > 0 Å, got {cut_depth}")
+    check_sphere_arguments(cut_depth)
     batch = prepare_atoms(molecules, centre)
     radius = batch.per_atom(radius_of or sphere_radius_of(radii))
     surface = highest_sphere_surface(batch, radius, window)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -50,6 +51,11 @@ class PipelineSettings(StrictModel):
                                 "batches per worker); None = max(4, 2 × ⌈actors / workers⌉), so each of a "
                                 "worker's own actors has one batch queued behind the one it makes")
     opencl_device: str = Field("auto", description="auto | cpu | gpu | ray (the GPU Ray assigned) | index | name")
+    augment_on: Literal["auto", "actor", "trainer"] = Field(
+        "auto", description="where training batches are augmented: trainer = in torch on each training worker's device "
+                            "from the raw Δf the actor ships (every simulated slice: ~2× the bytes, none of the actor's "
+                            "CPU); actor = NumPy on the simulation actor; auto = trainer when the workers have GPUs. "
+                            "Same draws either way: the batches are equal")
     prefetch_next_epoch: bool = Field(
         True, description="request the next epoch's batches while the current one ends, validates and checkpoints")
     batch_timeout_s: float = Field(

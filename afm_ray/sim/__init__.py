@@ -72,6 +72,7 @@ Devices: ``afm_ray.sim.device.select_device`` (``"auto"``, ``"cpu"``, ``"gpu"``,
 """
 
 from afm_ray.sim.config import SimConfig, TipConfig
-from afm_ray.sim.simulator import ScanParams, SimulationResult, Simulator, draw_scan_params, giessibl_weights
+from afm_ray.sim.simulator import (DeviceProfile, ScanParams, SimulationResult, Simulator, draw_scan_params,
+                                   giessibl_weights)
 
-__all__ = ["SimConfig", "TipConfig", "ScanParams", "SimulationResult", "Simulator", "draw_scan_params", "giessibl_weights"]
+__all__ = ["DeviceProfile", "SimConfig", "TipConfig", "ScanParams", "SimulationResult", "Simulator", "draw_scan_params", "giessibl_weights"]

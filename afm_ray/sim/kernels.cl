@@ -14,6 +14,27 @@
 #define COULOMB_K 14.399644f
 #define R2_SAFE   1e-6f      // keeps 1/r² finite if a point lands on a nucleus
 #define MAX_PROBE_CHARGES 3
+// The probe's point charges (kernel arguments probe_charge, probe_charge_z) as sample_force takes them.
+#define PROBE_CHARGE_ARRAYS \
+    const float charge[MAX_PROBE_CHARGES] = {probe_charge.x, probe_charge.y, probe_charge.z}; \
+    const float charge_z[MAX_PROBE_CHARGES] = {probe_charge_z.x, probe_charge_z.y, probe_charge_z.z};
+
+// The start of every per-pixel kernel (one work item = pixel pix of sample b; work items past the
+// last pixel return): declares pix, b, nxy, the probe's charges, the sample's atom range and origin.
+#define PIXEL_KERNEL_START \
+    const int pix = get_global_id(0); \
+    const int b = get_global_id(1); \
+    const int nxy = nx * ny; \
+    if (pix >= nxy) return; \
+    PROBE_CHARGE_ARRAYS \
+    const int2 range = atom_range[b]; \
+    const float4 origin = pixel_origin[b];
+
+// Pixel pix = ix·ny + iy of a sample whose pixel (0, 0) is at origin.xy: its (x, y) in Å.
+inline float2 pixel_xy(float4 origin, float4 pixel_step, int pix, int ny)
+{
+    return (float2)(origin.x + (pix / ny) * pixel_step.x, origin.y + (pix % ny) * pixel_step.y);
+}
 
 // Sample force on the probe at p (LJ + Coulomb with the probe's point charges) and, where the
 // pointers are not NULL, the energy and its Hessian (xx, yy, zz, xy, xz, yz). For a radial pair energy V(r) with
@@ -130,19 +151,11 @@ __kernel void relax_scan(
     __global float *fz, __global int *unconverged,
     const int write_positions, __global float4 *positions)  // (x, y, z, iterations used) [b][step][pix]
 {
-    const int pix = get_global_id(0);
-    const int b = get_global_id(1);
-    const int nxy = nx * ny;
-    if (pix >= nxy) return;
-
-    const float charge[MAX_PROBE_CHARGES] = {probe_charge.x, probe_charge.y, probe_charge.z};
-    const float charge_z[MAX_PROBE_CHARGES] = {probe_charge_z.x, probe_charge_z.y, probe_charge_z.z};
-    const int2 range = atom_range[b];
-    const float4 origin = pixel_origin[b];
+    PIXEL_KERNEL_START
     const float3 rest = probe_rest[b].xyz;
     const float kx = stiffness.x, ky = stiffness.y, kr = stiffness.z, rest_length = stiffness.w;
 
-    float3 tip = (float3)(origin.x + (pix / ny) * pixel_step.x, origin.y + (pix % ny) * pixel_step.y, origin.z);
+    float3 tip = (float3)(pixel_xy(origin, pixel_step, pix, ny), origin.z);
     float3 disp = rest, disp_before = rest;
     int failures = 0;
 
@@ -234,17 +247,10 @@ __kernel void rigid_fields(
     __global const float *z_values, const int zs_sample, const int zs_plane, const int zs_pixel, const int n_planes,
     const int field_z, __global float *fz_out, __global float *electrostatics_out)
 {
-    const int pix = get_global_id(0);
-    const int b = get_global_id(1);
-    const int nxy = nx * ny;
-    if (pix >= nxy) return;
-    const float charge[MAX_PROBE_CHARGES] = {probe_charge.x, probe_charge.y, probe_charge.z};
-    const float charge_z[MAX_PROBE_CHARGES] = {probe_charge_z.x, probe_charge_z.y, probe_charge_z.z};
-    const int2 range = atom_range[b];
-    const float4 origin = pixel_origin[b];
-    const float x = origin.x + (pix / ny) * pixel_step.x, y = origin.y + (pix % ny) * pixel_step.y;
+    PIXEL_KERNEL_START
+    const float2 xy = pixel_xy(origin, pixel_step, pix, ny);
     for (int k = 0; k < n_planes; ++k) {
-        const float3 p = (float3)(x, y, z_values[(size_t)b * zs_sample + (size_t)k * zs_plane + (size_t)pix * zs_pixel]);
+        const float3 p = (float3)(xy, z_values[(size_t)b * zs_sample + (size_t)k * zs_plane + (size_t)pix * zs_pixel]);
         const float3 f = sample_force(p, atoms, lj, range.x, range.y, n_charges, charge, charge_z, 0, 0);
         float electrostatics = 0.0f;
         for (int i = range.x; i < range.x + range.y; ++i) {
@@ -257,4 +263,127 @@ __kernel void rigid_fields(
         fz_out[out] = f.z;
         electrostatics_out[out] = COULOMB_K * electrostatics;
     }
+}
+
+// Electrostatic potential Σ k_e q_i / r (V; field_z = 0) or field E_z = Σ k_e q_i (z − z_i) / r³ (V/Å;
+// field_z = 1) of the sample's point charges at p.
+inline float sample_electrostatics(float3 p, __global const float4 *atoms, int first, int count, int field_z)
+{
+    float sum = 0.0f;
+    for (int i = first; i < first + count; ++i) {
+        const float4 atom = atoms[i];
+        const float3 d = p - atom.xyz;
+        const float inverse_r = rsqrt(dot(d, d) + R2_SAFE);
+        sum += field_z ? atom.w * d.z * inverse_r * inverse_r * inverse_r : atom.w * inverse_r;
+    }
+    return COULOMB_K * sum;
+}
+
+inline float column_fz(float3 column, int k, float plane_dz, __global const float4 *atoms, __global const float2 *lj,
+                       int2 range, int n_charges, const float *charge, const float *charge_z)
+{
+    const float3 p = column - (float3)(0.0f, 0.0f, k * plane_dz);
+    return sample_force(p, atoms, lj, range.x, range.y, n_charges, charge, charge_z, 0, 0).z;
+}
+
+// First plane k ≤ last at which the probe, descending planes column − k·plane_dz, feels Fz > iso
+// (-1 if none; NaN compares false: never a crossing). *fraction places the crossing between plane
+// k − 1 and k (linear in Fz). Returns -2 if Fz exceeds iso at plane 0 already. The probe steps
+// `stride` planes at a time and refines plane by plane once it has passed the iso level: with
+// stride 1 every plane is visited; a larger stride misses only a crossing that comes and goes
+// within one stride (a column grazing the rim of an atom's repulsive shell), so every stride whose
+// end points come within (iso − refine_above) of the iso level is refined too.
+inline int first_crossing(float3 column, float plane_dz, int last, int stride, float iso, float refine_above,
+                          __global const float4 *atoms, __global const float2 *lj, int2 range,
+                          int n_charges, const float *charge, const float *charge_z, float *fraction)
+{
+    float f_previous = 0.0f;
+    int k_previous = -1;
+    for (int k = 0; k_previous < last; k = min(k + stride, last)) {
+        const float fz = column_fz(column, k, plane_dz, atoms, lj, range, n_charges, charge, charge_z);
+        if (fz > iso || (k > 0 && fmax(fz, f_previous) > refine_above)) {
+            if (k == 0) return -2;
+            float f_above = f_previous;
+            for (int j = k_previous + 1; j <= k; ++j) {
+                const float f = j == k ? fz : column_fz(column, j, plane_dz, atoms, lj, range, n_charges, charge,
+                                                        charge_z);
+                if (f > iso) {
+                    const float raw = (iso - f_above) / (f - f_above);
+                    *fraction = isnan(raw) ? 1.0f : clamp(raw, 0.0f, 1.0f);  // NaN above: take this plane
+                    return j;
+                }
+                f_above = f;
+            }
+        }
+        f_previous = fz;
+        k_previous = k;
+    }
+    return -1;
+}
+
+// A bound for the iso search: the surface crossing in the pixel column nearest above each atom.
+// Every pixel's crossing lies at or below the highest surface point, whose Height-Map value is
+// cut_depth; so a column whose first crossing lies more than cut_depth below the highest of these
+// crossings reads 0 and need not be searched that deep. crossing_bound[b] = the smallest crossing
+// plane index over the sample's atom columns (initialised to n_planes by the host).
+__kernel void iso_search_bound(
+    __global const float4 *atoms, __global const float2 *lj, __global const int2 *atom_range,
+    __global const float4 *pixel_origin, __global const float *top_z,
+    const float4 probe_charge, const float4 probe_charge_z, const int n_charges,
+    const float4 pixel_step, const int nx, const int ny,
+    const float highest, const float plane_dz, const int n_planes, const float iso,
+    __global int *crossing_bound)
+{
+    const int j = get_global_id(0);
+    const int b = get_global_id(1);
+    const int2 range = atom_range[b];
+    if (j >= range.y) return;
+    PROBE_CHARGE_ARRAYS
+    const float4 origin = pixel_origin[b];
+    const float4 atom = atoms[range.x + j];
+    const int ix = clamp((int)round((atom.x - origin.x) / pixel_step.x), 0, nx - 1);
+    const int iy = clamp((int)round((atom.y - origin.y) / pixel_step.y), 0, ny - 1);
+    const float3 column = (float3)(origin.x + ix * pixel_step.x, origin.y + iy * pixel_step.y, top_z[b] + highest);
+    float fraction;
+    const int k = first_crossing(column, plane_dz, n_planes - 1, 1, iso, iso, atoms, lj, range, n_charges, charge,
+                                 charge_z, &fraction);
+    if (k > 0) atomic_min(&crossing_bound[b], k);
+}
+
+// Height Map iso surface of a rigid probe, searched on the device so that two maps leave it instead of
+// n_planes fields. Per pixel, the probe descends planes z_k = top_z[b] + highest − k·plane_dz until
+// the z force of the sample on it (LJ + Coulomb with its charges, eV/Å) first exceeds iso, at most
+// to plane crossing_bound[b] + cut_planes + 1 (iso_search_bound); the crossing is interpolated
+// linearly between that plane and the one above, and so are the electrostatics
+// (sample_electrostatics) evaluated on those two planes. Writes, [b][pix]: surface = z of the
+// crossing above the top nucleus (Å; NaN where none down to the bound) and electrostatics there (0
+// where none); status[b] = 1 if Fz exceeds iso at the highest plane.
+__kernel void iso_surface(
+    __global const float4 *atoms, __global const float2 *lj, __global const int2 *atom_range,
+    __global const float4 *pixel_origin, __global const float *top_z,
+    const float4 probe_charge, const float4 probe_charge_z, const int n_charges,
+    const float4 pixel_step, const int nx, const int ny,
+    const float highest, const float plane_dz, const int n_planes, const float iso, const int field_z,
+    __global const int *crossing_bound, const int cut_planes, const int stride, const float refine_above,
+    __global float *surface, __global float *electrostatics, __global int *status)
+{
+    PIXEL_KERNEL_START
+    const float3 column = (float3)(pixel_xy(origin, pixel_step, pix, ny), top_z[b] + highest);
+    const int last = min(n_planes - 1, crossing_bound[b] + cut_planes + 1);
+    float fraction = 1.0f;
+    const int k = first_crossing(column, plane_dz, last, stride, iso, refine_above, atoms, lj, range, n_charges,
+                                 charge, charge_z, &fraction);
+    float result_z = NAN, result_value = 0.0f;
+    if (k == -2) {
+        status[b] = 1;
+    } else if (k > 0) {
+        const float3 lower = column - (float3)(0.0f, 0.0f, k * plane_dz);
+        const float v_upper = sample_electrostatics(lower + (float3)(0.0f, 0.0f, plane_dz), atoms, range.x, range.y,
+                                                    field_z);
+        const float v_lower = sample_electrostatics(lower, atoms, range.x, range.y, field_z);
+        result_z = highest - (k - 1 + fraction) * plane_dz;
+        result_value = v_upper + fraction * (v_lower - v_upper);
+    }
+    surface[(size_t)b * nxy + pix] = result_z;
+    electrostatics[(size_t)b * nxy + pix] = result_value;
 }

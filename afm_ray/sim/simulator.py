@@ -91,6 +91,22 @@ class SimulationResult:
     relax_iterations: np.ndarray | None = None
 
 
+@dataclass
+class DeviceProfile:
+    """Device time (s, from OpenCL profiling) and bytes moved per stage, summed since :meth:`reset`."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    nbytes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float, nbytes: int = 0) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.nbytes[stage] = self.nbytes.get(stage, 0) + nbytes
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.nbytes.clear()
+
+
 # -- Giessibl's formula --------------------------------------------------------------------------
 def giessibl_weights(df_steps: int, dz_angstrom: float, f0_hz: float, k_n_per_m: float) -> np.ndarray:
     """Weights w (df_steps + 1,) in Hz per eV/Å so that Δf = Σ_j w_j Fz(z_top − j·dz).
@@ -164,19 +180,25 @@ class Simulator:
     >>> df = sim.simulate([molecule], tip="CO")          # (1, 128, 128, 20) Hz, far → close
 
     ``device`` overrides ``config.device`` (see :func:`afm_ray.sim.device.select_device`).
+    ``profile=True`` times every device command (OpenCL profiling) into :attr:`profile`.
     """
 
-    def __init__(self, config: SimConfig | None = None, device: str | int | cl.Device | None = None):
+    def __init__(self, config: SimConfig | None = None, device: str | int | cl.Device | None = None,
+                 profile: bool = False):
         self.config = config if config is not None else SimConfig()
         self.device = select_device(self.config.device if device is None else device)
         self.context = cl.Context([self.device])
-        self.queue = cl.CommandQueue(self.context)
+        self.queue = (cl.CommandQueue(self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
+                      if profile else cl.CommandQueue(self.context))
+        self.profile = DeviceProfile() if profile else None
+        self._events: list[tuple[str, cl.Event, int]] = []
         source = resources.files("afm_ray.sim").joinpath("kernels.cl").read_text(encoding="utf-8")
         try:
             self.program = cl.Program(self.context, source).build(options=["-cl-mad-enable"])
         except cl.Error as exc:
             raise RuntimeError(f"afm_ray.sim kernels failed to build on {describe(self.device)}: {exc}") from None
-        self._kernels = {name: cl.Kernel(self.program, name) for name in ("relax_scan", "giessibl_df", "rigid_fields")}
+        self._kernels = {name: cl.Kernel(self.program, name)
+                         for name in ("relax_scan", "giessibl_df", "rigid_fields", "iso_search_bound", "iso_surface")}
         self._buffers: dict[str, cl.Buffer] = {}
         weights = giessibl_weights(self.config.df_steps, self.config.dz_angstrom, self.config.f0_hz,
                                    self.config.cantilever_stiffness_n_per_m)
@@ -218,6 +240,8 @@ class Simulator:
 
         nxy = config.scan_pixels[0] * config.scan_pixels[1]
         n_steps, n_slices = config.num_z_steps, config.num_slices
+        self._check_memory(count, {"fz": count * n_steps * nxy * 4, "df": count * nxy * n_slices * 4,
+                                   "positions": count * n_steps * nxy * 16 if return_probe_positions else 0})
         fz_buffer = self._buffer("fz", count * n_steps * nxy * 4)
         df_buffer = self._buffer("df", count * nxy * n_slices * 4)
         positions_buffer = self._buffer("positions", count * n_steps * nxy * 16 if return_probe_positions else 16)
@@ -236,15 +260,16 @@ class Simulator:
                        np.int32(config.relax_max_iterations), np.float32(config.relax_force_tolerance_ev_per_angstrom**2),
                        np.float32(config.relax_max_step_angstrom), fz_buffer, inputs["unconverged"],
                        np.int32(return_probe_positions), positions_buffer)
-        cl.enqueue_nd_range_kernel(self.queue, relax, global_size, (_LOCAL_SIZE, 1))
+        self._track("relax_scan kernel", cl.enqueue_nd_range_kernel(self.queue, relax, global_size, (_LOCAL_SIZE, 1)))
         convolve = self._kernels["giessibl_df"]
         convolve.set_args(fz_buffer, self._weights, np.int32(config.df_steps + 1), np.int32(n_steps),
                           np.int32(n_slices), np.int32(nxy), df_buffer)
-        cl.enqueue_nd_range_kernel(self.queue, convolve, global_size, (_LOCAL_SIZE, 1))
+        self._track("giessibl_df kernel", cl.enqueue_nd_range_kernel(self.queue, convolve, global_size, (_LOCAL_SIZE, 1)))
 
         df = np.empty((count, *config.scan_pixels, n_slices), np.float32)
-        cl.enqueue_copy(self.queue, df, df_buffer, is_blocking=False)
-        cl.enqueue_copy(self.queue, unconverged, inputs["unconverged"], is_blocking=False)
+        self._track("read Δf", cl.enqueue_copy(self.queue, df, df_buffer, is_blocking=False), df.nbytes)
+        self._track("read Δf", cl.enqueue_copy(self.queue, unconverged, inputs["unconverged"], is_blocking=False),
+                    unconverged.nbytes)
         fz = None
         if return_fz:
             fz = np.empty((count, n_steps, *config.scan_pixels), np.float32)
@@ -253,7 +278,7 @@ class Simulator:
         if return_probe_positions:
             positions = np.empty((count, n_steps, *config.scan_pixels, 4), np.float32)
             cl.enqueue_copy(self.queue, positions, positions_buffer, is_blocking=False)
-        self.queue.finish()
+        self._finish()
         if fz is not None:
             fz = np.ascontiguousarray(np.moveaxis(fz, 1, -1))
         if positions is not None:
@@ -286,6 +311,65 @@ class Simulator:
         z_values = self._z_reference(batch, relative_to)[:, None] + planes[None, :]
         return self._rigid(batch, tip_config, z_values.astype(np.float32), strides=(planes.size, 1, 0), n_planes=planes.size,
                            field_z=_is_field_z(electrostatics))
+
+    def iso_surface(self, molecules: Sequence, highest_angstrom: float, plane_dz_angstrom: float, n_planes: int,
+                    iso_force_ev_per_angstrom: float, cut_depth_angstrom: float, tip: str = "CO",
+                    electrostatics: str = "potential", stride_planes: int = 1,
+                    refine_margin_ev_per_angstrom: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Where a rigid probe descending each pixel's column first feels Fz > iso, and the electrostatics there.
+
+        The probe visits planes ``highest − k·dz`` (k < ``n_planes``, Å above each molecule's highest
+        nucleus) until the z force of the whole force field on it exceeds ``iso_force_ev_per_angstrom``
+        (repulsive, +z); the crossing is interpolated linearly between that plane and the one above,
+        and so is the sample's potential (V) or field E_z (V/Å, ``electrostatics="ez"``) evaluated on
+        those two planes. Columns are searched only down to ``cut_depth_angstrom`` (+ one plane) below
+        the highest crossing found over the atoms: deeper crossings are cut from the Height Map anyway.
+        The probe steps ``stride_planes`` planes at a time (1: every plane) and goes back plane by plane
+        over every stride that ends above ``iso − refine_margin_ev_per_angstrom`` or crosses iso.
+        Returns ``(surface, value)``, each (B, nx, ny) float32: surface in Å above the highest
+        nucleus (NaN where no crossing down to that depth), value 0 there. Only these two maps leave
+        the device; raises :class:`InputError` if Fz exceeds iso at the highest plane already.
+        """
+        tip_config = self.config.tip(tip)
+        molecules = list(molecules)
+        batch = self._pack(molecules, tip_config.atomic_number)
+        count, nxy = len(molecules), self.config.scan_pixels[0] * self.config.scan_pixels[1]
+        inputs = self._upload(batch, top_z=batch.top_atom_z.astype(np.float32))
+        surface_buffer = self._buffer("iso_surface", count * nxy * 4)
+        value_buffer = self._buffer("iso_value", count * nxy * 4)
+        status = np.zeros(count, np.int32)
+        status_buffer = self._buffer("iso_status", status.nbytes)
+        cl.enqueue_copy(self.queue, status_buffer, status, is_blocking=False)
+        bound_buffer = self._buffer("iso_bound", status.nbytes)
+        cl.enqueue_copy(self.queue, bound_buffer, np.full(count, n_planes, np.int32), is_blocking=False)
+        charges, charge_z = tip_config.point_charges()
+        common = (inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"], inputs["top_z"],
+                  _float4(charges), _float4(charge_z), np.int32(len(charges)),
+                  _float4((*self.config.pixel_size_angstrom, self.config.dz_angstrom)),
+                  np.int32(self.config.scan_pixels[0]), np.int32(self.config.scan_pixels[1]),
+                  np.float32(highest_angstrom), np.float32(plane_dz_angstrom), np.int32(n_planes),
+                  np.float32(iso_force_ev_per_angstrom))
+        bound = self._kernels["iso_search_bound"]
+        bound.set_args(*common, bound_buffer)
+        atoms_per_sample = int(batch.atom_range[:, 1].max())
+        self._track("iso search kernels", cl.enqueue_nd_range_kernel(self.queue, bound, (atoms_per_sample, count), None))
+        kernel = self._kernels["iso_surface"]
+        kernel.set_args(*common, np.int32(_is_field_z(electrostatics)), bound_buffer,
+                        np.int32(math.ceil(cut_depth_angstrom / plane_dz_angstrom - 1e-6)), np.int32(stride_planes),
+                        np.float32(iso_force_ev_per_angstrom - refine_margin_ev_per_angstrom),
+                        surface_buffer, value_buffer, status_buffer)
+        self._track("iso search kernels", cl.enqueue_nd_range_kernel(self.queue, kernel, (_round_up(nxy, _LOCAL_SIZE), count),
+                                                                     (_LOCAL_SIZE, 1)))
+        surface = np.empty((count, *self.config.scan_pixels), np.float32)
+        value = np.empty_like(surface)
+        for host, buffer in ((surface, surface_buffer), (value, value_buffer), (status, status_buffer)):
+            self._track("read iso maps", cl.enqueue_copy(self.queue, host, buffer, is_blocking=False), host.nbytes)
+        self._finish()
+        if status.any():
+            raise InputError("height map", f"Fz already exceeds the iso level {iso_force_ev_per_angstrom} eV/Å at the "
+                                           f"highest plane ({highest_angstrom:g} Å) for {batch.names[int(status.argmax())]}: "
+                                           "raise highest_plane_angstrom")
+        return surface, value
 
     def electrostatic_potential_on_surface(self, molecules: Sequence, heights_angstrom, relative_to: str = "top_atom") -> np.ndarray:
         """Sample electrostatic potential (V) at one height per pixel, e.g. on the Height-Map surface.
@@ -397,7 +481,7 @@ class Simulator:
         potential = np.empty_like(fz)
         cl.enqueue_copy(self.queue, fz, fz_buffer, is_blocking=False)
         cl.enqueue_copy(self.queue, potential, potential_buffer, is_blocking=False)
-        self.queue.finish()
+        self._finish()
         return fz, potential
 
     def _upload(self, batch: _PackedBatch, **extra: np.ndarray) -> dict[str, cl.Buffer]:
@@ -408,16 +492,43 @@ class Simulator:
         for name, array in arrays.items():
             array = np.ascontiguousarray(array)
             buffers[name] = self._buffer(name, array.nbytes)
-            cl.enqueue_copy(self.queue, buffers[name], array, is_blocking=True)
+            self._track("upload", cl.enqueue_copy(self.queue, buffers[name], array, is_blocking=True), array.nbytes)
         return buffers
 
+    def _track(self, stage: str, event: cl.Event, nbytes: int = 0) -> None:
+        if self.profile is not None:
+            self._events.append((stage, event, nbytes))
+
+    def _finish(self) -> None:
+        self.queue.finish()
+        for stage, event, nbytes in self._events:
+            self.profile.add(stage, (event.profile.end - event.profile.start) * 1e-9, nbytes)
+        self._events.clear()
+
+    def _check_memory(self, count: int, needs: dict[str, int]) -> None:
+        """Refuse, before any allocation, a batch whose buffers (``needs``: bytes by name) the device cannot hold."""
+        per_buffer, total = int(self.device.max_mem_alloc_size), int(self.device.global_mem_size)
+        largest = max(needs, key=needs.get)
+        need = sum(needs.values())
+        if needs[largest] <= per_buffer and need <= 0.9 * total:
+            return
+        fits = min(count * per_buffer // max(needs[largest], 1), int(count * 0.9 * total) // max(need, 1))
+        advice = (f"use at most {fits} samples per batch" if fits else
+                  "even one sample is too large: use fewer pixels or heights")
+        raise InputError("batch", f"{count} samples of {self.config.scan_pixels[0]}×{self.config.scan_pixels[1]} px × "
+                                  f"{self.config.num_z_steps} heights need {need / 2**20:.0f} MiB on {self.device_name} "
+                                  f"(buffer {largest!r} {needs[largest] / 2**20:.0f} MiB), but it allows "
+                                  f"{per_buffer / 2**20:.0f} MiB per buffer and has {total / 2**20:.0f} MiB: {advice}")
+
     def _buffer(self, name: str, nbytes: int) -> cl.Buffer:
-        """A device buffer of at least ``nbytes``, reallocated (to 1.5× the need) only when too small."""
+        """A device buffer of at least ``nbytes``, reallocated (to 1.5× the need, within the device's largest
+        allocation) only when too small."""
         buffer = self._buffers.get(name)
         if buffer is None or buffer.size < nbytes:
             if buffer is not None:
                 buffer.release()
-            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(int(nbytes * 1.5), 64))
+            size = max(min(int(nbytes * 1.5), int(self.device.max_mem_alloc_size)), nbytes, 64)
+            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size)
             self._buffers[name] = buffer
         return buffer
 

@@ -23,6 +23,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
+from afm_ray.augment_torch import augment_batch
 from afm_ray.batches import MODEL_TIPS
 from afm_ray.models.memory_format import channels_last, to_channels_last
 from afm_ray.optim import build_optimizer
@@ -107,8 +108,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                          consumers=world_size, batch_timeout_s=pipeline.batch_timeout_s,
                          max_attempts=pipeline.max_attempts_per_batch, seed=config.run.seed)
 
+    raw_df = pipeline.augment_on == "trainer" or (pipeline.augment_on == "auto" and config.scaling.use_gpu)
+
     def rank_plan(epoch: int):
-        return batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank, world_size)
+        specs = batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank, world_size)
+        return [dataclasses.replace(spec, raw_df=True) for spec in specs] if raw_df else specs
 
     def step(loss_total) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -132,6 +136,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     step(sum(o.sum() for o in outputs) * 0.0)
                 continue
             tensors = to_tensors(batch, device)
+            if "df" in tensors:  # raw Δf: augmented here, on this worker's device, with the actor's draws
+                tensors["x"] = augment_batch(tensors.pop("df"), spec.seed, config.augment)
             outputs = model(channels_last(tensors["x"]) if config.run.channels_last else tensors["x"])
             loss = compute_loss(config.model.name, loss_fn, outputs, tensors)
             step(loss.total)

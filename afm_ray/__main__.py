@@ -1,0 +1,7 @@
+"""``python -m afm_ray …``: the ``afm-ray`` command line without its console script (e.g. from a PYTHONPATH)."""
+
+import sys
+
+from afm_ray.cli import main
+
+sys.exit(main())
