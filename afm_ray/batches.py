@@ -126,8 +126,8 @@ class BatchFactory:
         """Simulated, described and augmented batch for ``spec``.
 
         Returns a dict of NumPy arrays: ``x`` (B, C, nx, ny, K) float32 normalised Δf (C tips, K
-        slices far → close), or with ``spec.raw_df`` instead ``df`` (B, C, nx, ny, nz) float32 Hz, every
-        simulated slice, for :func:`afm_ray.augment_torch.augment_batch`; the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
+        slices far → close), or with ``spec.raw_df`` instead ``df`` (B, C, nx, ny, nz) Hz in
+        ``spec.raw_df_dtype``, every simulated slice, for :func:`afm_ray.augment_torch.augment_batch`; the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
         (Å, or V for ``es_map``), or ``xyz_classes`` (B, n_classes, gx, gy) and ``xyz_offsets``
         (B, 3, gx, gy) Å; ``samples`` (B,) int64; timings ``sim_seconds`` and ``produce_seconds``.
 
@@ -144,7 +144,10 @@ class BatchFactory:
         skipped: list[tuple[int, str]] = []
         while True:
             try:
-                batch = self._make(split, remaining, spec.seed, spec.raw_df) if remaining else self._empty(spec.raw_df)
+                batch = (self._make(split, remaining, spec.seed, spec.raw_df) if remaining
+                         else self._empty(spec.raw_df))
+                if spec.raw_df:
+                    batch["df"] = batch["df"].astype(spec.raw_df_dtype, copy=False)
                 break
             except InputError as error:
                 culprit = self._culprit(split, remaining, spec.seed, error)

@@ -27,6 +27,7 @@ class BatchSpec:
         seed: entropy for every random draw of the batch (tilts, heights, noise, shifts, cutouts).
         raw_df: ship the raw Δf of every simulated slice (``df``) instead of the augmented input
             (``x``); the consumer augments it with the same draws (:mod:`afm_ray.augment_torch`).
+        raw_df_dtype: ``float32`` or ``float16`` (half the bytes) for ``df``.
     """
 
     split: str
@@ -35,6 +36,7 @@ class BatchSpec:
     samples: np.ndarray
     seed: tuple[int, ...]
     raw_df: bool = False
+    raw_df_dtype: str = "float32"
 
     @property
     def key(self) -> tuple[str, int, int]:

@@ -32,7 +32,7 @@ echo "== bench sim (stacks/s by batch size)"
 afm bench sim --device "$device" --batch-sizes 1 32 128 --repeats 5
 for model in dsh es; do
     echo "== bench batch --model $model (one actor's batch of 32, stage by stage)"
-    afm bench batch --model "$model" --device "$device" --batch-size 32 --repeats 5
+    afm bench batch --model "$model" --device "$device" --batch-size 32 --repeats 5 --actors-per-device 2
 done
 echo "== bench batch --model dsh --batch-size 128"
 afm bench batch --model dsh --device "$device" --batch-size 128 --repeats 3

@@ -330,7 +330,7 @@ def test_device_iso_search_equals_every_plane_search_of_the_fields(tiny_database
 @pytest.mark.parametrize("model, where", [("dsh", "trainer"), ("es", "actor")])
 def test_bench_batch_reports_every_stage_and_the_ratios(run_cli, model, where):
     code, out, err = run_cli("bench", "batch", "--model", model, "--augment-on", where, "--batch-size", "2",
-                             "--size", "32", "--repeats", "1", "--device", "cpu")
+                             "--size", "32", "--repeats", "1", "--device", "cpu", "--actors-per-device", "2")
     assert code == 0, err
     for line in ("relax_scan kernel", "read Δf", "iso search kernels", "Height + ES Map", "Ray serialisation",
                  "whole batch (actor)", "Height + ES / Δf simulation", "actor work besides the Δf kernels",
@@ -338,3 +338,4 @@ def test_bench_batch_reports_every_stage_and_the_ratios(run_cli, model, where):
         assert line in out, line
     assert ("augmentation on the trainer (torch)" in out) == (where == "trainer")
     assert ("vdW Spheres + Atomic Disks" in out) == (model == "dsh")
+    assert "2 actors on one device:" in out

@@ -48,6 +48,9 @@ def register(subparsers) -> None:
                         help="trainer (default): the actor ships raw Δf, torch augments it on --torch-device; "
                              "actor: NumPy augmentation on the actor")
     parser.add_argument("--torch-device", help="the trainer's torch device (default cuda when available, else cpu)")
+    parser.add_argument("--actors-per-device", type=int, default=1,
+                        help="also make batches with N actors sharing the device (each its own context and queue, "
+                             "in threads): the overlap pipeline.sim_num_gpus = 1/N buys (default 1: skip)")
     parser.set_defaults(handler=run)
 
 
@@ -101,7 +104,36 @@ def run(args: argparse.Namespace) -> int:
     print(f"actor work besides the Δf kernels / Δf:  {(total - df_seconds) / df_seconds:6.1%}")
     print(f"device→host bytes / returned bytes:      {read / moved['returned arrays']:6.2f}×")
     factory.close()
+    if args.actors_per_device > 1:
+        rate = shared_device_rate(args, raw_df)
+        print(f"{args.actors_per_device} actors on one device: {rate:.1f} samples/s together "
+              f"({rate * total / args.batch_size:.2f}× one actor)")
     return 0
+
+
+def shared_device_rate(args: argparse.Namespace, raw_df: bool) -> float:
+    """Samples/s of ``--actors-per-device`` factories making ``--repeats`` batches each at once (threads: the
+    OpenCL calls and NumPy release the GIL, as separate actor processes would not need to)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from afm_ray.plan import BatchSpec
+
+    factories = [make_factory(args.model, args.batch_size, args.size, args.device)
+                 for _ in range(args.actors_per_device)]
+    samples = np.arange(args.batch_size)
+
+    def work(factory, rounds: int) -> None:
+        for index in range(rounds):
+            factory.make_batch(BatchSpec("bench", 0, index, samples, (1, index), raw_df=raw_df))
+
+    with ThreadPoolExecutor(len(factories)) as pool:
+        list(pool.map(lambda factory: work(factory, 1), factories))  # warm-up
+        started = time.perf_counter()
+        list(pool.map(lambda factory: work(factory, args.repeats), factories))
+        elapsed = time.perf_counter() - started
+    for factory in factories:
+        factory.close()
+    return len(factories) * args.repeats * args.batch_size / elapsed
 
 
 def timed_batch(factory, spec, torch_device) -> dict[str, tuple[float, int]]:

@@ -42,7 +42,8 @@ class PipelineSettings(StrictModel):
     """Simulation actors: how many, where, how much work each consumer keeps in flight, and when to give up."""
 
     num_sim_actors: int = Field(2, ge=1, description="simulation actors (each owns one OpenCL simulator)")
-    sim_num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed; 0 = CPU OpenCL)")
+    sim_num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed: 0.5 = two actors per GPU, "
+                                                       "one's host work overlapping the other's kernels; 0 = CPU OpenCL)")
     sim_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor")
     sim_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per actor, e.g. {sim_gpu: 1} (KubeRay worker groups)")
@@ -56,6 +57,9 @@ class PipelineSettings(StrictModel):
                             "from the raw Δf the actor ships (every simulated slice: ~2× the bytes, none of the actor's "
                             "CPU); actor = NumPy on the simulation actor; auto = trainer when the workers have GPUs. "
                             "Same draws either way: the batches are equal")
+    raw_df_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the raw Δf (Hz) the actors ship when the trainer augments: float16 halves "
+                               "the bytes (README: its effect on a short training run)")
     prefetch_next_epoch: bool = Field(
         True, description="request the next epoch's batches while the current one ends, validates and checkpoints")
     batch_timeout_s: float = Field(

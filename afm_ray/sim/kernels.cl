@@ -14,6 +14,13 @@
 #define COULOMB_K 14.399644f
 #define R2_SAFE   1e-6f      // keeps 1/r² finite if a point lands on a nucleus
 #define MAX_PROBE_CHARGES 3
+// The number of probe point charges: fixed at build time (-D PROBE_CHARGES=n) when every configured tip
+// has the same number, which lets the compiler unroll the Coulomb loop; else the kernels' argument.
+#ifdef PROBE_CHARGES
+#define PROBE_CHARGES_IN(argument) PROBE_CHARGES
+#else
+#define PROBE_CHARGES_IN(argument) (argument)
+#endif
 // The probe's point charges (kernel arguments probe_charge, probe_charge_z) as sample_force takes them.
 #define PROBE_CHARGE_ARRAYS \
     const float charge[MAX_PROBE_CHARGES] = {probe_charge.x, probe_charge.y, probe_charge.z}; \
@@ -62,7 +69,7 @@ inline float3 sample_force(float3 p, __global const float4 *atoms, __global cons
             hxx += h * d.x * d.x; hyy += h * d.y * d.y; hzz += h * d.z * d.z;
             hxy += h * d.x * d.y; hxz += h * d.x * d.z; hyz += h * d.y * d.z;
         }
-        for (int k = 0; k < n_charges; ++k) {
+        for (int k = 0; k < PROBE_CHARGES_IN(n_charges); ++k) {
             const float3 dq = (float3)(d.x, d.y, d.z + charge_z[k]);
             const float iq2 = 1.0f / (dot(dq, dq) + R2_SAFE);
             const float iq = sqrt(iq2);
@@ -217,21 +224,21 @@ __kernel void relax_scan(
 }
 
 // Frequency shift by Giessibl's formula: df[b][pix][k] = Σ_j weights[j] · fz[b][k + j][pix], the
-// weights (Hz per eV/Å, n_weights = df_steps + 1) integrating a piecewise-linear Fz exactly.
+// weights (Hz per eV/Å, DF_WEIGHTS = df_steps + 1, fixed at build time) integrating a piecewise-linear
+// Fz exactly. One work item per output value, item = pix·n_slices + k, so that consecutive work items
+// write consecutive addresses.
 __kernel void giessibl_df(
-    __global const float *fz, __constant float *weights, const int n_weights,
+    __global const float *fz, __constant float *weights,
     const int n_steps, const int n_slices, const int nxy, __global float *df)
 {
-    const int pix = get_global_id(0);
+    const int item = get_global_id(0);
     const int b = get_global_id(1);
-    if (pix >= nxy) return;
-    __global const float *column = fz + (size_t)b * n_steps * nxy + pix;
-    __global float *out = df + ((size_t)b * nxy + pix) * n_slices;
-    for (int k = 0; k < n_slices; ++k) {
-        float sum = 0.0f;
-        for (int j = 0; j < n_weights; ++j) sum += weights[j] * column[(size_t)(k + j) * nxy];
-        out[k] = sum;
-    }
+    if (item >= nxy * n_slices) return;
+    const int pix = item / n_slices, k = item % n_slices;
+    __global const float *column = fz + ((size_t)b * n_steps + k) * nxy + pix;
+    float sum = 0.0f;
+    for (int j = 0; j < DF_WEIGHTS; ++j) sum += weights[j] * column[(size_t)j * nxy];
+    df[(size_t)b * nxy * n_slices + item] = sum;
 }
 
 // Rigid probe (no relaxation) on a pixel grid: fz_out = z force of the sample on the probe

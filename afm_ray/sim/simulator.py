@@ -21,7 +21,7 @@ from afm_ray.errors import InputError
 from afm_ray.sim.config import EV_PER_ANGSTROM2_PER_N_PER_M, SimConfig
 from afm_ray.sim.device import describe, select_device
 
-_LOCAL_SIZE = 64  # work items per group along the pixel axis (pixels are padded to a multiple)
+_LOCAL_SIZE = 64  # work items per group along the pixel axis (pixels padded to a multiple); fastest on pocl of 16–256
 
 
 # -- per-sample scan parameters ------------------------------------------------------------------
@@ -193,8 +193,12 @@ class Simulator:
         self.profile = DeviceProfile() if profile else None
         self._events: list[tuple[str, cl.Event, int]] = []
         source = resources.files("afm_ray.sim").joinpath("kernels.cl").read_text(encoding="utf-8")
+        charge_counts = {len(tip.point_charges()[0]) for tip in self.config.tips.values()}
+        constants = [f"-D DF_WEIGHTS={self.config.df_steps + 1}"]
+        if len(charge_counts) == 1:
+            constants.append(f"-D PROBE_CHARGES={charge_counts.pop()}")
         try:
-            self.program = cl.Program(self.context, source).build(options=["-cl-mad-enable"])
+            self.program = cl.Program(self.context, source).build(options=["-cl-mad-enable", *constants])
         except cl.Error as exc:
             raise RuntimeError(f"afm_ray.sim kernels failed to build on {describe(self.device)}: {exc}") from None
         self._kernels = {name: cl.Kernel(self.program, name)
@@ -262,9 +266,9 @@ class Simulator:
                        np.int32(return_probe_positions), positions_buffer)
         self._track("relax_scan kernel", cl.enqueue_nd_range_kernel(self.queue, relax, global_size, (_LOCAL_SIZE, 1)))
         convolve = self._kernels["giessibl_df"]
-        convolve.set_args(fz_buffer, self._weights, np.int32(config.df_steps + 1), np.int32(n_steps),
-                          np.int32(n_slices), np.int32(nxy), df_buffer)
-        self._track("giessibl_df kernel", cl.enqueue_nd_range_kernel(self.queue, convolve, global_size, (_LOCAL_SIZE, 1)))
+        convolve.set_args(fz_buffer, self._weights, np.int32(n_steps), np.int32(n_slices), np.int32(nxy), df_buffer)
+        self._track("giessibl_df kernel", cl.enqueue_nd_range_kernel(
+            self.queue, convolve, (_round_up(nxy * n_slices, _LOCAL_SIZE), count), (_LOCAL_SIZE, 1)))
 
         df = np.empty((count, *config.scan_pixels, n_slices), np.float32)
         self._track("read Δf", cl.enqueue_copy(self.queue, df, df_buffer, is_blocking=False), df.nbytes)

@@ -112,7 +112,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     def rank_plan(epoch: int):
         specs = batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank, world_size)
-        return [dataclasses.replace(spec, raw_df=True) for spec in specs] if raw_df else specs
+        return ([dataclasses.replace(spec, raw_df=True, raw_df_dtype=pipeline.raw_df_dtype) for spec in specs]
+                if raw_df else specs)
 
     def step(loss_total) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -137,7 +138,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 continue
             tensors = to_tensors(batch, device)
             if "df" in tensors:  # raw Δf: augmented here, on this worker's device, with the actor's draws
-                tensors["x"] = augment_batch(tensors.pop("df"), spec.seed, config.augment)
+                tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, config.augment)
             outputs = model(channels_last(tensors["x"]) if config.run.channels_last else tensors["x"])
             loss = compute_loss(config.model.name, loss_fn, outputs, tensors)
             step(loss.total)
