@@ -127,7 +127,8 @@ class BatchFactory:
 
         Returns a dict of NumPy arrays: ``x`` (B, C, nx, ny, K) float32 normalised Δf (C tips, K
         slices far → close), or with ``spec.raw_df`` instead ``df`` (B, C, nx, ny, nz) Hz in
-        ``spec.raw_df_dtype``, every simulated slice, for :func:`afm_ray.augment_torch.augment_batch`; the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
+        ``spec.raw_df_dtype``, every simulated slice, for :func:`afm_ray.augment_torch.augment_batch`;
+        the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
         (Å, or V for ``es_map``), or ``xyz_classes`` (B, n_classes, gx, gy) and ``xyz_offsets``
         (B, 3, gx, gy) Å; ``samples`` (B,) int64; timings ``sim_seconds`` and ``produce_seconds``.
 
@@ -190,7 +191,7 @@ class BatchFactory:
                  if error.where == f"molecule {split.molecule_id(sample)}"]
         for position in named or range(len(samples)):
             try:
-                self._make(split, [samples[position]], seed)
+                self._make(split, [samples[position]], seed, raw_df=True)  # a sample fails in simulation or descriptors
             except InputError as alone:
                 return position, str(alone)
         return None

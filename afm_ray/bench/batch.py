@@ -72,6 +72,8 @@ def make_factory(model: str, batch_size: int, size: int, device: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from afm_ray.plan import BatchSpec
 
     if args.batch_size < 1 or args.repeats < 1 or args.size < 16 or args.size % 8:
@@ -79,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
     factory = make_factory(args.model, args.batch_size, args.size, args.device)
     print(f"{args.model} batch of {args.batch_size} at {args.size}×{args.size} px, {factory.simulator.config.num_slices} "
           f"slices → 10, on {factory.simulator.device_name}; median of {args.repeats}")
-    import torch
-
     torch_device = torch.device(args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
     raw_df = args.augment_on == "trainer"
     print(f"augmentation: {'torch on ' + str(torch_device) + ' (trainer side)' if raw_df else 'NumPy on the actor'}")

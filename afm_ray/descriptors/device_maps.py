@@ -34,8 +34,8 @@ from afm_ray.descriptors.disks import ATOMIC_DISKS_CUT_DEPTH, CONE_WIDTH_FACTOR,
 from afm_ray.descriptors.geometry import DEFAULT_WINDOW, AtomBatch, ScanWindow, prepare_atoms
 from afm_ray.descriptors.spheres import VDW_SPHERES_CUT_DEPTH, check_sphere_arguments, sphere_radius_of
 from afm_ray.errors import InputError
+from afm_ray.sim.buffers import LOCAL_SIZE, DeviceBuffers, round_up
 
-_LOCAL_SIZE = 64  # work items per group along the pixel axis (pixels are padded to a multiple)
 _DISK_MODES = {"thesis": 0, "ppafm": 1}  # the kernel's DISKS_MAX, DISKS_SUM
 
 
@@ -59,7 +59,7 @@ class DeviceMaps:
         except cl.Error as exc:
             raise RuntimeError(f"afm_ray descriptor kernels failed to build on {queue.device.name.strip()}: {exc}") from None
         self._kernel = cl.Kernel(program, "descriptor_maps")
-        self._buffers: dict[str, cl.Buffer] = {}
+        self._buffers = DeviceBuffers(context)
 
     def vdw_spheres(self, molecules: Any, window: ScanWindow = DEFAULT_WINDOW, *, radii: str = "vdw",
                     cut_depth: float = VDW_SPHERES_CUT_DEPTH, centre: bool = True) -> np.ndarray:
@@ -87,9 +87,7 @@ class DeviceMaps:
 
     def release(self) -> None:
         """Free device buffers now (they are otherwise freed with this object)."""
-        for buffer in self._buffers.values():
-            buffer.release()
-        self._buffers.clear()
+        self._buffers.release()
 
     def _compute(self, batch: AtomBatch, window: ScanWindow, spheres: tuple | None = None,
                  disks: tuple | None = None) -> dict[str, np.ndarray]:
@@ -107,29 +105,18 @@ class DeviceMaps:
         count, nxy = batch.batch_size, window.nx * window.ny
         inputs = {"atoms": atoms, "atom_range": atom_range}
         for name, array in inputs.items():  # not blocking: the arrays live until queue.finish() below
-            cl.enqueue_copy(self.queue, self._buffer(name, array.nbytes), array, is_blocking=False)
+            cl.enqueue_copy(self.queue, self._buffers.at_least(name, array.nbytes), array, is_blocking=False)
         wanted = [name for name, request in (("vdw_spheres", spheres), ("atomic_disks", disks)) if request is not None]
-        outputs = {name: self._buffer(name, count * nxy * 4) for name in wanted}
+        outputs = {name: self._buffers.at_least(name, count * nxy * 4) for name in wanted}
         make_real4 = cltypes.make_double4 if self.double_precision else cltypes.make_float4
         (dx, dy), real = window.pixel_size, self._real
         self._kernel.set_args(self._buffers["atoms"], self._buffers["atom_range"],
                               make_real4(window.x_min, window.y_min, dx, dy), np.int32(window.nx), np.int32(window.ny),
                               real(spheres[1] if spheres else 0.0), np.int32(_DISK_MODES[disks[0]] if disks else 0),
                               outputs.get("vdw_spheres"), outputs.get("atomic_disks"))
-        global_size = (-(-nxy // _LOCAL_SIZE) * _LOCAL_SIZE, count)
-        cl.enqueue_nd_range_kernel(self.queue, self._kernel, global_size, (_LOCAL_SIZE, 1))
+        cl.enqueue_nd_range_kernel(self.queue, self._kernel, (round_up(nxy), count), (LOCAL_SIZE, 1))
         results = {name: np.empty((count, window.nx, window.ny), np.float32) for name in wanted}
         for name, result in results.items():
             cl.enqueue_copy(self.queue, result, outputs[name], is_blocking=False)
         self.queue.finish()
         return results
-
-    def _buffer(self, name: str, nbytes: int) -> cl.Buffer:
-        """A device buffer of at least ``nbytes``, reallocated (to 1.5× the need) only when too small."""
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.size < nbytes:
-            if buffer is not None:
-                buffer.release()
-            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(int(nbytes * 1.5), 64))
-            self._buffers[name] = buffer
-        return buffer

@@ -169,7 +169,7 @@ def normalised_cross_correlation(reference: np.ndarray, candidates: np.ndarray,
 # -- simulation -----------------------------------------------------------------------------------
 def matching_sim_config(sim: SimConfig) -> SimConfig:
     """The model's simulator settings without random tilt or start-height jitter."""
-    return sim.model_copy(update={"tilt_radius_angstrom": 0.0, "start_distance_jitter_angstrom": 0.0})
+    return sim.without_randomness()
 
 
 class RotationSimulator:

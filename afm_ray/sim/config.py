@@ -177,6 +177,10 @@ class SimConfig(StrictModel):
     def pixel_size_angstrom(self) -> tuple[float, float]:
         return (self.scan_size_angstrom[0] / self.scan_pixels[0], self.scan_size_angstrom[1] / self.scan_pixels[1])
 
+    def without_randomness(self) -> "SimConfig":
+        """The same scan with no per-sample tilt and no start-distance jitter (every sample as configured)."""
+        return self.model_copy(update={"tilt_radius_angstrom": 0.0, "start_distance_jitter_angstrom": 0.0})
+
     def stiffness_ev_per_angstrom2(self) -> tuple[float, float, float]:
         """(k_x, k_y, k_radial) in eV/Å²."""
         kx, ky = self.lateral_stiffness_n_per_m

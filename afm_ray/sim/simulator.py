@@ -18,10 +18,10 @@ import pyopencl.cltypes as cltypes
 
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
+from afm_ray.sim.buffers import LOCAL_SIZE, DeviceBuffers, round_up
 from afm_ray.sim.config import EV_PER_ANGSTROM2_PER_N_PER_M, SimConfig
 from afm_ray.sim.device import describe, select_device
 
-_LOCAL_SIZE = 64  # work items per group along the pixel axis (pixels padded to a multiple); fastest on pocl of 16–256
 
 
 # -- per-sample scan parameters ------------------------------------------------------------------
@@ -203,7 +203,7 @@ class Simulator:
             raise RuntimeError(f"afm_ray.sim kernels failed to build on {describe(self.device)}: {exc}") from None
         self._kernels = {name: cl.Kernel(self.program, name)
                          for name in ("relax_scan", "giessibl_df", "rigid_fields", "iso_search_bound", "iso_surface")}
-        self._buffers: dict[str, cl.Buffer] = {}
+        self._buffers = DeviceBuffers(self.context)
         weights = giessibl_weights(self.config.df_steps, self.config.dz_angstrom, self.config.f0_hz,
                                    self.config.cantilever_stiffness_n_per_m)
         self._weights = cl.Buffer(self.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
@@ -246,14 +246,14 @@ class Simulator:
         n_steps, n_slices = config.num_z_steps, config.num_slices
         self._check_memory(count, {"fz": count * n_steps * nxy * 4, "df": count * nxy * n_slices * 4,
                                    "positions": count * n_steps * nxy * 16 if return_probe_positions else 0})
-        fz_buffer = self._buffer("fz", count * n_steps * nxy * 4)
-        df_buffer = self._buffer("df", count * nxy * n_slices * 4)
-        positions_buffer = self._buffer("positions", count * n_steps * nxy * 16 if return_probe_positions else 16)
+        fz_buffer = self._buffers.at_least("fz", count * n_steps * nxy * 4)
+        df_buffer = self._buffers.at_least("df", count * nxy * n_slices * 4)
+        positions_buffer = self._buffers.at_least("positions", count * n_steps * nxy * 16 if return_probe_positions else 16)
         unconverged = np.zeros(count, np.int32)
         inputs = self._upload(batch, probe_rest=probe_rest, unconverged=unconverged)
         charges, charge_z = tip_config.point_charges()
         kx, ky, kr = config.stiffness_ev_per_angstrom2()
-        global_size = (_round_up(nxy, _LOCAL_SIZE), count)
+        global_size = (round_up(nxy), count)
 
         relax = self._kernels["relax_scan"]
         relax.set_args(inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"], inputs["probe_rest"],
@@ -264,11 +264,11 @@ class Simulator:
                        np.int32(config.relax_max_iterations), np.float32(config.relax_force_tolerance_ev_per_angstrom**2),
                        np.float32(config.relax_max_step_angstrom), fz_buffer, inputs["unconverged"],
                        np.int32(return_probe_positions), positions_buffer)
-        self._track("relax_scan kernel", cl.enqueue_nd_range_kernel(self.queue, relax, global_size, (_LOCAL_SIZE, 1)))
+        self._track("relax_scan kernel", cl.enqueue_nd_range_kernel(self.queue, relax, global_size, (LOCAL_SIZE, 1)))
         convolve = self._kernels["giessibl_df"]
         convolve.set_args(fz_buffer, self._weights, np.int32(n_steps), np.int32(n_slices), np.int32(nxy), df_buffer)
         self._track("giessibl_df kernel", cl.enqueue_nd_range_kernel(
-            self.queue, convolve, (_round_up(nxy * n_slices, _LOCAL_SIZE), count), (_LOCAL_SIZE, 1)))
+            self.queue, convolve, (round_up(nxy * n_slices), count), (LOCAL_SIZE, 1)))
 
         df = np.empty((count, *config.scan_pixels, n_slices), np.float32)
         self._track("read Δf", cl.enqueue_copy(self.queue, df, df_buffer, is_blocking=False), df.nbytes)
@@ -339,12 +339,12 @@ class Simulator:
         batch = self._pack(molecules, tip_config.atomic_number)
         count, nxy = len(molecules), self.config.scan_pixels[0] * self.config.scan_pixels[1]
         inputs = self._upload(batch, top_z=batch.top_atom_z.astype(np.float32))
-        surface_buffer = self._buffer("iso_surface", count * nxy * 4)
-        value_buffer = self._buffer("iso_value", count * nxy * 4)
+        surface_buffer = self._buffers.at_least("iso_surface", count * nxy * 4)
+        value_buffer = self._buffers.at_least("iso_value", count * nxy * 4)
         status = np.zeros(count, np.int32)
-        status_buffer = self._buffer("iso_status", status.nbytes)
+        status_buffer = self._buffers.at_least("iso_status", status.nbytes)
         cl.enqueue_copy(self.queue, status_buffer, status, is_blocking=False)
-        bound_buffer = self._buffer("iso_bound", status.nbytes)
+        bound_buffer = self._buffers.at_least("iso_bound", status.nbytes)
         cl.enqueue_copy(self.queue, bound_buffer, np.full(count, n_planes, np.int32), is_blocking=False)
         charges, charge_z = tip_config.point_charges()
         common = (inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"], inputs["top_z"],
@@ -362,8 +362,8 @@ class Simulator:
                         np.int32(math.ceil(cut_depth_angstrom / plane_dz_angstrom - 1e-6)), np.int32(stride_planes),
                         np.float32(iso_force_ev_per_angstrom - refine_margin_ev_per_angstrom),
                         surface_buffer, value_buffer, status_buffer)
-        self._track("iso search kernels", cl.enqueue_nd_range_kernel(self.queue, kernel, (_round_up(nxy, _LOCAL_SIZE), count),
-                                                                     (_LOCAL_SIZE, 1)))
+        self._track("iso search kernels", cl.enqueue_nd_range_kernel(self.queue, kernel, (round_up(nxy), count),
+                                                                     (LOCAL_SIZE, 1)))
         surface = np.empty((count, *self.config.scan_pixels), np.float32)
         value = np.empty_like(surface)
         for host, buffer in ((surface, surface_buffer), (value, value_buffer), (status, status_buffer)):
@@ -470,8 +470,8 @@ class Simulator:
         count = batch.atom_range.shape[0]
         nxy = config.scan_pixels[0] * config.scan_pixels[1]
         inputs = self._upload(batch, z_values=np.ascontiguousarray(z_values, np.float32))
-        fz_buffer = self._buffer("rigid_fz", count * nxy * n_planes * 4)
-        potential_buffer = self._buffer("rigid_potential", count * nxy * n_planes * 4)
+        fz_buffer = self._buffers.at_least("rigid_fz", count * nxy * n_planes * 4)
+        potential_buffer = self._buffers.at_least("rigid_potential", count * nxy * n_planes * 4)
         charges, charge_z = tip_config.point_charges() if tip_config is not None else (np.zeros(1), np.zeros(1))
         kernel = self._kernels["rigid_fields"]
         kernel.set_args(inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"],
@@ -480,7 +480,7 @@ class Simulator:
                         np.int32(config.scan_pixels[0]), np.int32(config.scan_pixels[1]), inputs["z_values"],
                         *(np.int32(s) for s in strides), np.int32(n_planes), np.int32(field_z), fz_buffer,
                         potential_buffer)
-        cl.enqueue_nd_range_kernel(self.queue, kernel, (_round_up(nxy, _LOCAL_SIZE), count), (_LOCAL_SIZE, 1))
+        cl.enqueue_nd_range_kernel(self.queue, kernel, (round_up(nxy), count), (LOCAL_SIZE, 1))
         fz = np.empty((count, *config.scan_pixels, n_planes), np.float32)
         potential = np.empty_like(fz)
         cl.enqueue_copy(self.queue, fz, fz_buffer, is_blocking=False)
@@ -495,7 +495,7 @@ class Simulator:
         buffers = {}
         for name, array in arrays.items():
             array = np.ascontiguousarray(array)
-            buffers[name] = self._buffer(name, array.nbytes)
+            buffers[name] = self._buffers.at_least(name, array.nbytes)
             self._track("upload", cl.enqueue_copy(self.queue, buffers[name], array, is_blocking=True), array.nbytes)
         return buffers
 
@@ -524,33 +524,15 @@ class Simulator:
                                   f"(buffer {largest!r} {needs[largest] / 2**20:.0f} MiB), but it allows "
                                   f"{per_buffer / 2**20:.0f} MiB per buffer and has {total / 2**20:.0f} MiB: {advice}")
 
-    def _buffer(self, name: str, nbytes: int) -> cl.Buffer:
-        """A device buffer of at least ``nbytes``, reallocated (to 1.5× the need, within the device's largest
-        allocation) only when too small."""
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.size < nbytes:
-            if buffer is not None:
-                buffer.release()
-            size = max(min(int(nbytes * 1.5), int(self.device.max_mem_alloc_size)), nbytes, 64)
-            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size)
-            self._buffers[name] = buffer
-        return buffer
-
     def release(self) -> None:
         """Free device buffers now (they are otherwise freed with the simulator)."""
-        for buffer in self._buffers.values():
-            buffer.release()
-        self._buffers.clear()
+        self._buffers.release()
 
 
 def _is_field_z(electrostatics: str) -> bool:
     if electrostatics not in ("potential", "ez"):
         raise InputError("electrostatics", f"expected 'potential' or 'ez', got {electrostatics!r}")
     return electrostatics == "ez"
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return (value + multiple - 1) // multiple * multiple
 
 
 def _float4(values) -> np.ndarray:

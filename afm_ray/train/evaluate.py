@@ -97,10 +97,9 @@ def _flat_diff(before, after, prefix: str = ""):
 def clean_scans(config: TrainConfig) -> TrainConfig:
     """``config`` without the training randomisation that corrupts a scan: no probe tilt, no start-distance
     jitter, no noise, shifts or cutouts. Slice choice and normalisation stay: they are what the model reads."""
-    sim = config.sim.model_copy(update={"tilt_radius_angstrom": 0.0, "start_distance_jitter_angstrom": 0.0})
     augment = config.augment.model_copy(update={
         step: getattr(config.augment, step).model_copy(update={"enabled": False}) for step in ("noise", "shift", "cutout")})
-    return config.model_copy(update={"sim": sim, "augment": augment})
+    return config.model_copy(update={"sim": config.sim.without_randomness(), "augment": augment})
 
 
 def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test", tracking_uri: str | None = None,
@@ -152,25 +151,19 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
 def _log_run(loaded, reference: str, config: TrainConfig, subset: str, clean: bool, metrics: dict[str, float],
              evaluation, fixed_set, network) -> str:
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
     from afm_ray.train.figures import plot_predictions
-    from afm_ray.train.trainer import flatten
+    from afm_ray.train.trainer import create_config_run
     from afm_ray.train.tracking import ARCHITECTURE_TAG
 
     client = MlflowClient(config.mlflow.tracking_uri)
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
     label = f"{loaded.registered_name} v{loaded.version}" if loaded.registered_name else reference
-    run = client.create_run(experiment_id, run_name=f"evaluate {label} on {subset}",
-                            tags={EVALUATION_TAG: reference, ARCHITECTURE_TAG: config.model.name,
-                                  "afm_ray.split": config.data.split, "afm_ray.subset": subset,
-                                  "afm_ray.clean_scans": str(clean).lower(),
-                                  **({"afm_ray.model_run_id": loaded.run_id} if loaded.run_id else {})})
-    run_id = run.info.run_id
-    params = [Param(key, value[:6000]) for key, value in flatten(config.model_dump(mode="json")).items()]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start:start + 100])
+    run_id = create_config_run(client, config, f"evaluate {label} on {subset}",
+                               {EVALUATION_TAG: reference, ARCHITECTURE_TAG: config.model.name,
+                                "afm_ray.split": config.data.split, "afm_ray.subset": subset,
+                                "afm_ray.clean_scans": str(clean).lower(),
+                                **({"afm_ray.model_run_id": loaded.run_id} if loaded.run_id else {})})
     client.log_batch(run_id, metrics=[Metric(name, value, int(time.time() * 1000), 0)
                                       for name, value in metrics.items() if np.isfinite(value)])
     with tempfile.TemporaryDirectory() as folder:

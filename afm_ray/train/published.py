@@ -29,11 +29,10 @@ def import_asdafm(h5_path: str | Path, name: str, alias: str, config: TrainConfi
     names its file). Raises :class:`InputError` for a config the weights cannot serve or a bad file.
     """
     from mlflow import MlflowClient
-    from mlflow.entities import Param
 
     from afm_ray.models.asdafm import ASDAFM_SOURCE, N_SLICES, load_asdafm_dsh
     from afm_ray.train.registration import log_and_register
-    from afm_ray.train.trainer import flatten, with_absolute_paths
+    from afm_ray.train.trainer import create_config_run, with_absolute_paths
     from afm_ray.train.tracking import ARCHITECTURE_TAG, preflight
 
     h5_path = Path(h5_path)
@@ -52,16 +51,10 @@ def import_asdafm(h5_path: str | Path, name: str, alias: str, config: TrainConfi
     digest = hashlib.sha256(h5_path.read_bytes()).hexdigest()
     provenance = {**ASDAFM_SOURCE, "imported_file": h5_path.name, "sha256": digest}
     client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
-    run = client.create_run(experiment_id, run_name=f"import {h5_path.name}",
-                            tags={ARCHITECTURE_TAG: "dsh", "afm_ray.imported_from": provenance["source"],
-                                  "afm_ray.licence": provenance["licence"], "afm_ray.sha256": digest,
-                                  "afm_ray.data_preset": preset})
-    run_id = run.info.run_id
-    params = [Param(key, value[:6000]) for key, value in flatten(config.model_dump(mode="json")).items()]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start:start + 100])
+    run_id = create_config_run(client, config, f"import {h5_path.name}",
+                               {ARCHITECTURE_TAG: "dsh", "afm_ray.imported_from": provenance["source"],
+                                "afm_ray.licence": provenance["licence"], "afm_ray.sha256": digest,
+                                "afm_ray.data_preset": preset})
     for beside in ("LICENSE", "SOURCE.md"):  # the licence travels with the weights
         if (h5_path.parent / beside).is_file():
             client.log_artifact(run_id, str(h5_path.parent / beside), "provenance")

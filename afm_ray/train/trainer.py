@@ -94,28 +94,36 @@ def open_mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path, paren
     """
     import yaml
     from mlflow import MlflowClient
-    from mlflow.entities import Param
 
     client = MlflowClient(tracking_uri)
     run_id = recorded_run_id(run_dir)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         return run_id
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
     tags = {ARCHITECTURE_TAG: config.model.name, "afm_ray.split": config.data.split}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=run_dir.name, tags=tags)
-    items = [Param(key, value[:6000]) for key, value in flatten(config.model_dump(mode="json")).items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[start:start + 100])
+    run_id = create_config_run(client, config, run_dir.name, tags)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "config.yaml"
         path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        client.log_artifact(run.info.run_id, str(path))
-    record_run_id(run_dir, run.info.run_id)
-    return run.info.run_id
+        client.log_artifact(run_id, str(path))
+    record_run_id(run_dir, run_id)
+    return run_id
+
+
+def create_config_run(client, config: TrainConfig, run_name: str, tags: dict[str, str]) -> str:
+    """A new MLflow run in ``config.mlflow.experiment`` (created if missing) with ``tags`` and the config's
+    fields as params; returns its id. Training, evaluation and model imports all start their runs here."""
+    from mlflow.entities import Param
+
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    params = [Param(key, value[:6000]) for key, value in flatten(config.model_dump(mode="json")).items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=params[start:start + 100])
+    return run_id
 
 
 @dataclass
