@@ -55,3 +55,24 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], lr: float = LEARNI
     optimizer = torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), eps=eps)
     scheduler = LambdaLR(optimizer, InverseTimeDecay(decay))
     return optimizer, scheduler
+
+
+def restore_optimizer(optimizer: torch.optim.Adam, scheduler: LambdaLR, optimizer_state: dict, scheduler_state: dict,
+                      lr: float = LEARNING_RATE, decay: float = LEARNING_RATE_DECAY,
+                      betas: tuple[float, float] = BETAS) -> None:
+    """Load a checkpoint's optimiser and scheduler state, then apply *these* hyperparameters.
+
+    The checkpoint keeps Adam's moments and the step count (so the decay continues where it was);
+    its learning rate, decay and betas are replaced by the ones given, so that a run resumed with
+    a changed ``optimizer.*`` (``afm-ray train --allow-changed``) trains with what its MLflow run
+    records: after this the learning rate is ``lr / (1 + decay · step)`` at the checkpoint's step.
+    """
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    scheduler.lr_lambdas = [InverseTimeDecay(decay) for _ in optimizer.param_groups]
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["betas"] = tuple(betas)
+        group["lr"] = lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -5,6 +5,12 @@ the environment its processes inherit. Without that, Ray's own helpers that look
 from inside a worker (Ray Train's placement-group cleaner, which frees a Tune trial's workers when
 ASHA stops it) fail with "Found multiple active Ray instances" whenever a second Ray runs on the
 machine, and the freed CPUs never come back: later trials wait forever.
+
+Paths on a cluster: the driver resolves relative data, run and tracking paths against its working
+directory. On a cluster of several nodes that directory is the driver's alone (under
+``ray job submit --working-dir`` a temporary folder Ray unpacks separately on each node), so
+:func:`require_shared_paths` refuses relative paths there; give absolute paths on storage every node
+mounts. A single-node Ray (the local quickstart) keeps relative paths.
 """
 
 from __future__ import annotations
@@ -59,3 +65,34 @@ def shutdown_ray() -> None:
     if _started_address and os.environ.get("RAY_ADDRESS") == _started_address:
         del os.environ["RAY_ADDRESS"]
     _started_address = None
+
+
+def alive_nodes() -> list[dict]:
+    """The alive nodes of the connected Ray cluster (``ray.nodes()`` entries)."""
+    import ray
+
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def require_shared_paths(relative_paths: dict[str, str]) -> None:
+    """Refuse ``relative_paths`` (config field → value) on a Ray cluster of more than one node; needs Ray connected.
+
+    Raises :class:`~afm_ray.errors.InputError` naming every relative field.
+    """
+    import ray
+
+    from afm_ray.errors import InputError
+
+    if not relative_paths:
+        return
+    nodes = alive_nodes()
+    if len(nodes) <= 1:
+        return
+    working_dir = ray.get_runtime_context().runtime_env.working_dir()
+    where = (f"the job's working_dir {os.getcwd()} (unpacked from {working_dir} separately on each node)"
+             if working_dir else f"the driver's working directory {os.getcwd()}")
+    fields = ", ".join(f"{field}={value}" for field, value in relative_paths.items())
+    raise InputError(fields, f"relative paths would resolve against {where}, which the other "
+                             f"{len(nodes) - 1} node(s) of this Ray cluster do not share; give absolute paths "
+                             "on shared storage (e.g. data.database=/data/qm9.parquet run.storage_path=/data/runs "
+                             "mlflow.tracking_uri=http://mlflow:5000 or sqlite:////data/mlruns.db)")

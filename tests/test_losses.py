@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -171,3 +172,31 @@ def test_optimizer_is_adam_with_inverse_time_decay():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / (1 + 1e-5 * 1000), rel=1e-12)
     with pytest.raises(ValueError, match="learning rate"):
         build_optimizer([parameter], lr=0)
+
+
+def test_restored_optimizer_keeps_its_state_and_takes_the_new_hyperparameters():
+    from afm_ray.optim import restore_optimizer
+
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    optimizer, scheduler = build_optimizer([parameter])
+    for _ in range(100):
+        parameter.grad = torch.ones(3)
+        optimizer.step()
+        scheduler.step()
+    # a checkpoint as the training loop writes it, read back with weights_only=True
+    buffer = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    resumed = torch.nn.Parameter(parameter.detach().clone())
+    optimizer2, scheduler2 = build_optimizer([resumed])
+    restore_optimizer(optimizer2, scheduler2, state["optimizer"], state["scheduler"], lr=5e-4, decay=1e-3,
+                      betas=(0.8, 0.99))
+    assert torch.equal(optimizer2.state[resumed]["exp_avg"], optimizer.state[parameter]["exp_avg"])
+    assert optimizer2.param_groups[0]["betas"] == (0.8, 0.99)
+    assert optimizer2.param_groups[0]["lr"] == pytest.approx(5e-4 / (1 + 1e-3 * 100), rel=1e-12)
+    resumed.grad = torch.ones(3)
+    optimizer2.step()
+    scheduler2.step()
+    assert optimizer2.param_groups[0]["lr"] == pytest.approx(5e-4 / (1 + 1e-3 * 101), rel=1e-12)

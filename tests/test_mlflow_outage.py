@@ -7,11 +7,7 @@ register the model and send the metrics of the epochs trained during the outage.
 """
 
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,12 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from afm_ray.train.trainer import run_training
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from servers import free_port, start_mlflow_server, stop_process_group
 
 
 class MlflowServer:
@@ -38,34 +29,14 @@ class MlflowServer:
         self.process = None
 
     def start(self, timeout_s: float = 120) -> None:
-        import requests
-
-        argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                "--backend-store-uri", f"sqlite:///{self.database}",
+        args = ["--host", "127.0.0.1", "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.database}",
                 "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        self.log = (self.folder / "server.log").open("a")
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=environment,
-                                        cwd=self.folder, start_new_session=True)
-        deadline = time.time() + timeout_s
-        while True:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            assert self.process.poll() is None and time.time() < deadline, \
-                f"mlflow server did not come up: {(self.folder / 'server.log').read_text()[-3000:]}"
-            time.sleep(0.3)
+        self.process = start_mlflow_server(args, self.port, environment, self.folder, self.folder / "server.log",
+                                           timeout_s)
 
     def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.log.close()
+        stop_process_group(self.process)
 
     def logged_steps(self, key: str) -> list[int]:
         """Read straight from the backend file: works while the server is down."""

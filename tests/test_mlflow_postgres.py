@@ -23,25 +23,18 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from servers import free_port, start_mlflow_server, stop_process_group
+
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_DEPLOYMENT = REPO / "k8s" / "base" / "mlflow.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin() -> Path | None:
@@ -170,7 +163,7 @@ def log_and_register(mlflow, experiment: str, name: str, artifact_location: str 
         for step in range(3):
             mlflow.log_metrics({"train_loss": 1.0 / (step + 1), "val_loss": 2.0 / (step + 1)}, step=step)
         info = mlflow.pytorch.log_model(small_model(), name="model", registered_model_name=name,
-                                        input_example=example, serialization_format="pickle",
+                                        input_example=example, serialization_format="pt2",
                                         pip_requirements=["torch"])
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "champion", version)
@@ -218,24 +211,48 @@ def test_mlflow_tracking_and_registry_on_postgres(postgres, mlflow_globals, tmp_
     assert query(uri, "SELECT value FROM latest_metrics WHERE run_uuid = %s AND key = 'test_loss'", run_id) == [(0.5,)]
 
 
-def deployment_command(tracking_db_uri: str, artifacts: Path, port: int) -> tuple[list[str], list[str]]:
-    """The MLflow container's command + args from k8s/base/mlflow.yaml, with its $(VARS) expanded and
-    the cluster addresses replaced by local ones. Returns (argv, allowed hosts)."""
+ADMIN = {"MLFLOW_AUTH_ADMIN_USERNAME": "afm-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-password-for-tests",
+         "MLFLOW_FLASK_SERVER_SECRET_KEY": "0123456789abcdef"}
+
+
+def deployment_command(tracking_db_uri: str, artifacts: Path, port: int, folder: Path) -> tuple[list[str], dict, list[str]]:
+    """The MLflow container of k8s/base/mlflow.yaml run locally: its init container writes the
+    basic-auth ini, then its command + args and env (Secrets = test values, $(VARS) expanded as
+    Kubernetes does) with the cluster addresses replaced by local ones. Returns (argv, env, allowed hosts)."""
     docs = list(yaml.safe_load_all(MLFLOW_DEPLOYMENT.read_text()))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    pod = deployment["spec"]["template"]["spec"]
     user, password, host, db_port, name = re.fullmatch(
         r"postgresql\+psycopg2://(.+):(.+)@(.+):(\d+)/(.+)", tracking_db_uri).groups()
-    values = {"POSTGRES_USER": user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": name}
-    declared = {env["name"] for env in container["env"]}
+    secrets = {"POSTGRES_USER": user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": name, **ADMIN}
+
+    def environment(container: dict) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for entry in container["env"]:
+            if entry["name"].startswith(("AWS_", "MLFLOW_S3_")):
+                continue   # MinIO: the test's artifacts destination is a local folder
+            if "valueFrom" in entry:
+                value = secrets[entry["valueFrom"]["secretKeyRef"]["key"]]
+            else:
+                value = re.sub(r"\$\(([A-Z_]+)\)", lambda m: env.get(m.group(1), m.group(0)), entry["value"])
+            if value.startswith("postgresql+psycopg2://"):
+                assert "@postgres:5432/" in value
+                value = value.replace("@postgres:5432/", f"@{host}:{db_port}/")
+            if entry["name"] == "MLFLOW_AUTH_CONFIG_PATH":
+                value = str(folder / "basic_auth.ini")
+            env[entry["name"]] = value
+        assert "$(" not in " ".join(env.values()), "every $(VAR) must be declared above its use"
+        return env
+
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    init = next(c for c in pod["initContainers"] if c["name"] == "auth-config")
+    subprocess.run([sys.executable, "-c", init["args"][0]], env={**base_env, **environment(init)}, check=True,
+                   capture_output=True)
+    container = pod["containers"][0]
     argv, allowed = [], []
     for arg in container["command"] + container["args"]:
-        arg = re.sub(r"\$\(([A-Z_]+)\)", lambda m: values[m.group(1)] if m.group(1) in declared else m.group(0), arg)
         key, _, value = arg.partition("=")
-        if key == "--backend-store-uri":
-            assert "@postgres:5432/" in value
-            arg = f"{key}={value.replace('@postgres:5432/', f'@{host}:{db_port}/')}"
-        elif key == "--artifacts-destination":
+        if key == "--artifacts-destination":
             assert value.startswith("s3://")
             arg = f"{key}={artifacts}"
         elif key == "--host":
@@ -245,44 +262,38 @@ def deployment_command(tracking_db_uri: str, artifacts: Path, port: int) -> tupl
         elif key == "--allowed-hosts":
             allowed = value.split(",")
         argv.append(arg)
-    assert "$(" not in " ".join(argv), "every $(VAR) of the args must be a declared env var"
+    assert password not in " ".join(argv), "no credentials on the command line"
     assert argv[:2] == ["mlflow", "server"]
-    argv[0] = str(Path(sys.executable).parent / "mlflow")
-    return argv, allowed
+    env = environment(container)
+    env.pop("HOME", None)
+    return argv, {**base_env, **env}, allowed
 
 
-def test_mlflow_server_as_deployed_on_postgres(postgres, mlflow_globals, tmp_path):
+def test_mlflow_server_as_deployed_on_postgres(postgres, mlflow_globals, tmp_path, monkeypatch):
     import requests
 
     mlflow = mlflow_globals
     database = create_database(postgres, "mlflow_server")
     artifacts = tmp_path / "s3-bucket"
     port = free_port()
-    argv, allowed = deployment_command(database, artifacts, port)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=tmp_path,
-                              start_new_session=True)
+    argv, environment, allowed = deployment_command(database, artifacts, port, tmp_path)
+    server = start_mlflow_server(argv[2:], port, environment, tmp_path, tmp_path / "server.log")
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert server.poll() is None and time.time() < deadline, \
-                f"mlflow server did not come up: {(tmp_path / 'server.log').read_text()[-3000:]}"
-            time.sleep(0.5)
-        # the Host headers of the cluster pass, others do not
+        # the Host headers of the cluster pass, others do not; without credentials nothing is read
         search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
-        assert requests.get(search, headers={"Host": "mlflow:5000"}, timeout=10).status_code == 200
-        assert requests.get(search, headers={"Host": "mlflow.afm-ray.svc.cluster.local:5000"}, timeout=10).status_code == 200
-        assert requests.get(search, headers={"Host": "evil.example.com"}, timeout=10).status_code == 403
+        login = (ADMIN["MLFLOW_AUTH_ADMIN_USERNAME"], ADMIN["MLFLOW_AUTH_ADMIN_PASSWORD"])
+        assert requests.get(search, headers={"Host": "mlflow:5000"}, auth=login, timeout=10).status_code == 200
+        assert requests.get(search, headers={"Host": "mlflow.afm-ray.svc.cluster.local:5000"}, auth=login,
+                            timeout=10).status_code == 200
+        assert requests.get(search, headers={"Host": "evil.example.com"}, auth=login, timeout=10).status_code == 403
+        assert requests.get(search, headers={"Host": "mlflow:5000"}, timeout=10).status_code == 401
         assert "mlflow:*" in allowed
 
-        # a client that knows only the server's URL (as the Ray pods: MLFLOW_TRACKING_URI)
+        # a client that knows the server's URL and an account (as the Ray pods: MLFLOW_TRACKING_URI,
+        # MLFLOW_TRACKING_USERNAME / _PASSWORD)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login[1])
         mlflow.set_tracking_uri(base)
         run_id, version, example = log_and_register(mlflow, "afm-ray-server", "afm-server-dsh", None)
         check_model_loads(mlflow, "afm-server-dsh", example)
@@ -292,10 +303,4 @@ def test_mlflow_server_as_deployed_on_postgres(postgres, mlflow_globals, tmp_pat
             [(int(version),)]
         assert list(artifacts.rglob("MLmodel")), "model files must land in --artifacts-destination"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+        stop_process_group(server)

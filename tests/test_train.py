@@ -37,7 +37,8 @@ def test_train_end_to_end_registers_a_model_that_loads_back(ray_session, tiny_co
 
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     assert outcome.model_uri == "models:/afm-test-dsh@current"
-    registered = mlflow.pytorch.load_model(outcome.model_uri)
+    from afm_ray.predict import load_model  # pt2: mlflow.pytorch gives a bare graph; afm-ray adds unpack
+    registered = load_model(outcome.model_uri, config.mlflow.tracking_uri).packed
     trained, _, history = load_checkpoint_model(outcome.checkpoint_path)
     x = torch.randn(2, 1, 32, 32, 6)
     with torch.no_grad():

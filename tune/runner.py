@@ -1,7 +1,16 @@
-"""Running a sweep: one shared simulation pipeline, Tune trials that each run the training loop, MLflow parent/child runs."""
+"""Running a sweep: one shared simulation pipeline, Tune trials that each run the training loop, MLflow parent/child runs.
+
+Resuming (``--resume``, or ``--resume-if-exists`` which starts afresh when there is nothing to resume,
+so that a re-created RayJob needs no edit): Tune restores the searcher, scheduler and trials it saved,
+and ignores a changed search space or budget. The sweep folder therefore keeps the config the sweep
+was started with (``afm_ray_run.json``), and a config that differs in anything but
+:data:`SWEEP_RESUMABLE_FIELDS` is refused with the list of changed fields. Finished trials are never
+run again; a sweep that finished and registered its champion only reports that outcome again.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,14 +21,25 @@ from afm_ray.errors import InputError
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.steps import objective, reported_metrics
 from afm_ray.train.tracking import RunTracker
-from afm_ray.train.trainer import (Pipeline, backfill_run, best_and_latest_checkpoints, build_trainer,
-                                   finish, open_mlflow_run, prepare, record_run_id, recorded_run_id,
+from afm_ray.train.trainer import (RESUMABLE_FIELDS, Pipeline, backfill_run, best_and_latest_checkpoints,
+                                   build_trainer, config_changes, describe_changes, finish, latest_history,
+                                   open_mlflow_run, prepare, read_run_state, record_run_id, recorded_run_id,
                                    start_pipeline)
 from tune.config import SweepConfig
 from tune.space import check_space, param_path, param_space, trial_config
 from tune.summary import write_summary
 
 TRIALS_FOLDER = "trials"
+REPORTED_FROM_CHECKPOINT = "reported_from_checkpoint"
+"""Tune result key: a finished trial's last epoch reported again from its checkpoint after an interruption."""
+SWEEP_RESUMABLE_FIELDS = (
+    # where the champion is registered: applied when the sweep concludes
+    "mlflow.alias", "mlflow.registered_model_name",
+    # the trials' training config ("train.…"): what a resumed training may change, except run.epochs
+    # (the ASHA scheduler that Tune restores keeps the old epoch count as its max_t)
+    *(f"train.{field}" for field in RESUMABLE_FIELDS if field != "run.epochs"),
+)
+"""Fields of a sweep (and, prefixed ``train.``, of its trials' training config) that may differ on resume."""
 
 
 @dataclass
@@ -41,6 +61,12 @@ def run_trial(params: dict, *, base: dict, train_overrides: dict, pipeline: Pipe
     config = trial_config(base, train_overrides, params)
     run_dir = Path(trials_dir) / trial_id
     run_id = open_mlflow_run(config, tracking_uri, run_dir, parent_run_id=parent_run_id)
+    history = latest_history(run_dir)
+    if len(history) >= config.run.epochs:
+        # Trained to the end, but the sweep was interrupted before Tune recorded the trial as finished: Tune
+        # needs its final result again (no training, no MLflow logging), marked as coming from the checkpoint.
+        tune.report({**history[-1], REPORTED_FROM_CHECKPOINT: 1.0})
+        return
     trainer = build_trainer(config, pipeline, tracking_uri, run_id, Path(trials_dir), trial_id,
                             callbacks=(TuneReportCallback(),))
     trainer.fit()
@@ -60,7 +86,23 @@ def _validated(sweep: SweepConfig) -> tuple[dict, TrainConfig, str, str]:
     return base, first, metric, mode
 
 
-def _parent_run(sweep: SweepConfig, config: TrainConfig, tracking_uri: str, sweep_dir: Path) -> str:
+def sweep_identity(sweep: SweepConfig, resolved: dict) -> dict:
+    """What a sweep folder must keep on resume: the sweep's settings and (``train``) its trials' resolved
+    training config, which covers ``train_config`` and ``train_overrides``; not the folder's own name and place."""
+    return {**sweep.model_dump(mode="json", exclude={"name", "storage_path", "train_config", "train_overrides"}),
+            "train": resolved}
+
+
+def _refuse_changed_sweep(sweep_dir: Path, state: dict, identity: dict) -> None:
+    if "sweep" not in state:  # a sweep folder written before sweeps kept their config
+        return
+    changes = config_changes(state["sweep"], identity, SWEEP_RESUMABLE_FIELDS)
+    if changes:
+        raise InputError(f"sweep {sweep_dir}", f"was started with another config ({describe_changes(changes)}); "
+                                               "Tune would resume it with the old one: choose another sweep name")
+
+
+def _parent_run(sweep: SweepConfig, config: TrainConfig, tracking_uri: str, sweep_dir: Path, identity: dict) -> str:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -71,7 +113,7 @@ def _parent_run(sweep: SweepConfig, config: TrainConfig, tracking_uri: str, swee
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
     run = client.create_run(experiment_id, run_name=sweep.name, tags={"afm_ray.sweep": sweep.name})
     client.log_param(run.info.run_id, "sweep_config", sweep.model_dump_json()[:6000])
-    record_run_id(sweep_dir, run.info.run_id)
+    record_run_id(sweep_dir, run.info.run_id, sweep=identity)
     return run.info.run_id
 
 
@@ -94,21 +136,35 @@ def _scheduler(sweep: SweepConfig, config: TrainConfig):
                          reduction_factor=sweep.scheduler.reduction_factor)
 
 
-def run_sweep(sweep: SweepConfig, resume: bool = False, progress: bool = True) -> SweepOutcome:
-    """Run (or with ``resume`` continue) a sweep; registers the best trial's model as NAME@ALIAS."""
+def run_sweep(sweep: SweepConfig, resume: bool = False, progress: bool = True,
+              resume_if_exists: bool = False) -> SweepOutcome:
+    """Run a sweep, or continue it: ``resume`` requires an interrupted sweep of this name, ``resume_if_exists``
+    continues one when there is one and starts afresh otherwise. Registers the best trial's model as NAME@ALIAS."""
     base, first, metric, mode = _validated(sweep)
-    config, tracking_uri, counts = prepare(first, workers_at_once=sweep.max_concurrent_trials,
-                                       driver_cpus=sweep.trial_driver_cpus)
     sweep_dir = (sweep.storage_path / sweep.name).resolve()
-    if (sweep_dir / "tuner.pkl").exists() and not resume:
-        raise InputError(f"{sweep_dir}", "a sweep of this name exists; pass --resume to continue it "
-                                         "or choose another name")
-    if resume and not tune.Tuner.can_restore(str(sweep_dir)):
+    restoring = tune.Tuner.can_restore(str(sweep_dir))
+    if restoring and not (resume or resume_if_exists):
+        raise InputError(f"{sweep_dir}", "a sweep of this name exists; pass --resume (or --resume-if-exists) to "
+                                         "continue it or choose another name")
+    if resume and not restoring:
         raise InputError(f"{sweep_dir}", "no interrupted sweep to resume here")
+    # The trials' runs live in the sweep folder; relative paths are refused there on a multi-node cluster.
+    first = first.model_copy(update={"run": first.run.model_copy(
+        update={"storage_path": sweep.storage_path / sweep.name / TRIALS_FOLDER})})
+    config, tracking_uri, counts = prepare(first, workers_at_once=sweep.max_concurrent_trials,
+                                           driver_cpus=sweep.trial_driver_cpus, storage_field="storage_path")
     # Trials start from the driver's resolved config: the same absolute paths and tracking store.
     resolved = config.model_dump(mode="json")
-    resolved["run"]["storage_path"] = str(sweep_dir / TRIALS_FOLDER)
-    parent_run_id = _parent_run(sweep, config, tracking_uri, sweep_dir)
+    state = read_run_state(sweep_dir)
+    identity = sweep_identity(sweep, resolved)
+    _refuse_changed_sweep(sweep_dir, state, identity)
+    if restoring and "outcome" in state:
+        outcome = SweepOutcome(**state["outcome"])
+        print(f"sweep {sweep.name} finished already ({len(outcome.trials)} trials): best trial "
+              f"{outcome.best_trial_id}, {metric} {outcome.best_metric:.4g} with {outcome.best_params}; "
+              f"registered {outcome.model_uri}. Nothing to run; choose another name for a new sweep", flush=True)
+        return outcome
+    parent_run_id = _parent_run(sweep, config, tracking_uri, sweep_dir, identity)
     pipeline = start_pipeline(config, counts, progress)
     if sweep.max_concurrent_trials > 1:
         print(f"note: {sweep.max_concurrent_trials} concurrent trials share {len(pipeline.actors)} simulation "
@@ -120,7 +176,7 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, progress: bool = True) -
                              trials_dir=str(sweep_dir / TRIALS_FOLDER)),
         {"CPU": sweep.trial_driver_cpus})
     try:
-        if resume:
+        if restoring:
             tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = tune.Tuner(
@@ -195,4 +251,7 @@ def _conclude(sweep, resolved, results, metric, mode, tracking_uri, parent_run_i
     client.set_terminated(parent_run_id, "FINISHED")
     print(f"best trial {best_id}: {metric} {best.metrics[metric]:.4g} with {best_params}; "
           f"registered {outcome.model_uri}", flush=True)
-    return SweepOutcome(parent_run_id, best_id, best_params, float(best.metrics[metric]), outcome.model_uri, trials)
+    concluded = SweepOutcome(parent_run_id, best_id, best_params, float(best.metrics[metric]), outcome.model_uri, trials)
+    # a re-run (a re-created RayJob) reports this instead of registering the champion again
+    record_run_id(sweep_dir, parent_run_id, outcome=dataclasses.asdict(concluded))
+    return concluded

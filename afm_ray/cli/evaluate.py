@@ -30,6 +30,8 @@ examples:
 
 
 def register(subparsers) -> None:
+    from afm_ray.cli.predict import TRUST_PICKLE_HELP
+
     parser = subparsers.add_parser("evaluate", help="score a registered model on a config's fixed val/test set",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
@@ -45,6 +47,7 @@ def register(subparsers) -> None:
                         help="score on clean scans: no probe tilt or start-distance jitter, no noise, shifts or "
                              "cutouts (slice choice and normalisation stay)")
     parser.add_argument("--device", default="cpu", help="torch device of the network: cpu (default) or cuda")
+    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     parser.set_defaults(handler=_evaluate)
 
 
@@ -53,6 +56,7 @@ def _evaluate(args) -> int:
     from afm_ray.train.evaluate import evaluate_registered
 
     config = load_train_config(args.config, args.overrides)
-    report = evaluate_registered(args.model, config, args.split, args.tracking_uri, args.device, clean=args.clean)
+    report = evaluate_registered(args.model, config, args.split, args.tracking_uri, args.device, clean=args.clean,
+                                 trust_pickle=args.trust_pickle)
     print("\n".join(report.lines()))
     return 0

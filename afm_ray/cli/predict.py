@@ -47,6 +47,7 @@ examples:
   afm-ray models list
   afm-ray models show afm-dsh --tracking-uri sqlite:///mlruns.db
   afm-ray models import-asdafm ../shared/asd-afm/model_light.h5 --name asdafm-dsh-light
+  afm-ray models reregister models:/afm-dsh@current --trust-pickle   # a model an older afm-ray pickled
 """
 
 MATCH_EPILOG = """\
@@ -71,6 +72,10 @@ examples:
 """
 
 
+TRUST_PICKLE_HELP = ("also load a model an older afm-ray registered pickled: that runs code stored in the artifact, "
+                     "so only for a source you trust (then re-register it: afm-ray models reregister)")
+
+
 def register(subparsers) -> None:
     _register_predict(subparsers)
     _register_models(subparsers)
@@ -84,6 +89,7 @@ def _add_input_options(parser) -> None:
     parser.add_argument("--channel", help="Nanonis channel holding Δf (default: the first with unit Hz or 'Freq' in its name)")
     parser.add_argument("--tracking-uri", help=TRACKING_HELP)
     parser.add_argument("--device", default="cpu", help="torch device of the network here: cpu (default) or cuda")
+    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
 
 
 def _add_ray_options(parser, what: str) -> None:
@@ -141,6 +147,16 @@ def _register_models(subparsers) -> None:
                                "(default configs/published_asdafm.yaml)")
     imported.add_argument("--tracking-uri", help=TRACKING_HELP)
     imported.set_defaults(handler=run_models_import_asdafm)
+
+    reregister = actions.add_parser(
+        "reregister", help="register a model that an older afm-ray pickled again, in the safe format (new version)",
+        description="Load a pickled registered model (this runs code stored in its artifact: --trust-pickle says "
+                    "you trust its source) and register it again as a new version of the same name in MLflow's "
+                    "pt2 format, which loads without unpickling. Aliases of the old version move to the new one.")
+    reregister.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    reregister.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    reregister.add_argument("--tracking-uri", help=TRACKING_HELP)
+    reregister.set_defaults(handler=run_models_reregister)
     parser.set_defaults(handler=lambda args: parser.print_help() or 1)
 
 
@@ -181,6 +197,18 @@ def run_models_import_asdafm(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_models_reregister(args: argparse.Namespace) -> int:
+    from afm_ray.predict.registry import reregister_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        version, run_id = reregister_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
+    _show_warnings(caught, "warning")
+    name = args.model[len("models:/"):].split("@")[0].split("/")[0]
+    print(f"registered {args.model} again as models:/{name}/{version} (pt2, MLflow run {run_id})")
+    return 0
+
+
 # -- helpers --------------------------------------------------------------------------------------
 def _ray_choice(args) -> bool | None:
     """``--local``: False (never Ray). ``--ray``: connect ($RAY_ADDRESS or a local instance), then None.
@@ -214,22 +242,32 @@ def _prepare_settings(args):
     return PrepareSettings(slices=parse_slice_choice(args.slices), max_resample=args.max_resample)
 
 
-def _show_warnings(caught) -> None:
+def _show_warnings(caught, kind: str = "note") -> None:
     import sys
 
     for warning in caught:
-        print(f"afm-ray: note: {warning.message}", file=sys.stderr)
+        print(f"afm-ray: {kind}: {warning.message}", file=sys.stderr)
+
+
+def _load_model(args):
+    """``--model`` loaded; a pickled model only with ``--trust-pickle``, and then with a warning."""
+    from afm_ray.predict.registry import load_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
+    _show_warnings(caught, "warning")
+    return model
 
 
 # -- predict --------------------------------------------------------------------------------------
 def run_predict(args: argparse.Namespace) -> int:
     from afm_ray.predict.predictor import Predictor, write_prediction, write_summary
     from afm_ray.predict.preprocess import ModelInput, prepare_stack
-    from afm_ray.predict.registry import load_model
 
     prepare = _prepare_settings(args)
     stacks = _read_inputs(args.input, args.channel)  # unreadable input fails before the model loads
-    model = load_model(args.model, args.tracking_uri)
+    model = _load_model(args)
     print(f"model {model.describe()}", flush=True)
     predictor = Predictor(model, device=args.device, batch_size=args.batch_size, threshold=args.threshold,
                           nms_radius=args.nms_radius, use_ray=_ray_choice(args))
@@ -308,7 +346,6 @@ def run_match(args: argparse.Namespace) -> int:
     from afm_ray.predict.match import (MatchSettings, evenly_spread_rotations, match_experiments,
                                        prepared_simulations, write_ranking_csv)
     from afm_ray.predict.predictor import Predictor
-    from afm_ray.predict.registry import load_model
     from afm_ray.sim import SimConfig
 
     for option in ("rotations", "azimuths", "batch_size", "top"):
@@ -333,7 +370,7 @@ def run_match(args: argparse.Namespace) -> int:
         if args.sim_config:
             raise InputError("--sim-config", "only applies with --model descriptor (a model brings its simulator settings)")
         stacks = _read_inputs(args.experiment, args.channel)
-        model = load_model(args.model, args.tracking_uri)
+        model = _load_model(args)
         print(f"model {model.describe()}", flush=True)
         ray_choice = _ray_choice(args)
         predictor = Predictor(model, device=args.device, use_ray=ray_choice)

@@ -11,15 +11,21 @@ simulator each, on GPUs when the config asks for them, on the CPU otherwise) and
 Ray's object store to Ray Train workers (DDP). Every epoch re-simulates the training split with
 fresh tilts, heights and noise; validation/test sets are simulated once and cached as Parquet.
 Each run is an MLflow run (params, per-epoch metrics, figures) and ends with the model registered
-as models:/NAME@ALIAS. Running the same config again resumes from the last checkpoint.
+as models:/NAME@ALIAS. Running the same config again resumes from the last checkpoint, in the same
+MLflow run; only run.epochs, failure/figure settings, mlflow.alias and the pipeline's placement and
+throughput settings may differ. Any other change is refused with the list of changed fields: use a
+new run.name, or --allow-changed to continue the checkpoint in a new MLflow run linked to the old one.
 
-Runs on a local Ray instance, or on a cluster through `ray job submit`:
-  ray job submit --address http://HEAD:8265 --working-dir . -- afm-ray train --config configs/dsh.yaml
+Runs on a local Ray instance, or on a cluster through `ray job submit`; on a cluster of several nodes
+give absolute paths on shared storage (relative ones are refused):
+  ray job submit --address http://HEAD:8265 --working-dir . -- afm-ray train --config configs/dsh.yaml \
+      data.database=/shared/qm9.parquet data.fixed_set_dir=/shared/fixed_sets run.storage_path=/shared/runs
 
 examples:
   afm-ray train --config configs/quickstart.yaml
   afm-ray train --config configs/xyz.yaml run.epochs=10 pipeline.num_sim_actors=4 scaling.num_workers=2
   afm-ray train --config configs/dsh.yaml data.split=dataset2 data.database=data/dataset2.parquet
+  afm-ray train --config configs/quickstart.yaml run.epochs=6 'loss.dsh_weights=[10, 0.3, 0.2]' --allow-changed
 """
 
 
@@ -30,6 +36,10 @@ def register(subparsers) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
                         help="override config fields, e.g. run.epochs=3 optimizer.learning_rate=5e-4")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--allow-changed", action="store_true",
+                        help="resume a run folder started with another config: its checkpoint continues in a new "
+                             "MLflow run tagged afm_ray.resumed_from=<old run id> (default: refuse, listing the "
+                             "changed fields)")
     parser.set_defaults(handler=_train)
 
 
@@ -44,6 +54,6 @@ def _train(args) -> int:
         return 0
     from afm_ray.train.trainer import run_training
 
-    outcome = run_training(config)
+    outcome = run_training(config, allow_changed=args.allow_changed)
     print(f"done: {outcome.model_uri}  checkpoint {outcome.checkpoint_path}")
     return 0

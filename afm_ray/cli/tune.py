@@ -19,6 +19,11 @@ examples:
   afm-ray tune --config configs/sweep_xyz_gamma_grid.yaml          # thesis: γ ∈ {1.0, …, 2.0}
   afm-ray tune --config configs/sweep_dsh.yaml budget.num_samples=20 max_concurrent_trials=2
   afm-ray tune --config configs/sweep_xyz.yaml --resume             # continue an interrupted sweep
+  afm-ray tune --config configs/sweep_xyz.yaml --resume-if-exists   # continue it, or start it (a RayJob)
+
+Resuming never runs a finished trial again; a finished sweep only reports its champion again. A sweep
+is resumed with the config it was started with: a changed search space, budget, scheduler or training
+config is refused with the list of changed fields (choose another sweep name).
 """
 
 
@@ -27,13 +32,17 @@ def register(subparsers) -> None:
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="sweep YAML (configs/sweep_*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="override sweep fields")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
+    resume.add_argument("--resume-if-exists", action="store_true",
+                        help="continue the sweep of this name if there is one, else start it (re-created RayJobs)")
     parser.set_defaults(handler=_tune)
 
 
 def _tune(args) -> int:
     from tune import load_sweep_config, run_sweep
 
-    outcome = run_sweep(load_sweep_config(args.config, args.overrides), resume=args.resume)
+    outcome = run_sweep(load_sweep_config(args.config, args.overrides), resume=args.resume,
+                        resume_if_exists=args.resume_if_exists)
     print(f"done: best {outcome.best_params} → {outcome.model_uri}")
     return 0

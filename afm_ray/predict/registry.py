@@ -10,32 +10,51 @@ A *model reference* is one of
 * a local folder: an MLflow model folder (it holds an ``MLmodel`` file, e.g. a downloaded model)
   or a training checkpoint folder (it holds ``state.pt``; ``runs/NAME/checkpoint_…``).
 
-:func:`load_model` returns a :class:`LoadedModel`: the :class:`~afm_ray.models.packed.PackedOutputs`
-network in eval mode on the CPU and its :class:`~afm_ray.train.config.TrainConfig`, read from the
-model's ``afm_ray_config`` metadata (or the checkpoint), which says what input the model expects
-(scan window, pixels, slices, tips). Nothing global is changed: the tracking URI is passed to an
-:class:`mlflow.MlflowClient` and to the artifact download, never set process-wide.
+:func:`load_model` returns a :class:`LoadedModel`: the packed network in eval mode on the CPU and
+its :class:`~afm_ray.train.config.TrainConfig`, read from the model's ``afm_ray_config`` metadata
+(or the checkpoint), which says what input the model expects (scan window, pixels, slices, tips).
+Nothing global is changed: the tracking URI is passed to an :class:`mlflow.MlflowClient` and to the
+artifact download, never set process-wide.
 
-:func:`list_models` and :func:`describe_model` serve ``afm-ray models list|show``.
+Loading never unpickles. A registered model is a ``torch.export`` archive (MLflow's ``pt2``,
+:mod:`afm_ray.train.registration`): it is checked to hold only JSON, raw tensor bytes and records
+that ``torch.load(weights_only=True)`` accepts, then loaded as an
+:class:`~afm_ray.models.packed.ExportedPackedOutputs`. A checkpoint folder is read with
+``weights_only=True``. The format is read from the model's MLmodel file before any weights are
+fetched: a model that an older afm-ray registered pickled is refused unless the caller passes
+``trust_pickle=True`` (``--trust-pickle``), which loads it with a :class:`PickledModelWarning`.
+
+:func:`list_models` and :func:`describe_model` serve ``afm-ray models list|show``;
+:func:`reregister_model` serves ``afm-ray models reregister`` (a pickled model as a new, safe version).
 """
 
 from __future__ import annotations
 
+import io
 import re
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from afm_ray.batches import MODEL_TARGETS, MODEL_TIPS
 from afm_ray.config import validate
 from afm_ray.errors import InputError
-from afm_ray.models.packed import PackedOutputs
+from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY, ExportedPackedOutputs, PackedOutputs, PackedSpec
 from afm_ray.train.config import TrainConfig
-from afm_ray.train.registration import CONFIG_METADATA_KEY
+from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
 from afm_ray.train.tracking import ARCHITECTURE_TAG, resolve_tracking_uri
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
+_EXPORTED_MODEL_FILE = "model.pt2"  # MLflow's name for a pt2 model in the model's data folder
+
+
+class PickledModelWarning(UserWarning):
+    """A pickled model was loaded because the caller trusted its source (``trust_pickle=True``)."""
 
 
 @dataclass(frozen=True)
@@ -43,16 +62,18 @@ class LoadedModel:
     """A trained model ready to predict, and what it expects as input.
 
     Attributes:
-        packed: the network wrapped in :class:`PackedOutputs` (eval mode, CPU): ``forward(x)`` with
-            x ``(B, C, nx, ny, K)`` float32 returns the outputs concatenated on axis 1;
-            ``packed.unpack`` splits them by name.
+        packed: the network, eval mode, CPU: a registered model's exported graph
+            (:class:`ExportedPackedOutputs`), or :class:`PackedOutputs` around the network of a
+            checkpoint or a trusted pickled model. ``forward(x)`` with x ``(B, C, nx, ny, K)``
+            float32 returns the outputs concatenated on axis 1; ``packed.unpack`` splits them by
+            name; ``packed.network(x)`` returns the network's tuple of outputs.
         config: the training configuration (``config.sim`` = scan window and pixels,
             ``config.input_slices`` = K, ``config.augment`` = how slices were picked).
         reference: what was asked for (URI or folder).
         registered_name, version, run_id: where it came from, when known.
     """
 
-    packed: PackedOutputs
+    packed: ExportedPackedOutputs | PackedOutputs
     config: TrainConfig
     reference: str
     registered_name: str | None = None
@@ -82,22 +103,25 @@ class LoadedModel:
                 f"{sim.scan_size_angstrom[1]:g} Å, {self.config.input_slices} slices far → close")
 
 
-def load_model(reference: str | Path, tracking_uri: str | None = None) -> LoadedModel:
+def load_model(reference: str | Path, tracking_uri: str | None = None, trust_pickle: bool = False) -> LoadedModel:
     """Load the model named by ``reference`` (see the module docstring for the accepted forms).
 
     ``tracking_uri``: the MLflow store for ``models:/`` and ``runs:/`` references; default
-    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``. Raises :class:`InputError` (one line)
-    for a missing model, version, alias, run or folder, or a model without afm-ray metadata.
+    ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``. ``trust_pickle``: also load a model an
+    older afm-ray registered pickled (this runs code stored in the artifact: only for a trusted
+    source; warns with :class:`PickledModelWarning`). Raises :class:`InputError` (one line) for a
+    missing model, version, alias, run or folder, a model without afm-ray metadata, a pickled
+    model without ``trust_pickle``, or an archive holding pickle payloads.
     """
     text = str(reference)
     if text.startswith("models:/"):
-        return _load_registered(text, resolve_tracking_uri(tracking_uri))
+        return _load_registered(text, resolve_tracking_uri(tracking_uri), trust_pickle)
     if text.startswith("runs:/"):
-        return _load_run_model(text, resolve_tracking_uri(tracking_uri))
+        return _load_run_model(text, resolve_tracking_uri(tracking_uri), trust_pickle)
     if re.match(r"^[a-z][a-z0-9+.-]*:/", text) and not Path(text).exists():
         raise InputError("--model", f"unsupported model reference {text!r}: use models:/NAME@ALIAS, "
                                     "models:/NAME/VERSION, runs:/RUN_ID/model or a local folder")
-    return _load_local(Path(text), text)
+    return _load_local(Path(text), text, trust_pickle)
 
 
 # -- registry -------------------------------------------------------------------------------------
@@ -107,7 +131,7 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 
-def _load_registered(reference: str, tracking_uri: str) -> LoadedModel:
+def _load_registered(reference: str, tracking_uri: str, trust_pickle: bool) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
     match = _MODELS_URI.match(reference)
@@ -134,7 +158,7 @@ def _load_registered(reference: str, tracking_uri: str) -> LoadedModel:
             raise InputError("--model", f"registered model {name!r} has no version {version!r} "
                                         f"(versions: {', '.join(map(str, known)) or 'none'})") from None
     location = client.get_model_version_download_uri(name, model_version.version)
-    packed, config = _load_mlflow_model(location, tracking_uri, reference)
+    packed, config = _load_mlflow_model(location, tracking_uri, reference, trust_pickle)
     return LoadedModel(packed, config, reference, name, str(model_version.version), model_version.run_id)
 
 
@@ -149,7 +173,7 @@ def _registered_model(client, name: str, tracking_uri: str, where: str = "--mode
                                 f"(registered: {', '.join(known) or 'none'})") from None
 
 
-def _load_run_model(reference: str, tracking_uri: str) -> LoadedModel:
+def _load_run_model(reference: str, tracking_uri: str, trust_pickle: bool) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
     match = _RUNS_URI.match(reference)
@@ -166,24 +190,33 @@ def _load_run_model(reference: str, tracking_uri: str) -> LoadedModel:
                                                              filter_string=f"name = '{path}'")
               if model.source_run_id == run_id]
     location = logged[0].artifact_location if logged else f"{run.info.artifact_uri.rstrip('/')}/{path}"
-    packed, config = _load_mlflow_model(location, tracking_uri, reference)
+    packed, config = _load_mlflow_model(location, tracking_uri, reference, trust_pickle)
     return LoadedModel(packed, config, reference, None, None, run_id)
 
 
-def _load_mlflow_model(location: str, tracking_uri: str, reference: str) -> tuple[PackedOutputs, TrainConfig]:
+def _load_mlflow_model(location: str, tracking_uri: str, reference: str,
+                       trust_pickle: bool) -> tuple[ExportedPackedOutputs | PackedOutputs, TrainConfig]:
     """Load the MLflow model stored at ``location`` (a local path or an artifact URI)."""
     local = _local_path(location)
     if local is not None:
-        return _read_mlflow_folder(local, reference)
+        return _read_mlflow_folder(local, reference, trust_pickle)
     from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
 
     with tempfile.TemporaryDirectory(prefix="afm-ray-model-") as folder:
         try:
-            path = download_artifacts(artifact_uri=location, dst_path=folder, tracking_uri=tracking_uri)
+            # the MLmodel file first: a pickled model is refused before its weights are fetched
+            mlmodel = download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel",
+                                         dst_path=str(Path(folder) / "mlmodel"), tracking_uri=tracking_uri)
+            _serialization_format(Model.load(mlmodel), reference, trust_pickle)
+            path = download_artifacts(artifact_uri=location, dst_path=str(Path(folder) / "model"),
+                                      tracking_uri=tracking_uri)
+        except InputError:
+            raise
         except Exception as exc:  # store-specific exception types
             raise InputError("--model", f"cannot download {reference} from {location}: "
                                         f"{str(exc).splitlines()[0][:200]}") from None
-        return _read_mlflow_folder(Path(path), reference)
+        return _read_mlflow_folder(Path(path), reference, trust_pickle)
 
 
 def _local_path(location: str) -> Path | None:
@@ -195,28 +228,94 @@ def _local_path(location: str) -> Path | None:
     return path if path.exists() else None
 
 
-def _read_mlflow_folder(folder: Path, reference: str) -> tuple[PackedOutputs, TrainConfig]:
-    import mlflow.pytorch
+def _read_mlflow_folder(folder: Path, reference: str,
+                        trust_pickle: bool) -> tuple[ExportedPackedOutputs | PackedOutputs, TrainConfig]:
     from mlflow.models import Model
 
     if not (folder / "MLmodel").is_file():
         raise InputError("--model", f"{reference}: no MLmodel file in {folder}")
-    metadata = Model.load(str(folder)).metadata or {}
+    mlmodel = Model.load(str(folder))
+    metadata = mlmodel.metadata or {}
     if CONFIG_METADATA_KEY not in metadata:
         raise InputError("--model", f"{reference} was not logged by afm-ray train (no {CONFIG_METADATA_KEY!r} metadata)")
     # a model logged by an older afm-ray whose config no longer validates fails here, by name
     config = validate(TrainConfig, metadata[CONFIG_METADATA_KEY], f"{reference}: {CONFIG_METADATA_KEY}")
+    data = folder / mlmodel.flavors["pytorch"].get("model_data", "data")
+    if _serialization_format(mlmodel, reference, trust_pickle) == SERIALIZATION_FORMAT:
+        return _load_exported(data / _EXPORTED_MODEL_FILE, metadata, config, reference), config
+    return _load_pickled(folder, reference), config
+
+
+def _serialization_format(mlmodel, reference: str, trust_pickle: bool) -> str:
+    """``pt2``, or ``pickle`` when ``trust_pickle`` allows it, read from the MLmodel file alone.
+
+    MLflow writes the same MLmodel for both formats; afm-ray records ``pt2`` in the metadata, so a
+    model without that entry was registered by an older afm-ray, pickled.
+    """
+    if "pytorch" not in mlmodel.flavors:
+        raise InputError("--model", f"{reference} is not a PyTorch model (flavours: {', '.join(mlmodel.flavors)})")
+    declared = (mlmodel.metadata or {}).get(SERIALIZATION_METADATA_KEY)
+    if declared == SERIALIZATION_FORMAT:
+        return SERIALIZATION_FORMAT
+    if declared is not None:
+        raise InputError("--model", f"{reference}: unknown {SERIALIZATION_METADATA_KEY} {declared!r} "
+                                    f"(this afm-ray reads {SERIALIZATION_FORMAT!r})")
+    if not trust_pickle:
+        raise InputError("--model", f"{reference} was registered pickled by an older afm-ray, and loading a pickle "
+                                    "runs code stored in the artifact. Register it again in the safe format "
+                                    f"(afm-ray models reregister {reference} --trust-pickle, or train it again), or "
+                                    "pass --trust-pickle (trust_pickle=True) if you trust where it came from")
+    return "pickle"
+
+
+def _load_exported(path: Path, metadata: dict, config: TrainConfig, reference: str) -> ExportedPackedOutputs:
+    """The pt2 archive at ``path`` after checking it holds no pickle payload (MLflow's check)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        spec = PackedSpec.from_json(metadata.get(PACKED_SPEC_METADATA_KEY) or {})
+    except ValueError as exc:
+        raise InputError("--model", f"{reference}: {exc}") from None
+    if (spec.model_name, spec.output_names) != (config.model.name, MODEL_TARGETS[config.model.name]):
+        raise InputError("--model", f"{reference}: {PACKED_SPEC_METADATA_KEY} describes a {spec.model_name} model "
+                                    f"with outputs {list(spec.output_names)}, but its config a {config.model.name}")
+    if not path.is_file():
+        raise InputError("--model", f"{reference}: no {path.name} in {path.parent}")
+    try:
+        from mlflow.pytorch import _validate_pt2_archive_is_pickle_free
+    except ImportError:
+        import mlflow
+
+        raise InputError("--model", f"MLflow {mlflow.__version__} cannot check that {reference}'s pt2 archive is "
+                                    "free of pickle payloads: upgrade mlflow") from None
+    archive = path.read_bytes()
+    if not zipfile.is_zipfile(io.BytesIO(archive)):
+        raise InputError("--model", f"{reference}: {path.name} is not a pt2 (zip) archive")
+    try:
+        _validate_pt2_archive_is_pickle_free(io.BytesIO(archive))  # the bytes that are then loaded
+    except MlflowException as exc:
+        raise InputError("--model", f"{reference}: refused: {str(exc).splitlines()[0][:300]}") from None
+    return ExportedPackedOutputs.from_archive(archive, spec)
+
+
+def _load_pickled(folder: Path, reference: str) -> PackedOutputs:
+    """A model registered pickled, loaded because the caller trusts its source."""
+    import mlflow.pytorch
+
+    warnings.warn(f"{reference}: loading a pickled model (--trust-pickle): this runs code stored in the artifact; "
+                  f"register it again in the safe format (afm-ray models reregister {reference} --trust-pickle)",
+                  PickledModelWarning, stacklevel=4)
     packed = mlflow.pytorch.load_model(str(folder), map_location="cpu")
     if not isinstance(packed, PackedOutputs):
         raise InputError("--model", f"{reference} holds a {type(packed).__name__}, not afm-ray's PackedOutputs")
-    return packed.eval(), config
+    return packed.eval()
 
 
-def _load_local(path: Path, reference: str) -> LoadedModel:
+def _load_local(path: Path, reference: str, trust_pickle: bool = False) -> LoadedModel:
     if not path.exists():
         raise InputError("--model", f"{reference}: no such model folder, and not a models:/ or runs:/ URI")
     if (path / "MLmodel").is_file():
-        packed, config = _read_mlflow_folder(path, reference)
+        packed, config = _read_mlflow_folder(path, reference, trust_pickle)
         return LoadedModel(packed, config, reference)
     from afm_ray.train.loop import CHECKPOINT_FILE, load_checkpoint_model
 
@@ -226,6 +325,47 @@ def _load_local(path: Path, reference: str) -> LoadedModel:
         return LoadedModel(packed, config, reference)
     raise InputError("--model", f"{reference}: neither an MLflow model folder (MLmodel) nor a training "
                                 f"checkpoint ({CHECKPOINT_FILE})")
+
+
+# -- re-registering pickled models ----------------------------------------------------------------
+def reregister_model(reference: str, tracking_uri: str | None = None, trust_pickle: bool = False) -> tuple[str, str]:
+    """Register the model of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` again in the safe
+    format, as a new version of NAME; returns (new version, MLflow run id).
+
+    For models an older afm-ray registered pickled (loading them needs ``trust_pickle``). The new
+    version keeps the old one's metadata (config, provenance) and records where it came from
+    (``afm_ray_reregistered_from``); every alias that pointed at the old version moves to it.
+    """
+    from mlflow import MlflowClient
+
+    from afm_ray.train.registration import log_and_register
+    from afm_ray.train.trainer import create_config_run
+
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    if not str(reference).startswith("models:/"):
+        raise InputError("--model", f"{reference!r}: reregister takes models:/NAME@ALIAS or models:/NAME/VERSION")
+    loaded = load_model(reference, tracking_uri, trust_pickle=trust_pickle)
+    name, old_version = loaded.registered_name, loaded.version
+    if isinstance(loaded.packed, ExportedPackedOutputs):
+        raise InputError("--model", f"{reference} (version {old_version}) is already in the safe format")
+    client = MlflowClient(tracking_uri)
+    aliases = sorted(alias for alias, version in client.get_registered_model(name).aliases.items()
+                     if str(version) == old_version)
+    source = f"models:/{name}/{old_version}"
+    metadata = {key: value for key, value in _version_metadata(client, name, old_version, tracking_uri).items()
+                if key not in (CONFIG_METADATA_KEY, PACKED_SPEC_METADATA_KEY, SERIALIZATION_METADATA_KEY)}
+    settings = loaded.config.mlflow.model_copy(update={"registered_model_name": name, "tracking_uri": tracking_uri,
+                                                       "alias": aliases[0] if aliases else loaded.config.mlflow.alias})
+    config = loaded.config.model_copy(update={"mlflow": settings})
+    run_id = create_config_run(client, config, f"reregister {name} v{old_version}",
+                               {ARCHITECTURE_TAG: config.model.name, "afm_ray.reregistered_from": source})
+    example = np.zeros((1, len(loaded.tips), *config.sim.scan_pixels, config.input_slices), np.float32)
+    version = log_and_register(loaded.packed.network, config, example, tracking_uri, run_id,
+                               {**metadata, "afm_ray_reregistered_from": source}, set_alias=bool(aliases))
+    for alias in aliases[1:]:
+        client.set_registered_model_alias(name, alias, version)
+    client.set_terminated(run_id, status="FINISHED")
+    return version, run_id
 
 
 # -- listing --------------------------------------------------------------------------------------
@@ -304,22 +444,26 @@ def _run_metrics(client, run_id: str | None) -> dict[str, float]:
         return {}
 
 
-def _version_config_summary(client, name: str, version, tracking_uri: str) -> dict[str, str]:
-    """The training config of a version, read from its MLmodel metadata only (no weights loaded)."""
+def _version_metadata(client, name: str, version: str, tracking_uri: str) -> dict:
+    """The MLmodel metadata of a registered version (the MLmodel file only, no weights)."""
     from mlflow.models import Model
 
-    location = client.get_model_version_download_uri(name, version.version)
-    try:
-        local = _local_path(location)
-        if local is not None:
-            metadata = Model.load(str(local)).metadata or {}
-        else:
-            from mlflow.artifacts import download_artifacts
+    location = client.get_model_version_download_uri(name, version)
+    local = _local_path(location)
+    if local is not None:
+        return Model.load(str(local)).metadata or {}
+    from mlflow.artifacts import download_artifacts
 
-            with tempfile.TemporaryDirectory(prefix="afm-ray-mlmodel-") as folder:
-                path = download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=folder,
-                                          tracking_uri=tracking_uri)
-                metadata = Model.load(path).metadata or {}
+    with tempfile.TemporaryDirectory(prefix="afm-ray-mlmodel-") as folder:
+        path = download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=folder,
+                                  tracking_uri=tracking_uri)
+        return Model.load(path).metadata or {}
+
+
+def _version_config_summary(client, name: str, version, tracking_uri: str) -> dict[str, str]:
+    """The training config of a version, read from its MLmodel metadata only (no weights loaded)."""
+    try:
+        metadata = _version_metadata(client, name, version.version, tracking_uri)
     except Exception:  # unreadable artifact store: show the version without its config
         return {}
     if CONFIG_METADATA_KEY not in metadata:

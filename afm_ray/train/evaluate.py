@@ -103,12 +103,14 @@ def clean_scans(config: TrainConfig) -> TrainConfig:
 
 
 def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test", tracking_uri: str | None = None,
-                        device: str = "cpu", progress: bool = True, clean: bool = False) -> EvaluationReport:
+                        device: str = "cpu", progress: bool = True, clean: bool = False,
+                        trust_pickle: bool = False) -> EvaluationReport:
     """Score model ``reference`` (``models:/NAME@ALIAS``, ``runs:/…``, a folder) on ``config``'s ``subset``.
 
     ``clean``: on :func:`clean_scans` of the config (the model's accuracy on ideal scans rather than
-    its robustness to the training randomisation). Raises :class:`InputError` for an unknown model,
-    an incompatible config or a bad subset.
+    its robustness to the training randomisation). ``trust_pickle``: also load a model an older
+    afm-ray registered pickled (:func:`afm_ray.predict.registry.load_model`). Raises
+    :class:`InputError` for an unknown model, an incompatible config or a bad subset.
     """
     from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
     from afm_ray.pipeline.fixed_sets import FixedSet, materialize
@@ -124,7 +126,7 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
     if tracking_uri:
         config = config.model_copy(update={"mlflow": config.mlflow.model_copy(update={"tracking_uri": tracking_uri})})
     config = with_absolute_paths(clean_scans(config) if clean else config)
-    loaded = load_model(reference, config.mlflow.tracking_uri)
+    loaded = load_model(reference, config.mlflow.tracking_uri, trust_pickle=trust_pickle)
     check_compatible(loaded.config, config, reference)
     for line in data_differences(loaded.config, config):
         print(f"data differs from the model's training: {line}", flush=True)

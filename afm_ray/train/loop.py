@@ -5,8 +5,9 @@ Each rank pulls its share of every epoch's batches from the simulation actors th
 requested while this epoch ends, validates and checkpoints (``pipeline.prefetch_next_epoch``).
 Every rank then validates its shard of the fixed validation set; the shares are combined into
 one evaluation equal to a single-rank one, and training figures are summed over all ranks. Rank 0
-writes the checkpoint (model, optimiser, scheduler, epoch, history); the controller logs each
-report to MLflow once the checkpoint is saved (:class:`~afm_ray.train.tracking.MlflowReportCallback`).
+writes the checkpoint (state dicts of model, optimiser and scheduler, epoch and config; history as
+JSON; read back with ``weights_only=True``); the controller logs each report to MLflow once the
+checkpoint is saved (:class:`~afm_ray.train.tracking.MlflowReportCallback`).
 A restarted worker group resumes from the latest checkpoint.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import sys
 import tempfile
 import time
@@ -25,8 +27,9 @@ from ray.train import Checkpoint
 
 from afm_ray.augment_torch import augment_batch
 from afm_ray.batches import MODEL_TIPS
+from afm_ray.errors import InputError
 from afm_ray.models.memory_format import channels_last, to_channels_last
-from afm_ray.optim import build_optimizer
+from afm_ray.optim import build_optimizer, restore_optimizer
 from afm_ray.pipeline import BatchStream, StreamStats, batches_for_rank, plan_epoch
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig
@@ -93,11 +96,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+            state = read_checkpoint_state(folder, device)
             history = json.loads((Path(folder) / HISTORY_FILE).read_text())
         unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        restore_optimizer(optimizer, scheduler, state["optimizer"], state["scheduler"], config.optimizer.learning_rate,
+                          config.optimizer.decay, (config.optimizer.beta1, config.optimizer.beta2))
         start_epoch = state["epoch"] + 1
 
     val_set = FixedSet(loop_config["val_path"], cache_mib=config.data.fixed_set_cache_mib)
@@ -184,6 +187,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
               # Ray Train's patched print tees a wrapped sys.stdout *and* logs to the console: twice
               file=sys.__stdout__, flush=True)
         with tempfile.TemporaryDirectory(prefix="afm-ray-checkpoint-") as folder:
+            # state dicts and plain values only (the scheduler's factor saves as {"decay": …}):
+            # read back with weights_only=True (read_checkpoint_state)
             torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch,
                         "config_json": loop_config["config_json"]}, Path(folder) / CHECKPOINT_FILE)
@@ -197,10 +202,23 @@ def _blank_input(config: TrainConfig, n_tips: int, device) -> torch.Tensor:
     return channels_last(x) if config.run.channels_last else x
 
 
+def read_checkpoint_state(checkpoint_path: str | Path, map_location="cpu") -> dict:
+    """The ``state.pt`` of a checkpoint folder: ``model``, ``optimizer`` and ``scheduler`` state dicts,
+    ``epoch`` and ``config_json``. Read with ``weights_only=True``: tensors and plain data only, so
+    a crafted file cannot run code; anything else is refused with :class:`InputError`."""
+    path = Path(checkpoint_path) / CHECKPOINT_FILE
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), "")
+        raise InputError(str(path), "holds objects other than tensors and plain data, which afm-ray does not "
+                                    f"unpickle (not an afm-ray checkpoint?) {reason[:200]}".rstrip()) from None
+
+
 def load_checkpoint_model(checkpoint_path: str | Path) -> tuple[torch.nn.Module, TrainConfig, list[dict]]:
     """The trained network (eval mode, CPU), its config and its history from a checkpoint folder."""
     folder = Path(checkpoint_path)
-    state = torch.load(folder / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    state = read_checkpoint_state(folder)
     config = TrainConfig.model_validate_json(state["config_json"])
     model = build_model(config)
     model.load_state_dict(state["model"])

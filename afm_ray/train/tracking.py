@@ -41,6 +41,29 @@ def _bounded_http_retries() -> None:
         os.environ.setdefault(key, value)
 
 
+def credentials_refused(tracking_uri: str, exc: Exception) -> InputError | None:
+    """The error to raise when ``exc`` is the server's HTTP 401/403 (basic auth), else ``None``.
+
+    Names the account (``MLFLOW_TRACKING_USERNAME``), never the password.
+    """
+    status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else None
+    if status not in (401, 403):
+        return None
+    username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        if username:
+            refusal = f"rejected the credentials of user {username!r} (HTTP 401)"
+            remedy = "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        else:
+            refusal = "requires credentials (HTTP 401)"
+            remedy = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    else:
+        refusal = f"denied user {username!r} this operation (HTTP 403)"
+        remedy = "use the job account, or ask the MLflow admin to grant it (k8s/mlflow/bootstrap_users.py)"
+    return InputError("mlflow.tracking_uri", f"MLflow tracking server {tracking_uri} {refusal}: {remedy} "
+                                             "(on Kubernetes: from the job Secret)")
+
+
 def preflight(tracking_uri: str, registered_model_name: str | None, architecture: str) -> None:
     """Fail fast: the store must answer, and ``registered_model_name`` must hold ``architecture`` models."""
     from mlflow import MlflowClient
@@ -55,13 +78,17 @@ def preflight(tracking_uri: str, registered_model_name: str | None, architecture
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:  # connection errors surface as several exception types
+        if (refused := credentials_refused(tracking_uri, exc)) is not None:
+            raise refused from None
         raise InputError("mlflow.tracking_uri", f"MLflow tracking server {tracking_uri} is unreachable: "
                                                 f"{str(exc).splitlines()[0][:200]}") from None
     if not registered_model_name:
         return
     try:
         registered = client.get_registered_model(registered_model_name)
-    except MlflowException:
+    except MlflowException as exc:
+        if (refused := credentials_refused(tracking_uri, exc)) is not None:
+            raise refused from None
         return  # not registered yet
     existing = registered.tags.get(ARCHITECTURE_TAG)
     if existing and existing != architecture:

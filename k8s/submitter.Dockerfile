@@ -1,0 +1,16 @@
+# syntax=docker/dockerfile:1
+# The RayJob submitter pods (k8s/jobs): KubeRay runs `ray job submit` / `ray job logs` in them,
+# which talk HTTP to the head's dashboard (port 8265). That needs the Ray CLI with the job
+# client (ray[default]), nothing of afm-ray, CUDA or PyTorch: a few hundred MB instead of the
+# cluster image's many GB. Build (nothing from the context is used):
+#   docker build -f k8s/submitter.Dockerfile -t afm-ray-submitter:2.60.0 k8s
+# RAY_VERSION must equal the cluster's (k8s/Dockerfile, spec.rayVersion of the RayCluster).
+FROM python:3.11-slim
+
+ARG RAY_VERSION=2.60.0
+RUN pip install --no-cache-dir "ray[default]==${RAY_VERSION}" \
+ && useradd --uid 1000 --user-group --create-home ray
+# numeric, so that Kubernetes can check runAsNonRoot against the image
+USER 1000:1000
+WORKDIR /home/ray
+CMD ["ray", "job", "--help"]

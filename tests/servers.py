@@ -1,0 +1,53 @@
+"""Real ``mlflow server`` processes for the tests that need a tracking server (outage, PostgreSQL, basic auth)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MLFLOW_BIN = Path(sys.executable).parent / "mlflow"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_mlflow_server(args: list[str], port: int, env: dict[str, str], cwd: Path, log_path: Path,
+                        timeout_s: float = 120) -> subprocess.Popen:
+    """``mlflow server ARGS`` (in its own process group) once ``/health`` answers 200 on ``port``;
+    fails with the end of its log if it exits or does not answer within ``timeout_s``."""
+    import requests
+
+    with log_path.open("a") as log:
+        process = subprocess.Popen([str(MLFLOW_BIN), "server", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   cwd=cwd, start_new_session=True)
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            stop_process_group(process)
+            raise AssertionError(f"mlflow server did not come up: {log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (its gunicorn/uvicorn workers too), SIGKILL after 20 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
