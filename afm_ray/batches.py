@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
@@ -28,38 +27,38 @@ from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.descriptors.device_maps import DeviceMaps
 from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.errors import InputError
+from afm_ray.models import ModelSpec, get_model_spec
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import select_rotations
 from afm_ray.plan import BatchSpec
 from afm_ray.sim import ScanParams, SimConfig, Simulator
 
-ModelName = Literal["dsh", "es", "xyz"]
-MODEL_TIPS = {"dsh": ("CO",), "es": ("CO", "Xe"), "xyz": ("CO",)}
-MODEL_TARGETS = {
-    "dsh": ("atomic_disks", "vdw_spheres", "height_map"),
-    "es": ("es_map", "height_map"),
-    "xyz": ("xyz_classes", "xyz_offsets"),
-}
-
 
 @dataclass(frozen=True)
 class Task:
-    """What a model consumes and predicts: its tips, target names and xyz element groups."""
+    """What a model consumes and predicts: its tips, target names and xyz element groups.
+
+    ``model`` names a registered :class:`~afm_ray.models.ModelSpec` (a plugin's module already imported,
+    as :class:`~afm_ray.pipeline.settings.SampleSettings` does on validation).
+    """
 
     model: str
     element_groups: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self):
-        if self.model not in MODEL_TIPS:
-            raise InputError("model.name", f"unknown model {self.model!r}; choose one of {sorted(MODEL_TIPS)}")
+        get_model_spec(self.model)  # InputError naming the registered models
+
+    @property
+    def spec(self) -> ModelSpec:
+        return get_model_spec(self.model)
 
     @property
     def tips(self) -> tuple[str, ...]:
-        return MODEL_TIPS[self.model]
+        return self.spec.tips
 
     @property
     def targets(self) -> tuple[str, ...]:
-        return MODEL_TARGETS[self.model]
+        return self.spec.targets
 
 
 @dataclass(frozen=True)
@@ -202,13 +201,10 @@ class BatchFactory:
         slices = (self.augment_config.scan_height.kept_slices if self.augment_config.scan_height.enabled
                   and not raw_df else self.simulator.config.num_slices)
         batch = {"df" if raw_df else "x": np.zeros((0, len(self.task.tips), nx, ny, slices), np.float32)}
-        if self.task.model == "xyz":
-            classes = self.xyz_grid.n_classes
-            gx, gy = self.xyz_grid.grid_shape
-            batch.update(xyz_classes=np.zeros((0, classes, gx, gy), np.float32),
-                         xyz_offsets=np.zeros((0, 3, gx, gy), np.float32))
-        else:
-            batch.update({name: np.zeros((0, nx, ny), np.float32) for name in self.task.targets})
+        grid_channels = {"xyz_classes": self.xyz_grid.n_classes, "xyz_offsets": 3} if self.xyz_grid else {}
+        for name in self.task.targets:  # maps (B, nx, ny); the xyz descriptor's (B, C, gx, gy)
+            shape = (grid_channels[name], *self.xyz_grid.grid_shape) if name in grid_channels else (nx, ny)
+            batch[name] = np.zeros((0, *shape), np.float32)
         return {**batch, "samples": np.zeros(0, np.int64)}
 
     def _targets(self, molecules: list[Molecule]) -> dict[str, np.ndarray]:
@@ -237,7 +233,7 @@ def _sample_seed(tip_seed: np.random.SeedSequence, sample: int) -> int:
 def describe(molecules: list, targets: Sequence[str], simulator: Simulator, window: ScanWindow,
              descriptors: DescriptorsConfig, xyz_grid: XyzGrid | None = None,
              device_maps: DeviceMaps | None = None, stage=None) -> dict[str, np.ndarray]:
-    """The descriptors named in ``targets`` (names of :data:`MODEL_TARGETS`) for a batch of molecules.
+    """The descriptors named in ``targets`` (a :attr:`ModelSpec.targets <afm_ray.models.ModelSpec>`) for a batch of molecules.
 
     Maps are (B, nx, ny) float32 on ``window`` (Å; ``es_map`` V or V/Å; ppafm Atomic Disks
     dimensionless), with the conventions of ``descriptors``; ``xyz_classes`` (B, n_classes, gx, gy)

@@ -17,3 +17,10 @@ class InputError(AfmRayError, ValueError):
         self.where = where
         self.what = what
         super().__init__(f"{where}: {what}" if where else what)
+
+
+class TrackingUnavailableError(AfmRayError):
+    """The MLflow tracking server failed or did not answer while afm-ray needed it.
+
+    Raised after the work that does not need MLflow is safe (checkpoints written), with what to do next.
+    """

@@ -4,7 +4,8 @@
 * :class:`FocalPositionLoss` — xyz: J = FL + βPL · PL per sample, averaged over the samples that
   hold at least one atom.
 
-Both return a :class:`LossOutput`: the scalar to back-propagate plus each unweighted term
+Both are called ``loss(outputs, targets)`` with the network's tuple of outputs and the targets in
+the same order (:attr:`afm_ray.models.spec.ModelSpec.build_loss`), and return a :class:`LossOutput`: the scalar to back-propagate plus each unweighted term
 (for logging) and the number of samples the average ran over (to combine batches exactly).
 """
 
@@ -18,11 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from afm_ray.models.dsh import DSH_OUTPUTS
-from afm_ray.models.es import ES_OUTPUTS
-
-DSH_LOSS_WEIGHTS = (20.0, 0.3, 0.2)
-ES_LOSS_WEIGHTS = (1.0, 0.1)
 # Probabilities are clipped to [ε, 1 − ε] before the log, as Keras' categorical losses do.
 PROBABILITY_EPSILON = 1e-7
 
@@ -59,7 +55,7 @@ class WeightedMSELoss(nn.Module):
     """Weighted sum of per-output pixel MSEs: ``total = Σ_k w_k · mean((pred_k − target_k)²)``.
 
     Args:
-        weights: one non-negative weight per output (DSH 20, 0.3, 0.2; ES 1.0, 0.1).
+        weights: one non-negative weight per output (the models' defaults: ``loss_defaults`` of their specs).
         names: names of the outputs, used as keys of ``LossOutput.terms``.
 
     Forward:
@@ -79,14 +75,6 @@ class WeightedMSELoss(nn.Module):
             raise ValueError(f"{len(weights)} weights but {len(names)} names")
         self.weights = weights
         self.names = names
-
-    @classmethod
-    def for_dsh(cls, weights: Sequence[float] = DSH_LOSS_WEIGHTS) -> "WeightedMSELoss":
-        return cls(weights, DSH_OUTPUTS)
-
-    @classmethod
-    def for_es(cls, weights: Sequence[float] = ES_LOSS_WEIGHTS) -> "WeightedMSELoss":
-        return cls(weights, ES_OUTPUTS)
 
     def forward(self, predictions: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> LossOutput:
         if len(predictions) != len(self.weights) or len(targets) != len(self.weights):
@@ -120,24 +108,23 @@ class FocalPositionLoss(nn.Module):
     left out of both terms, as the thesis trained only on those (Eq. 29). A batch with no atoms
     at all gives a zero loss that still back-propagates (zero gradients).
 
-    Args:
-        gamma: focusing exponent γ ≥ 0 (thesis 1.25, searched in {1.0, …, 2.0}).
-        alpha_n: background weight αn in (0, 1); atoms get 1 − αn (thesis 0.30).
-        beta_pl: position-loss weight βPL ≥ 0 (thesis 0.15).
-        z_min: the descriptor's atom cut-off depth in Å, < 0 (thesis −0.7).
+    Args (thesis values: ``XYZ_LOSS_DEFAULTS`` in :mod:`afm_ray.models.xyz`):
+        gamma: focusing exponent γ ≥ 0 (searched in {1.0, …, 2.0}).
+        alpha_n: background weight αn in (0, 1); atoms get 1 − αn.
+        beta_pl: position-loss weight βPL ≥ 0.
+        z_min: the descriptor's atom cut-off depth in Å, < 0.
         from_logits: the class input is pre-softmax scores (``XYZ.forward_logits``) instead of
             probabilities; uses ``log_softmax`` and avoids the probability clipping.
 
-    Forward:
-        class_pred: ``(B, C, H, W)`` probabilities (or logits), channel 0 background.
-        offsets_pred: ``(B, 3, H, W)`` predicted offsets r in Å.
-        class_target: ``(B, C, H, W)`` one-hot t, channel 0 background.
-        offsets_target: ``(B, 3, H, W)`` true offsets q in Å (x, y from the box centre, z from
-            the top nucleus, ≤ 0); ignored in boxes without an atom.
+    Forward ``(outputs, targets)``:
+        outputs: ``(class_pred, offsets_pred)``: ``(B, C, H, W)`` probabilities (or logits), channel 0
+            background, and ``(B, 3, H, W)`` predicted offsets r in Å.
+        targets: ``(class_target, offsets_target)``: ``(B, C, H, W)`` one-hot t, channel 0 background,
+            and ``(B, 3, H, W)`` true offsets q in Å (x, y from the box centre, z from the top
+            nucleus, ≤ 0; ignored in boxes without an atom).
     """
 
-    def __init__(self, gamma: float = 1.25, alpha_n: float = 0.30, beta_pl: float = 0.15, z_min: float = -0.7,
-                 from_logits: bool = False):
+    def __init__(self, gamma: float, alpha_n: float, beta_pl: float, z_min: float, from_logits: bool = False):
         super().__init__()
         if not (math.isfinite(gamma) and gamma >= 0):
             raise ValueError(f"gamma must be >= 0, got {gamma}")
@@ -157,8 +144,8 @@ class FocalPositionLoss(nn.Module):
         return (f"gamma={self.gamma}, alpha_n={self.alpha_n}, beta_pl={self.beta_pl}, z_min={self.z_min}, "
                 f"from_logits={self.from_logits}")
 
-    def forward(self, class_pred: torch.Tensor, offsets_pred: torch.Tensor, class_target: torch.Tensor,
-                offsets_target: torch.Tensor) -> LossOutput:
+    def forward(self, outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> LossOutput:
+        (class_pred, offsets_pred), (class_target, offsets_target) = outputs, targets
         self._check_shapes(class_pred, offsets_pred, class_target, offsets_target)
         # Losses in float32 even under autocast: log and pow of probabilities near 0 and 1.
         class_pred, offsets_pred = _at_least_float32(class_pred), _at_least_float32(offsets_pred)

@@ -1,18 +1,10 @@
-"""Evaluation of the models (thesis 3.3 and 4, Fig. 20): decoding the xyz grid into atoms,
-non-maximum suppression, precision/recall, confusion matrix, position errors, per-output MSE,
-and their plots.
+"""Evaluation of the models (thesis 3.3 and 4, Fig. 20): precision/recall, confusion matrix,
+position errors, atom matching and per-output MSE, and their accumulators over a data set.
 
-The xyz grid (shared with ``afm_ray.descriptors`` and :mod:`afm_ray.models.xyz`):
-
-* class tensor ``(B, n_classes, H, W)`` — probabilities, or one-hot for a target; channel 0 is
-  background, channels ``1..`` the atom classes (one in the thesis, or element groups);
-* offsets ``(B, 3, H, W)`` in Å — x, y relative to the box centre, z relative to the top
-  nucleus (z ≤ 0).
-
-Box ``(i, j)`` covers ``[i·s, (i+1)·s) × [j·s, (j+1)·s)`` Å of the scan window, ``i`` along x
-(tensor axis 2), ``j`` along y (axis 3), box size ``s = 1 Å`` (16 × 16 boxes over 16 × 16 Å). A
-decoded atom sits at ``(box centre + offset_xy, offset_z)`` with its *confidence*
-``1 − p_background`` and its class ``1 + argmax`` over the atom channels.
+Predictions and targets of the xyz model are grids in the layout of
+:mod:`afm_ray.descriptors.xyz_codec` (classes (B, n_classes, H, W), channel 0 background;
+offsets (B, 3, H, W) Å), decoded into atoms by :func:`~afm_ray.descriptors.xyz_codec.decode_xyz`.
+The figures of these metrics are drawn by :mod:`afm_ray.metric_figures`.
 
 Two ways to count, both reported by :class:`XYZEvaluator`:
 
@@ -34,125 +26,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import torch
 
-DEFAULT_BOX_SIZE = 1.0          # Å
-DEFAULT_NMS_RADIUS = 0.5        # Å, thesis R_nms
+from afm_ray.descriptors.xyz_codec import (DEFAULT_BOX_SIZE, DEFAULT_NMS_RADIUS, DEFAULT_REPORT_THRESHOLD, Atoms,
+                                           as_float64_array, check_xyz_grid, decode_xyz)
+
 DEFAULT_MATCH_RADIUS = 0.5      # Å
-DEFAULT_REPORT_THRESHOLD = 0.5  # the thesis reports precision/recall at confidence 0.5
 DEFAULT_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.05), 2))
 
 
-def _numpy(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(array, dtype=np.float64)
-
-
-def _check_grid(class_probs: np.ndarray, offsets: np.ndarray | None = None) -> None:
-    if class_probs.ndim != 4 or class_probs.shape[1] < 2:
-        raise ValueError(f"class tensor must be (B, n_classes>=2, H, W), got {class_probs.shape}")
-    if offsets is not None and offsets.shape != (class_probs.shape[0], 3, *class_probs.shape[2:]):
-        raise ValueError(f"offsets must be (B, 3, H, W) matching the class tensor {class_probs.shape}, "
-                         f"got {offsets.shape}")
-
-
-def _safe_ratio(numerator, denominator) -> np.ndarray:
-    """``numerator / denominator``, and 1 where the denominator is 0."""
+def ratio_or_one(numerator, denominator) -> np.ndarray:
+    """``numerator / denominator`` elementwise (float64), and 1 where the denominator is 0."""
     numerator, denominator = np.broadcast_arrays(np.asarray(numerator, dtype=np.float64),
                                                  np.asarray(denominator, dtype=np.float64))
     return np.divide(numerator, denominator, out=np.ones(numerator.shape), where=denominator > 0)
 
 
-# -- atoms --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Atoms:
-    """Atoms of one sample decoded from an xyz grid.
-
-    Attributes:
-        positions: ``(N, 3)`` Å; x, y from the scan window's corner, z from the top nucleus.
-        confidence: ``(N,)`` in [0, 1], ``1 − p_background`` of the atom's box (1 for targets).
-        classes: ``(N,)`` int, the atom class channel (1 = "atom" without element classes).
-    """
-
-    positions: np.ndarray
-    confidence: np.ndarray
-    classes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.confidence)
-
-    def select(self, keep: np.ndarray) -> "Atoms":
-        return Atoms(self.positions[keep], self.confidence[keep], self.classes[keep])
-
-
-def box_centres(height: int, width: int, box_size: float = DEFAULT_BOX_SIZE) -> np.ndarray:
-    """``(H, W, 2)`` xy centres of the grid boxes in Å, from the scan window's corner."""
-    i, j = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    return (np.stack((i, j), axis=-1) + 0.5) * box_size
-
-
 def box_confidence(class_probs) -> np.ndarray:
     """``(B, H, W)`` confidence that a box holds an atom: ``1 − p_background``."""
-    class_probs = _numpy(class_probs)
-    _check_grid(class_probs)
+    class_probs = as_float64_array(class_probs)
+    check_xyz_grid(class_probs)
     return 1.0 - class_probs[:, 0]
 
 
-def decode_xyz(class_probs, offsets, threshold: float = DEFAULT_REPORT_THRESHOLD,
-               box_size: float = DEFAULT_BOX_SIZE, nms_radius: float | None = DEFAULT_NMS_RADIUS) -> list[Atoms]:
-    """Turn a predicted (or target) xyz grid into a list of atoms per sample.
-
-    Args:
-        class_probs: ``(B, n_classes, H, W)`` probabilities or one-hot, channel 0 background.
-        offsets: ``(B, 3, H, W)`` Å (see the module doc).
-        threshold: keep boxes whose confidence ``1 − p_background`` is ≥ this.
-        box_size: box edge in Å (thesis 1 Å: 16 boxes over the 16 Å window).
-        nms_radius: drop atoms closer than this (Å) to a more confident kept atom; ``None`` or 0
-            to skip NMS (use for targets).
-
-    Returns:
-        ``B`` :class:`Atoms`, each sorted by decreasing confidence.
-    """
-    class_probs, offsets = _numpy(class_probs), _numpy(offsets)
-    _check_grid(class_probs, offsets)
-    confidence = 1.0 - class_probs[:, 0]
-    classes = 1 + np.argmax(class_probs[:, 1:], axis=1)
-    centres = box_centres(*class_probs.shape[2:], box_size)
-    samples = []
-    for b in range(class_probs.shape[0]):
-        keep = confidence[b] >= threshold
-        xy = centres[keep] + offsets[b, :2].transpose(1, 2, 0)[keep]
-        z = offsets[b, 2][keep]
-        order = np.argsort(-confidence[b][keep], kind="stable")
-        atoms = Atoms(np.column_stack((xy, z))[order], confidence[b][keep][order], classes[b][keep][order])
-        if nms_radius:
-            atoms = non_max_suppression(atoms, nms_radius)
-        samples.append(atoms)
-    return samples
-
-
-def non_max_suppression(atoms: Atoms, radius: float = DEFAULT_NMS_RADIUS) -> Atoms:
-    """Greedy NMS: going from the most confident atom down, drop every atom closer than
-    ``radius`` (Å, 3D distance) to an atom already kept. Returns the kept atoms, most confident first.
-    """
-    if radius < 0:
-        raise ValueError(f"NMS radius must be >= 0, got {radius}")
-    order = np.argsort(-atoms.confidence, kind="stable")
-    positions = atoms.positions[order]
-    kept: list[int] = []
-    for index in range(len(order)):
-        if kept:
-            distances = np.linalg.norm(positions[kept] - positions[index], axis=1)
-            if np.any(distances < radius):
-                continue
-        kept.append(index)
-    return atoms.select(order[np.array(kept, dtype=np.int64)])
-
+# -- matching -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class AtomMatch:
@@ -205,11 +103,11 @@ class PrecisionRecall:
 
     @property
     def precision(self) -> np.ndarray:
-        return _safe_ratio(self.true_positives, self.true_positives + self.false_positives)
+        return ratio_or_one(self.true_positives, self.true_positives + self.false_positives)
 
     @property
     def recall(self) -> np.ndarray:
-        return _safe_ratio(self.true_positives, self.true_positives + self.false_negatives)
+        return ratio_or_one(self.true_positives, self.true_positives + self.false_negatives)
 
     def at(self, threshold: float) -> tuple[float, float]:
         """``(precision, recall)`` at a threshold of the sweep."""
@@ -242,8 +140,8 @@ def box_precision_recall(class_probs, class_target, thresholds: Sequence[float] 
 
 
 def _true_atom_boxes(class_target, expected_shape) -> np.ndarray:
-    class_target = _numpy(class_target)
-    _check_grid(class_target)
+    class_target = as_float64_array(class_target)
+    check_xyz_grid(class_target)
     if class_target.shape[0:1] + class_target.shape[2:] != tuple(expected_shape):
         raise ValueError(f"class target {class_target.shape} does not match the prediction grid {expected_shape}")
     return class_target[:, 0] < 0.5
@@ -255,8 +153,8 @@ def confusion_matrix(class_probs, class_target, threshold: float = DEFAULT_REPOR
     A box is predicted background when its confidence is below ``threshold``, else the most
     probable atom class (thesis Fig. 20a,b with two classes).
     """
-    class_probs, class_target = _numpy(class_probs), _numpy(class_target)
-    _check_grid(class_probs)
+    class_probs, class_target = as_float64_array(class_probs), as_float64_array(class_target)
+    check_xyz_grid(class_probs)
     if class_target.shape != class_probs.shape:
         raise ValueError(f"class target {class_target.shape} != class prediction {class_probs.shape}")
     n_classes = class_probs.shape[1]
@@ -267,7 +165,7 @@ def confusion_matrix(class_probs, class_target, threshold: float = DEFAULT_REPOR
 
 def box_position_errors(offsets, offsets_target, class_target) -> np.ndarray:
     """L2 errors ``|r_i − q_i|`` (Å) in every box holding a true atom, flattened (thesis Fig. 20d)."""
-    offsets, offsets_target = _numpy(offsets), _numpy(offsets_target)
+    offsets, offsets_target = as_float64_array(offsets), as_float64_array(offsets_target)
     if offsets.shape != offsets_target.shape:
         raise ValueError(f"offsets {offsets.shape} != target offsets {offsets_target.shape}")
     is_atom = _true_atom_boxes(class_target, (offsets.shape[0], *offsets.shape[2:]))
@@ -319,19 +217,6 @@ class XYZMetrics:
             "n_true_atoms": float(box_errors.count),
         }
 
-    def write_plots(self, out_dir: str | Path, prefix: str = "xyz") -> dict[str, Path]:
-        """Write the PR curve, confusion matrix and error histogram PNGs; returns their paths."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return {
-            "pr_curve": plot_pr_curve({"per box": self.box, "per atom": self.atom}, out_dir / f"{prefix}_pr_curve.png",
-                                      highlight_threshold=self.report_threshold),
-            "confusion_matrix": plot_confusion_matrix(self.confusion, self.class_names,
-                                                      out_dir / f"{prefix}_confusion_matrix.png"),
-            "position_errors": plot_position_error_histogram(self.box_position_errors,
-                                                             out_dir / f"{prefix}_position_errors.png"),
-        }
-
 
 @dataclass
 class XYZEvaluator:
@@ -340,7 +225,8 @@ class XYZEvaluator:
     Args:
         thresholds: confidence sweep for the PR curves (the report threshold is added if missing).
         report_threshold: threshold of the confusion matrix, summary rates and matched errors.
-        box_size, nms_radius, match_radius: Å, see the module doc.
+        box_size, nms_radius: Å, see :mod:`afm_ray.descriptors.xyz_codec`.
+        match_radius: Å, see the module doc.
         class_names: names of the class channels (default ``background``, ``atom``, ``class2``…).
     """
 
@@ -363,11 +249,11 @@ class XYZEvaluator:
         self.thresholds = sweep
 
     def update(self, class_probs, offsets, class_target, offsets_target) -> None:
-        """Add a batch: predictions and targets in the grid layout of the module doc."""
-        class_probs, offsets = _numpy(class_probs), _numpy(offsets)
-        class_target, offsets_target = _numpy(class_target), _numpy(offsets_target)
-        _check_grid(class_probs, offsets)
-        _check_grid(class_target, offsets_target)
+        """Add a batch: predictions and targets in the grid layout of :mod:`afm_ray.descriptors.xyz_codec`."""
+        class_probs, offsets = as_float64_array(class_probs), as_float64_array(offsets)
+        class_target, offsets_target = as_float64_array(class_target), as_float64_array(offsets_target)
+        check_xyz_grid(class_probs, offsets)
+        check_xyz_grid(class_target, offsets_target)
 
         box = box_precision_recall(class_probs, class_target, self.thresholds)
         confusion = confusion_matrix(class_probs, class_target, self.report_threshold)
@@ -452,7 +338,7 @@ class ImageMetricsAccumulator:
         moments = []
         count = None
         for name, prediction, target in zip(self.names, predictions, targets):
-            prediction, target = _numpy(prediction).astype(np.float64), _numpy(target).astype(np.float64)
+            prediction, target = as_float64_array(prediction).astype(np.float64), as_float64_array(target).astype(np.float64)
             if prediction.shape != target.shape:
                 raise ValueError(f"{name}: prediction {prediction.shape} != target {target.shape}")
             if count is not None and prediction.size != count:
@@ -490,80 +376,3 @@ class ImageMetricsAccumulator:
     def _check_updated(self) -> None:
         if not self._count:
             raise ValueError("ImageMetricsAccumulator results asked for before any update()")
-
-
-# -- plots (matplotlib's object API: no pyplot, no global backend state) --------------------------
-
-def _new_figure(size=(5.0, 4.0)):
-    from matplotlib.figure import Figure
-    return Figure(figsize=size, layout="constrained")
-
-
-def _save(figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120, format="png")
-    return path
-
-
-def plot_pr_curve(curves: PrecisionRecall | dict[str, PrecisionRecall], path: str | Path,
-                  highlight_threshold: float | None = DEFAULT_REPORT_THRESHOLD) -> Path:
-    """Precision (y) against recall (x) over the threshold sweep, one line per curve, with the
-    point at ``highlight_threshold`` marked red as in thesis Fig. 20c. Returns the PNG path."""
-    if isinstance(curves, PrecisionRecall):
-        curves = {"": curves}
-    figure = _new_figure()
-    axes = figure.add_subplot()
-    for label, curve in curves.items():
-        axes.plot(curve.recall, curve.precision, marker=".", label=label or None)
-        if highlight_threshold is not None and np.any(np.isclose(curve.thresholds, highlight_threshold)):
-            precision, recall = curve.at(highlight_threshold)
-            axes.plot([recall], [precision], "o", color="red")
-    axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
-             title="Precision–recall over confidence thresholds")
-    if any(curves):
-        axes.legend(loc="lower left")
-    axes.grid(alpha=0.3)
-    return _save(figure, path)
-
-
-def plot_confusion_matrix(matrix, class_names: Sequence[str], path: str | Path) -> Path:
-    """Confusion matrix normalised by the true class (rows), counts in parentheses (thesis
-    Fig. 20a,b). Rows are true classes, columns predicted. Returns the PNG path."""
-    matrix = np.asarray(matrix)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(class_names):
-        raise ValueError(f"confusion matrix {matrix.shape} does not fit {len(class_names)} class names")
-    rates = _safe_ratio(matrix, matrix.sum(axis=1, keepdims=True))
-    rates = np.where(matrix.sum(axis=1, keepdims=True) > 0, rates, 0.0)
-    figure = _new_figure((1.6 + 1.1 * len(class_names), 1.2 + 1.0 * len(class_names)))
-    axes = figure.add_subplot()
-    image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for (row, column), count in np.ndenumerate(matrix):
-        colour = "white" if rates[row, column] > 0.5 else "black"
-        axes.text(column, row, f"{rates[row, column]:.3f}\n({count})", ha="center", va="center", color=colour)
-    ticks = np.arange(len(class_names))
-    axes.set_xticks(ticks, class_names)
-    axes.set_yticks(ticks, class_names)
-    axes.set(xlabel="predicted class", ylabel="true class")
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    return _save(figure, path)
-
-
-def plot_position_error_histogram(errors, path: str | Path, bins: int = 50,
-                                  max_error: float | None = None) -> Path:
-    """Histogram of L2 position errors (Å) with the mean and 90th percentile marked (thesis
-    Fig. 20d). ``max_error`` clips the range (outliers beyond it are left out of the bars)."""
-    errors = np.asarray(errors, dtype=np.float64)
-    statistics = ErrorStatistics.of(errors)
-    figure = _new_figure()
-    axes = figure.add_subplot()
-    if len(errors):
-        upper = max_error if max_error is not None else max(float(np.percentile(errors, 99.5)), 1e-3)
-        axes.hist(errors, bins=bins, range=(0.0, upper), color="tab:blue")
-        axes.axvline(statistics.mean, color="black", linestyle="--", label=f"mean {statistics.mean:.3f} Å")
-        axes.axvline(statistics.p90, color="red", linestyle=":", label=f"90th percentile {statistics.p90:.3f} Å")
-        axes.legend()
-    else:
-        axes.text(0.5, 0.5, "no atoms", ha="center", va="center", transform=axes.transAxes)
-    axes.set(xlabel="position error (Å)", ylabel="atoms", title=f"L2 position error (n = {statistics.count})")
-    return _save(figure, path)

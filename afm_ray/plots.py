@@ -13,17 +13,20 @@ x, drawn with ``origin="lower"`` over the window's extent in Å, molecule-centre
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from afm_ray.descriptors.geometry import DEFAULT_WINDOW, ScanWindow, prepare_atoms
+from afm_ray.descriptors.geometry import DEFAULT_WINDOW, AtomBatch, ScanWindow, prepare_atoms
 from afm_ray.elements import ELEMENT_TABLE
 
 DESCRIPTOR_STYLE: dict[str, tuple[str, str, str]] = {
@@ -83,43 +86,74 @@ def plot_sample(path: str | Path, *, stack: np.ndarray | None = None,
         axes = figure.add_subplot(n_rows, n_columns, index + 1)
         if kind == "slice":
             k, n_total = item
-            _draw_map(figure, axes, stack[:, :, k], window, f"AFM slice {k + 1}/{n_total} (far → close)",
+            draw_map(figure, axes, stack[:, :, k], window, f"AFM slice {k + 1}/{n_total} (far → close)",
                       stack_label, "afmhot")
         elif kind == "descriptor":
             title_, unit, cmap = DESCRIPTOR_STYLE.get(item, (item, "", "viridis"))
-            _draw_map(figure, axes, np.asarray(descriptors[item]), window, title_, unit, cmap,
+            draw_map(figure, axes, np.asarray(descriptors[item]), window, title_, unit, cmap,
                       symmetric=cmap == "coolwarm")
         elif kind == "xyz":
             _draw_xyz(axes, np.asarray(xyz_classes), np.asarray(xyz_offsets), window)
         else:
-            _draw_molecule(figure, axes, atoms, window)
+            draw_molecule(figure, axes, atoms, window)
     if title:
         figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def save_figure(figure: Figure, path: str | Path, *, dpi: float | str = "figure") -> Path:
+    """Write ``figure`` to ``path`` (format from the suffix, PNG when there is none) and return the path.
+
+    Creates the parent folder, renders on the Agg canvas (no pyplot state, safe in worker
+    processes) into a temporary file beside ``path`` and moves it into place with
+    :func:`os.replace`, so a reader (MLflow's artifact upload, a browser) never sees half a file.
+    The figure is cleared afterwards to free its artists; it must not be drawn again.
+
+    Args:
+        dpi: dots per inch, or ``"figure"`` for the figure's own.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    file_format = path.suffix.lstrip(".").lower() or "png"
+    FigureCanvasAgg(figure)
+    # a unique name opened with "xb" (not mkstemp, whose 0600 mode would survive the rename): the
+    # file gets the usual umask permissions, like the direct savefig it replaces
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "xb") as stream:
+            figure.savefig(stream, dpi=dpi, format=file_format)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    figure.clear()
     return path
 
 
-def _draw_map(figure, axes, image: np.ndarray, window: ScanWindow, title: str, unit: str, cmap: str,
-              symmetric: bool = False) -> None:
+def draw_map(figure: Figure, axes: Axes, image: np.ndarray, window: ScanWindow, title: str, unit: str, cmap: str,
+             symmetric: bool = False) -> None:
+    """Draw an (nx, ny) map ``[i, j]`` (i along x) over the window's extent in Å with a colour bar
+    labelled ``unit``; ``symmetric`` centres the colour scale on 0 (for signed maps such as ES)."""
     limits = {}
     if symmetric:
         bound = float(np.abs(image).max()) or 1.0
         limits = {"vmin": -bound, "vmax": bound}
     shown = axes.imshow(image.T, origin="lower", extent=window.extent, cmap=cmap, **limits)
     figure.colorbar(shown, ax=axes, label=unit, shrink=0.85)
-    _label_axes(axes, title)
+    label_axes(axes, title)
 
 
-def _label_axes(axes, title: str) -> None:
+def label_axes(axes: Axes, title: str) -> None:
+    """Title, x/y labels in Å and equal aspect: the frame of every map panel."""
     axes.set_title(title)
     axes.set_xlabel("x (Å)")
     axes.set_ylabel("y (Å)")
     axes.set_aspect("equal")
 
 
-def _draw_molecule(figure, axes, atoms, window: ScanWindow) -> None:
+def draw_molecule(figure: Figure, axes: Axes, atoms: AtomBatch, window: ScanWindow) -> None:
+    """Draw the first molecule of ``atoms`` from above: CPK colours, marker size by vdW radius and
+    depth (higher atoms larger and on top), the scan window dashed, an element legend."""
     positions, numbers, _ = atoms.molecule(0)
     depth = positions[:, 2] - positions[:, 2].max()  # ≤ 0, 0 at the top nucleus
     order = np.argsort(depth)  # deepest first so higher atoms are drawn on top
@@ -137,10 +171,10 @@ def _draw_molecule(figure, axes, atoms, window: ScanWindow) -> None:
                 loc="upper right", fontsize="small", title="size ∝ height", title_fontsize="x-small")
     axes.set_xlim(window.extent[0], window.extent[1])
     axes.set_ylim(window.extent[2], window.extent[3])
-    _label_axes(axes, f"molecule from above ({len(numbers)} atoms)")
+    label_axes(axes, f"molecule from above ({len(numbers)} atoms)")
 
 
-def _draw_xyz(axes, classes: np.ndarray, offsets: np.ndarray, window: ScanWindow) -> None:
+def _draw_xyz(axes: Axes, classes: np.ndarray, offsets: np.ndarray, window: ScanWindow) -> None:
     gx, gy = classes.shape[1:]
     box_x, box_y = window.width / gx, window.height / gy
     for i in range(gx + 1):
@@ -160,4 +194,5 @@ def _draw_xyz(axes, classes: np.ndarray, offsets: np.ndarray, window: ScanWindow
     axes.figure.colorbar(shown, ax=axes, label="z rel. top nucleus (Å)", shrink=0.85)
     axes.set_xlim(window.extent[0], window.extent[1])
     axes.set_ylim(window.extent[2], window.extent[3])
-    _label_axes(axes, f"xyz descriptor ({len(i)} atoms in {gx}×{gy} boxes)")
+    label_axes(axes, f"xyz descriptor ({len(i)} atoms in {gx}×{gy} boxes)")
+

@@ -29,14 +29,32 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True, quiet: bool = False):
-    """Connect to ``RAY_ADDRESS`` or start a local Ray instance (``num_cpus`` logical CPUs); idempotent."""
+def ensure_ray(num_cpus: int | None = None, log_to_driver: bool | None = None, quiet: bool = False):
+    """Connect to ``RAY_ADDRESS`` or start a local Ray instance (``num_cpus`` logical CPUs); idempotent.
+
+    ``log_to_driver``: forward the output of Ray's workers to this console (default: as
+    :func:`afm_ray.console.configure_console` set it). ``quiet``: do not print the dashboard URL.
+    """
     import ray
+
+    from afm_ray.console import ray_init_options
 
     if ray.is_initialized():
         return None
+    options = ray_init_options()
+    if log_to_driver is not None:
+        options["log_to_driver"] = log_to_driver
     if os.environ.get("RAY_ADDRESS"):
-        return ray.init(log_to_driver=log_to_driver)
+        context = ray.init(**options)
+    else:
+        context = _start_local_ray(num_cpus, options)
+    if not quiet and getattr(context, "dashboard_url", None):
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+    return context
+
+
+def _start_local_ray(num_cpus: int | None, options: dict):
+    import ray
     from ray._private.services import get_node_ip_address
 
     global _started_address
@@ -44,16 +62,13 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True, quiet: b
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = _started_address = f"{get_node_ip_address()}:{port}"
     try:
-        context = ray.init(address="local", num_cpus=num_cpus, log_to_driver=log_to_driver)
+        return ray.init(address="local", num_cpus=num_cpus, **options)
     except BaseException:
         del os.environ["RAY_ADDRESS"]
         _started_address = None
         raise
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
-    if not quiet and getattr(context, "dashboard_url", None):
-        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
-    return context
 
 
 def shutdown_ray() -> None:

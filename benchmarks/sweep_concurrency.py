@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
     args = parser.parse_args()
 
-    from tune import load_sweep_config, run_sweep
+    from afm_ray.sweep import load_sweep_config, run_sweep
 
     root = args.work_dir or Path(tempfile.mkdtemp(prefix="afm-ray-sweep-bench-"))
     rows = []

@@ -1,15 +1,51 @@
-"""Shared fixtures: test data paths and an in-process CLI runner."""
+"""Shared fixtures (test data paths, an in-process CLI runner, trained models) and the markers of every test
+(``unit``, ``ray``, ``mlflow``, ``postgres``, ``k8s``, ``slow``: the table in tests/markers.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from markers import UnmarkedModuleError, markers_for, ray_is_running
 
 DATA = Path(__file__).parent / "data"
 QM9_SAMPLE = DATA / "qm9_sample.csv"
 MOLECULE_FILES = DATA / "molecules"
 CONFIGS = Path(__file__).parent.parent / "configs"
+
+RAY_WAS_RUNNING = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these markers
+def pytest_collection_modifyitems(config, items):
+    """Mark every test from tests/markers.py; a module without a row there stops the run, naming it."""
+    unmarked: list[str] = []
+    for item in items:
+        module, test = Path(item.path).stem, getattr(item, "originalname", item.name)
+        try:
+            markers = markers_for(module, test, getattr(item, "fixturenames", ()))
+        except UnmarkedModuleError as error:
+            unmarked.append(str(error))
+            continue
+        for marker in sorted(markers):
+            item.add_marker(marker)
+    if unmarked:
+        raise pytest.UsageError("\n".join(sorted(set(unmarked))))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    item.stash[RAY_WAS_RUNNING] = ray_is_running()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Fail a ``unit`` test whose fixtures or body started Ray: its row in tests/markers.py is wrong."""
+    result = yield
+    if item.get_closest_marker("unit") and not item.stash.get(RAY_WAS_RUNNING, True) and ray_is_running():
+        pytest.fail(f"{item.nodeid} is marked unit but started Ray: mark it ray in tests/markers.py", pytrace=False)
+    return result
 
 
 @pytest.fixture

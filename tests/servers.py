@@ -31,9 +31,9 @@ def start_mlflow_server(args: list[str], port: int, env: dict[str, str], cwd: Pa
     deadline = time.time() + timeout_s
     while True:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
                 return process
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or too busy starting to answer in time
             pass
         if process.poll() is not None or time.time() > deadline:
             stop_process_group(process)

@@ -322,9 +322,10 @@ def test_device_iso_search_equals_every_plane_search_of_the_fields(tiny_database
     np.testing.assert_allclose(device.height, oracle.height, atol=1e-5)
     np.testing.assert_allclose(device.es, oracle.es, atol=1e-5)
     assert (device.height > 0).mean() > 0.05
+    # the device's bounded search may leave columns far below the cut without a crossing (their
+    # height is 0 either way); where it found one, it is the oracle's
     kept = np.isfinite(device.surface_z)
     np.testing.assert_allclose(device.surface_z[kept], oracle.surface_z[kept], atol=1e-5)
-    assert np.all(np.isfinite(oracle.surface_z[kept]))
 
 
 @pytest.mark.parametrize("model, where", [("dsh", "trainer"), ("es", "actor")])

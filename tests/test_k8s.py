@@ -48,7 +48,7 @@ KUBERNETES_VERSION = "1.32.0"
 KUSTOMIZATIONS = ["base", "jobs", "overlays/dev", "overlays/dev/jobs", "overlays/prod", "overlays/prod/jobs"]
 PAIRS = [("base", "jobs"), ("overlays/dev", "overlays/dev/jobs"), ("overlays/prod", "overlays/prod/jobs")]
 OVERLAYS = ["overlays/dev", "overlays/prod"]
-IMAGE_ROOT = "/app"   # WORKDIR of k8s/Dockerfile: the repository's configs/ are at /app/configs
+IMAGE_ROOT = "/app"   # WORKDIR of k8s/Dockerfile: the repository's configs/ and tune/ are at /app/configs, /app/tune
 DATA_MOUNT = "/data"
 MLFLOW_URI = "http://mlflow:5000"
 SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|CREDENTIAL", re.I)
@@ -685,7 +685,8 @@ def test_mlflow_server_uses_postgres_and_minio(rendered, name):
 # --------------------------------------------------------------------------------------------
 
 def repo_config(path: str) -> Path:
-    assert path.startswith(f"{IMAGE_ROOT}/configs/"), f"configs are named by their path in the image: {path}"
+    assert path.startswith((f"{IMAGE_ROOT}/configs/", f"{IMAGE_ROOT}/tune/")), \
+        f"configs (training: configs/, sweeps: tune/) are named by their path in the image: {path}"
     local = REPO / path.removeprefix(f"{IMAGE_ROOT}/")
     assert local.exists(), local
     return local
@@ -696,25 +697,9 @@ def parse_entrypoint(entrypoint: str):
 
     argv = shlex.split(entrypoint)
     assert argv[0] == "afm-ray", entrypoint
-    if argv[1] == "tune" and tune_available():
-        pytest.skip(tune_available())
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["afm-ray"] == "afm_ray.cli:main"
     return build_parser().parse_args(argv[1:])
-
-
-def tune_available() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("afm_ray.cli.tune") is None:
-        return "afm_ray.cli.tune does not exist yet"
-    from afm_ray.cli import COMMAND_MODULES
-
-    if "afm_ray.cli.tune" not in COMMAND_MODULES:
-        return "afm-ray tune is not registered in afm_ray.cli yet"
-    if importlib.util.find_spec("tune") is None:
-        return "the tune package does not exist yet"
-    return None
 
 
 def job_train_configs(job: dict):
@@ -726,7 +711,7 @@ def job_train_configs(job: dict):
     if args.command == "train":
         return load_train_config(repo_config(str(args.config)), args.overrides), 1
     assert args.command == "tune", job["spec"]["entrypoint"]
-    from tune import load_sweep_config
+    from afm_ray.sweep import load_sweep_config
 
     sweep = load_sweep_config(repo_config(str(args.config)), args.overrides)
     from_file = load_sweep_config(repo_config(str(args.config)))
@@ -857,7 +842,8 @@ def test_dockerfile_builds_the_cluster_image():
         sources = [p for p in parts[:-1] if not p.startswith("--")]
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: not in the repository"
-    assert ["configs", "./configs"] in [[p for p in parts if not p.startswith("--")] for parts in copies]
+    copied = [[p for p in parts if not p.startswith("--")] for parts in copies]
+    assert ["configs", "./configs"] in copied and ["tune", "./tune"] in copied, "training configs and sweeps"
     assert image_user(K8S / "Dockerfile") == (1000, 100), "the rayproject/ray image's user ray, group users"
 
 

@@ -9,9 +9,22 @@ import pytest
 import torch
 
 from afm_ray.losses import FocalPositionLoss, WeightedMSELoss
+from afm_ray.models import get_model_spec
 from afm_ray.optim import build_optimizer
+from afm_ray.train.config import LossSettings
 
 GAMMA, ALPHA_N, BETA_PL, Z_MIN = 1.25, 0.30, 0.15, -0.7
+
+
+def _focal(gamma=GAMMA, alpha_n=ALPHA_N, beta_pl=BETA_PL, z_min=Z_MIN, from_logits=False):
+    """The xyz loss (thesis values unless given) called with the four tensors of the thesis' notation."""
+    loss = FocalPositionLoss(gamma, alpha_n, beta_pl, z_min, from_logits)
+    return lambda class_pred, offsets_pred, class_target, offsets_target: loss((class_pred, offsets_pred),
+                                                                               (class_target, offsets_target))
+
+
+def _thesis_loss(name: str):
+    return get_model_spec(name).build_loss(LossSettings())
 
 
 def _grid(values):
@@ -37,7 +50,7 @@ def _tiny_batch():
 
 
 def test_focal_and_position_loss_match_hand_computation():
-    out = FocalPositionLoss(GAMMA, ALPHA_N, BETA_PL, Z_MIN)(*_tiny_batch())
+    out = _focal(GAMMA, ALPHA_N, BETA_PL, Z_MIN)(*_tiny_batch())
     # Sample 1 has Np = 0 and is left out; sample 0: atom box (α = 1 − αn), background box (α = αn).
     focal = _focal_term(1 - ALPHA_N, 0.8) + _focal_term(ALPHA_N, 0.6)
     depth_discount = 1 - (-0.35) / (2 * Z_MIN)          # 0.75
@@ -51,7 +64,7 @@ def test_focal_and_position_loss_match_hand_computation():
 def test_focal_loss_weights_background_by_alpha_n_and_atoms_by_one_minus_alpha_n():
     class_probs, offsets, class_target, offsets_target = _tiny_batch()
     for alpha_n in (0.1, 0.5, 0.9):
-        focal = FocalPositionLoss(GAMMA, alpha_n, BETA_PL, Z_MIN)(class_probs, offsets, class_target,
+        focal = _focal(GAMMA, alpha_n, BETA_PL, Z_MIN)(class_probs, offsets, class_target,
                                                                   offsets_target).terms["focal"]
         expected = _focal_term(1 - alpha_n, 0.8) + _focal_term(alpha_n, 0.6)
         assert float(focal) == pytest.approx(expected, rel=1e-9)
@@ -61,8 +74,8 @@ def test_focal_loss_sums_over_the_grid_and_averages_over_samples():
     class_probs, offsets, class_target, offsets_target = _tiny_batch()
     doubled = (torch.cat((class_probs[:1], class_probs[:1])), torch.cat((offsets[:1], offsets[:1])),
                torch.cat((class_target[:1], class_target[:1])), torch.cat((offsets_target[:1], offsets_target[:1])))
-    single = FocalPositionLoss()(*(t[:1] for t in _tiny_batch()))
-    both = FocalPositionLoss()(*doubled)
+    single = _focal()(*(t[:1] for t in _tiny_batch()))
+    both = _focal()(*doubled)
     assert float(both.total) == pytest.approx(float(single.total), rel=1e-12)
     assert float(both.n_samples) == 2
 
@@ -72,7 +85,7 @@ def test_position_loss_divides_by_the_number_of_atoms_and_discounts_deep_atoms()
     class_target = _grid([[[0, 1], [0, 1], [1, 0]]])
     offsets = _grid([[[0.3, 0.0, 0.0], [0.0, 0.4, -0.7], [9.0, 9.0, 9.0]]])
     offsets_target = _grid([[[0.0, 0.0, 0.0], [0.0, 0.0, -0.7], [0.0, 0.0, 0.0]]])
-    out = FocalPositionLoss(beta_pl=1.0)(class_probs, offsets, class_target, offsets_target)
+    out = _focal(beta_pl=1.0)(class_probs, offsets, class_target, offsets_target)
     # Top atom d = 1, atom at z_min d = 1 − (−0.7)/(−1.4) = 0.5; Np = 2.
     assert float(out.terms["position"]) == pytest.approx((1.0 * 0.09 + 0.5 * 0.16) / 2, rel=1e-9)
 
@@ -81,14 +94,14 @@ def test_element_classes_give_every_atom_class_one_minus_alpha_n():
     class_probs = _grid([[[0.1, 0.2, 0.7], [0.5, 0.3, 0.2], [0.4, 0.4, 0.2]]])
     class_target = _grid([[[0, 0, 1], [0, 1, 0], [1, 0, 0]]])
     offsets = torch.zeros(1, 3, 1, 3, dtype=torch.float64)
-    out = FocalPositionLoss(GAMMA, ALPHA_N)(class_probs, offsets, class_target, offsets)
+    out = _focal(GAMMA, ALPHA_N)(class_probs, offsets, class_target, offsets)
     expected = _focal_term(1 - ALPHA_N, 0.7) + _focal_term(1 - ALPHA_N, 0.3) + _focal_term(ALPHA_N, 0.4)
     assert float(out.terms["focal"]) == pytest.approx(expected, rel=1e-9)
 
 
 def test_gamma_zero_is_alpha_weighted_cross_entropy():
     class_probs, offsets, class_target, offsets_target = _tiny_batch()
-    out = FocalPositionLoss(gamma=0.0, alpha_n=ALPHA_N)(class_probs, offsets, class_target, offsets_target)
+    out = _focal(gamma=0.0, alpha_n=ALPHA_N)(class_probs, offsets, class_target, offsets_target)
     expected = -(1 - ALPHA_N) * math.log(0.8) - ALPHA_N * math.log(0.6)
     assert float(out.terms["focal"]) == pytest.approx(expected, rel=1e-9)
 
@@ -99,8 +112,8 @@ def test_logits_input_gives_the_same_loss_as_probabilities():
     is_atom = torch.rand(3, 4, 4) < 0.3
     class_target = torch.stack((~is_atom, is_atom), dim=1).double()
     offsets, offsets_target = torch.randn(3, 3, 4, 4).double(), -torch.rand(3, 3, 4, 4).double()
-    from_probs = FocalPositionLoss()(torch.softmax(logits, 1), offsets, class_target, offsets_target)
-    from_logits = FocalPositionLoss(from_logits=True)(logits, offsets, class_target, offsets_target)
+    from_probs = _focal()(torch.softmax(logits, 1), offsets, class_target, offsets_target)
+    from_logits = _focal(from_logits=True)(logits, offsets, class_target, offsets_target)
     assert float(from_logits.total) == pytest.approx(float(from_probs.total), rel=1e-6)
 
 
@@ -109,7 +122,7 @@ def test_a_batch_without_atoms_gives_zero_loss_and_zero_gradients():
     offsets = torch.ones(2, 3, 4, 4, requires_grad=True)
     class_target = torch.zeros(2, 2, 4, 4)
     class_target[:, 0] = 1
-    out = FocalPositionLoss()(class_probs, offsets, class_target, torch.zeros(2, 3, 4, 4))
+    out = _focal()(class_probs, offsets, class_target, torch.zeros(2, 3, 4, 4))
     out.total.backward()
     assert float(out.total.detach()) == 0 and float(out.n_samples) == 0
     assert torch.count_nonzero(class_probs.grad) == 0 and torch.count_nonzero(offsets.grad) == 0
@@ -118,8 +131,8 @@ def test_a_batch_without_atoms_gives_zero_loss_and_zero_gradients():
 def test_empty_samples_do_not_change_the_loss_or_get_gradients():
     class_probs, offsets, class_target, offsets_target = _tiny_batch()
     offsets = offsets.clone().requires_grad_(True)
-    with_empty = FocalPositionLoss()(class_probs, offsets, class_target, offsets_target)
-    without = FocalPositionLoss()(class_probs[:1], offsets[:1], class_target[:1], offsets_target[:1])
+    with_empty = _focal()(class_probs, offsets, class_target, offsets_target)
+    without = _focal()(class_probs[:1], offsets[:1], class_target[:1], offsets_target[:1])
     assert float(with_empty.total.detach()) == pytest.approx(float(without.total.detach()), rel=1e-12)
     with_empty.total.backward()
     assert torch.count_nonzero(offsets.grad[1]) == 0 and torch.count_nonzero(offsets.grad[0]) > 0
@@ -130,25 +143,30 @@ def test_empty_samples_do_not_change_the_loss_or_get_gradients():
     ({"beta_pl": -1.0}, "beta_pl"), ({"z_min": 0.7}, "z_min"), ({"gamma": float("nan")}, "gamma")])
 def test_focal_position_loss_validates_hyperparameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        FocalPositionLoss(**kwargs)
+        _focal(**kwargs)
 
 
 def test_focal_position_loss_rejects_mismatched_shapes():
     class_probs, offsets, class_target, offsets_target = _tiny_batch()
     with pytest.raises(ValueError, match="offset prediction"):
-        FocalPositionLoss()(class_probs, offsets[:, :2], class_target, offsets_target)
+        _focal()(class_probs, offsets[:, :2], class_target, offsets_target)
 
 
 def test_weighted_mse_matches_hand_computation():
     predictions = (torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 3.0]]))
     targets = (torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[3.0, 1.0]]))
-    out = WeightedMSELoss.for_dsh()(predictions, targets)
+    out = _thesis_loss("dsh")(predictions, targets)
     assert float(out.terms["atomic_disks"]) == pytest.approx(2.5)
     assert float(out.terms["vdw_spheres"]) == pytest.approx(1.0)
     assert float(out.terms["height_map"]) == pytest.approx(2.0)
     assert float(out.total) == pytest.approx(20 * 2.5 + 0.3 * 1.0 + 0.2 * 2.0)
-    assert set(WeightedMSELoss.for_es().names) == {"es_map", "height_map"}
-    assert WeightedMSELoss.for_es().weights == (1.0, 0.1)
+    assert set(_thesis_loss("es").names) == {"es_map", "height_map"}
+    assert _thesis_loss("es").weights == (1.0, 0.1)
+
+
+def test_the_xyz_loss_defaults_are_the_thesis_values():
+    assert (_thesis_loss("xyz").gamma, _thesis_loss("xyz").alpha_n, _thesis_loss("xyz").beta_pl,
+            _thesis_loss("xyz").z_min) == (GAMMA, ALPHA_N, BETA_PL, Z_MIN)
 
 
 def test_weighted_mse_validates():

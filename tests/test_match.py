@@ -4,8 +4,9 @@ The experiment is a QM9 molecule simulated at a known orientation, 3° away from
 candidate rotations, with the thesis' noise (uniform, c = 0.1 of each slice's range), untilted.
 ``afm-ray match`` must rank that candidate first:
 
-* with the DSH model trained in this session (3 epochs on 24 samples, tests/conftest.py), on Ray
-  simulation actors and, with ``--local``, in this process: both must agree;
+* through a registered model (the DSH model of this session, 3 epochs on 24 samples,
+  tests/conftest.py), on Ray simulation actors and, with ``--local``, in this process: both
+  must agree;
 * in descriptor mode (``--model descriptor``: exact vdW Spheres of the rotations against those of
   the experiment's geometry file), which needs no model and no simulation.
 
@@ -62,7 +63,7 @@ def _read_ranking(path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_match_ranks_the_known_rotation_first_with_a_trained_model(trained_dsh, known_orientation, tmp_path, run_cli):
+def test_match_through_a_model_ranks_a_near_copy_first_alike_on_ray_and_locally(trained_dsh, known_orientation, tmp_path, run_cli):
     config, _ = trained_dsh
     molecule, molecule_file, true_rotation = known_orientation
     sim = config.sim.model_copy(update={"tilt_radius_angstrom": 0.0})

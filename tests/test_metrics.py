@@ -1,4 +1,4 @@
-"""xyz decoding, NMS, precision/recall, confusion matrix, position errors, MSE and plots."""
+"""xyz decoding, NMS, precision/recall, confusion matrix, position errors, MSE and their figures."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from afm_ray.metrics import (Atoms, ImageMetricsAccumulator, XYZEvaluator, box_position_errors, box_precision_recall,
-                             confusion_matrix, decode_xyz, match_atoms, non_max_suppression, per_output_mse,
-                             plot_confusion_matrix, plot_position_error_histogram, plot_pr_curve)
+from matplotlib.figure import Figure
+
+from afm_ray.descriptors.xyz_codec import Atoms, decode_xyz, non_max_suppression
+from afm_ray.metric_figures import (plot_confusion_matrix, plot_position_error_histogram, plot_pr_curve,
+                                    write_xyz_figures)
+from afm_ray.metrics import (ImageMetricsAccumulator, XYZEvaluator, box_position_errors, box_precision_recall,
+                             confusion_matrix, match_atoms, per_output_mse)
+from afm_ray.plots import save_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -167,7 +172,7 @@ def test_a_matching_radius_below_the_error_turns_a_hit_into_a_miss():
 def test_evaluator_writes_non_empty_pngs(tmp_path):
     evaluator = XYZEvaluator()
     evaluator.update(*_constructed_grid())
-    paths = evaluator.result().write_plots(tmp_path / "plots")
+    paths = write_xyz_figures(evaluator.result(), tmp_path / "plots")
     assert set(paths) == {"pr_curve", "confusion_matrix", "position_errors"}
     for path in paths.values():
         assert path.stat().st_size > 1000
@@ -183,6 +188,17 @@ def test_plot_functions_return_their_paths(tmp_path):
     assert plot_position_error_histogram([], tmp_path / "empty.png").stat().st_size > 0
     with pytest.raises(ValueError, match="class names"):
         plot_confusion_matrix(matrix, ["background"], tmp_path / "bad.png")
+
+
+def test_save_figure_creates_the_folder_and_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "new" / "folder" / "figure.png"
+    for size in ((2.0, 2.0), (4.0, 3.0)):  # the second write replaces the first
+        figure = Figure(figsize=size)
+        figure.add_subplot().plot([0, 1], [1, 0])
+        assert save_figure(figure, path, dpi=50) == path
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert int.from_bytes(path.read_bytes()[16:20], "big") == 200  # PNG width: 4 in × 50 dpi, the last write
+    assert [p.name for p in path.parent.iterdir()] == ["figure.png"]  # no temporary file left behind
 
 
 def test_per_output_mse_and_its_accumulator():

@@ -7,11 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afm_ray.losses import FocalPositionLoss, WeightedMSELoss
-from afm_ray.models import (DEFAULT_ELEMENT_CLASSES, DSH, ES, MODEL_INPUT_CHANNELS, THESIS_PARAMETER_COUNTS, XYZ,
-                            PaddedConv, build_model, count_parameters, element_class_index, pad_same)
+from afm_ray.models import (DEFAULT_ELEMENT_CLASSES, DSH, ES, THESIS_PARAMETER_COUNTS, XYZ, PaddedConv, count_parameters,
+                            element_class_index, get_model_spec, pad_same)
 from afm_ray.models.blocks import Decoder2D, Encoder3D, fold_z_into_channels
 from afm_ray.optim import build_optimizer
+
+
+THESIS_NETWORKS = {"dsh": DSH, "es": ES, "xyz": XYZ}
+
+
+def build_model(name: str, **options):
+    """The thesis network ``name`` with constructor options (thesis defaults otherwise)."""
+    return THESIS_NETWORKS[name](**options)
 
 
 @pytest.mark.parametrize("name", ["dsh", "es", "xyz"])
@@ -25,7 +32,7 @@ def test_shared_block_parameter_counts_match_table_2():
 
 
 def _stack(name, batch, size, slices):
-    return torch.randn(batch, MODEL_INPUT_CHANNELS[name], size, size, slices)
+    return torch.randn(batch, len(get_model_spec(name).tips), size, size, slices)
 
 
 @pytest.mark.parametrize("size,slices", [(128, 10), (32, 10), (64, 6)])
@@ -173,11 +180,6 @@ def test_forward_logits_is_the_softmax_input():
     assert torch.equal(offsets_a, offsets_b)
 
 
-def test_build_model_rejects_unknown_names():
-    with pytest.raises(ValueError, match="unknown model"):
-        build_model("unet")
-
-
 def _overfit(model, loss_fn, stack, targets, steps):
     optimizer, scheduler = build_optimizer(model.parameters())  # thesis Adam settings
     losses = []
@@ -191,13 +193,19 @@ def _overfit(model, loss_fn, stack, targets, steps):
     return losses
 
 
+def _thesis_loss(name: str):
+    from afm_ray.train.config import LossSettings
+
+    return get_model_spec(name).build_loss(LossSettings())
+
+
 def test_dsh_overfits_a_fixed_batch():
     torch.manual_seed(0)
     stack = torch.randn(2, 1, 16, 16, 6)
     ramp = torch.linspace(0, 1, 16)
     targets = (ramp[None, :, None] * ramp[None, None, :]).expand(2, 16, 16)
     targets = (targets - 0.3, targets, 1 - targets)
-    loss = WeightedMSELoss.for_dsh()
+    loss = _thesis_loss("dsh")
     losses = _overfit(DSH(n_slices=6), lambda out, tgt: loss(out, tgt).total, stack, targets, 100)
     assert losses[-1] < losses[0] / 10
 
@@ -210,8 +218,8 @@ def test_xyz_overfits_a_fixed_batch():
     class_target = torch.stack((~is_atom, is_atom), dim=1).float()
     offsets_target = torch.rand(2, 3, 2, 2) - 0.5
     offsets_target[:, 2] = -0.6 * torch.rand(2, 2, 2)
-    loss = FocalPositionLoss()
-    losses = _overfit(XYZ(n_slices=6), lambda out, tgt: loss(out[0], out[1], *tgt).total,
+    loss = _thesis_loss("xyz")
+    losses = _overfit(XYZ(n_slices=6), lambda out, tgt: loss(out, tgt).total,
                       stack, (class_target, offsets_target), 100)
     assert losses[-1] < losses[0] / 10
 
@@ -226,7 +234,7 @@ def test_channels_last_changes_strides_not_results(name):
     fast.load_state_dict(plain.state_dict())
     assert any(p.dim() == 5 and p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
                for p in fast.parameters())
-    x = torch.randn(2, MODEL_INPUT_CHANNELS[name], 32, 32, 6)
+    x = torch.randn(2, len(get_model_spec(name).tips), 32, 32, 6)
     outputs = [plain(x), fast(channels_last(x))]
     for a, b in zip(*outputs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

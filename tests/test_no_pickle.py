@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from afm_ray.batches import MODEL_TARGETS, MODEL_TIPS
+from afm_ray.models import get_model_spec
 from afm_ray.errors import InputError
 from afm_ray.models.memory_format import channels_last
 from afm_ray.models.packed import ExportedPackedOutputs, PackedOutputs
@@ -66,14 +66,14 @@ def test_disabled_pickle_really_refuses(monkeypatch, tmp_path):
 
 
 def random_input(config, batch: int, seed: int = 0) -> torch.Tensor:
-    shape = (batch, len(MODEL_TIPS[config.model.name]), *config.sim.scan_pixels, config.input_slices)
+    shape = (batch, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices)
     return torch.from_numpy(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
 
 
 def assert_same_outputs(loaded, network, config, where: str) -> None:
     """The loaded model's outputs equal the eager network's at batch 1 and 5, for contiguous and
     channels-last input, and through the Predictor."""
-    names = MODEL_TARGETS[config.model.name]
+    names = config.model.spec.output_names
     for batch in (1, 5):
         x = random_input(config, batch, seed=batch)
         with torch.no_grad():
@@ -97,7 +97,7 @@ def test_trained_model_loads_and_predicts_with_pickle_disabled(trained_dsh, monk
         loaded = load_model("models:/afm-test-dsh@current", tracking_uri=uri)
         by_run = load_model(f"runs:/{outcome.run_id}/model", tracking_uri=uri)
     assert isinstance(loaded.packed, ExportedPackedOutputs) and isinstance(by_run.packed, ExportedPackedOutputs)
-    assert loaded.output_names == MODEL_TARGETS["dsh"] and loaded.version == outcome.model_version
+    assert loaded.output_names == get_model_spec("dsh").output_names and loaded.version == outcome.model_version
     assert_same_outputs(loaded, trained, config, "models:/")
     assert_same_outputs(by_run, trained, config, "runs:/")
 
@@ -133,7 +133,7 @@ def test_ray_tasks_predict_with_the_exported_model(trained_dsh, ray_session):
     x = random_input(config, 5).numpy()
     local = Predictor(loaded, use_ray=False).predict_arrays(x)
     remote = Predictor(loaded, use_ray=True, batch_size=2).predict_arrays(x)  # three tasks
-    for name in MODEL_TARGETS["dsh"]:  # other batch sizes and thread counts: float32 rounding only
+    for name in get_model_spec("dsh").output_names:  # other batch sizes and thread counts: float32 rounding only
         np.testing.assert_allclose(remote[name], local[name], rtol=0, atol=1e-6, err_msg=name)
 
 
@@ -153,7 +153,7 @@ def small_config(store: str, name: str, overrides: list[str]):
 def new_run(config) -> str:
     from mlflow import MlflowClient
 
-    from afm_ray.train.trainer import create_config_run
+    from afm_ray.train.run_state import create_config_run
 
     return create_config_run(MlflowClient(config.mlflow.tracking_uri), config, "no-pickle test", {})
 
@@ -189,7 +189,7 @@ def pickled_model(store):
     config = small_config(store, "afm-np-old", [])
     torch.manual_seed(1)
     network = build_model(config).eval()
-    packed = PackedOutputs(network, MODEL_TARGETS["dsh"], "dsh").eval()
+    packed = PackedOutputs(network, get_model_spec("dsh").output_names, "dsh").eval()
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store)
     try:

@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 from mlflow import MlflowClient
 
+from afm_ray.sweep.runner import REPORTED_FROM_CHECKPOINT
 from afm_ray.train.loop import load_checkpoint_model
-from afm_ray.train.trainer import RUN_STATE_FILE, latest_history, run_training
-from tune.runner import REPORTED_FROM_CHECKPOINT
+from afm_ray.train.run_state import RUN_STATE_FILE, latest_history
+from afm_ray.train.trainer import run_training
 
 from conftest import CONFIGS, qm9_sample_database
 

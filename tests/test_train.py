@@ -1,5 +1,9 @@
 """End-to-end training on a local Ray cluster: MLflow run, registry, resume, failures, bad input."""
 
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -157,3 +161,40 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics(ray_session, tiny_con
     for name, value in single.items():
         assert checkpoint_history[-1][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
 
+
+
+# -- the console of `afm-ray train` ----------------------------------------------------------------------
+CONSOLE_NOISE = ("TrainingReport(", "Checkpoint successfully created", "Moving model to device", "PreemptionWatcher",
+                 "core_worker", "(RayTrainWorker", "(TrainController", "mlflow.store", "Successfully registered model",
+                 "Created version", "Token authentication", "Started a local Ray instance")
+AFM_RAY_LINES = ("training ", "Ray dashboard: http", "MLflow run ", "simulation actor ", "simulating val set", "simulating test set",
+                 "epoch ", "registered models:/", "done: models:/")
+"""How every console line of a quiet `afm-ray train` begins."""
+
+
+def _afm_ray_train(tiny_database, folder, *arguments) -> list[str]:
+    """The console lines (stdout and stderr, progress-bar redraws split) of `afm-ray train` on the tiny split."""
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the test session's
+    command = [sys.executable, "-c", "import sys; from afm_ray.cli import main; sys.exit(main(sys.argv[1:]))",
+               "train", "--config", str(CONFIGS / "quickstart.yaml"),
+               f"data.database={tiny_database}", "data.split=tiny", "data.max_train_molecules=12",
+               "data.rotations_per_molecule=2", f"data.fixed_set_dir={folder / 'fixed'}",
+               f"run.storage_path={folder / 'runs'}", "run.batch_size=6", f"mlflow.tracking_uri=sqlite:///{folder / 'mlruns.db'}",
+               "mlflow.registered_model_name=afm-test-console", *arguments]
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=folder, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    console = re.sub(r"\x1b\[[0-9;]*m", "", completed.stdout + completed.stderr)  # Ray colours its prefixes
+    return [line for line in re.split(r"[\r\n]+", console) if line.strip()]
+
+
+def test_train_console_shows_only_afm_ray_lines_unless_verbose(tiny_database, tmp_path):
+    lines = _afm_ray_train(tiny_database, tmp_path, "run.epochs=2", "run.name=quiet")
+    assert not [line for line in lines if any(noise in line for noise in CONSOLE_NOISE)], lines
+    assert not [line for line in lines if not line.startswith(AFM_RAY_LINES)], lines
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"], lines
+    assert sum(line.startswith("Ray dashboard: http") for line in lines) == 1
+
+    verbose = _afm_ray_train(tiny_database, tmp_path, "run.epochs=1", "run.name=verbose", "--verbose")
+    assert any(line.startswith(("(RayTrainWorker", "(TrainController")) for line in verbose), verbose
+    assert any("Checkpoint successfully created" in line for line in verbose), verbose
+    assert [line.split()[1] for line in verbose if line.startswith("epoch ")] == ["1/1"], verbose

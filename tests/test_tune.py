@@ -16,10 +16,12 @@ import yaml
 from mlflow import MlflowClient
 
 from afm_ray.errors import InputError
-from tune import load_sweep_config, run_sweep
-from tune.summary import write_summary
+from afm_ray.sweep import load_sweep_config, run_sweep
+from afm_ray.sweep.summary import write_summary
 
 from conftest import CONFIGS
+
+SWEEPS = CONFIGS.parent / "tune"  # the sweep definitions (tune/README.md)
 
 
 @pytest.fixture
@@ -123,8 +125,8 @@ def test_summary_plots_numeric_and_categorical_hyperparameters(tmp_path):
 
 def test_settings_each_trial_applies_itself_may_be_searched(sweep_file):
     from afm_ray.config import read_yaml
-    from tune.config import Dimension
-    from tune.space import check_space
+    from afm_ray.sweep.config import Dimension
+    from afm_ray.sweep.space import check_space
 
     sweep = load_sweep_config(sweep_file)
     check_space(read_yaml(sweep.train_config), sweep.train_overrides, {
@@ -133,11 +135,11 @@ def test_settings_each_trial_applies_itself_may_be_searched(sweep_file):
         "data.fixed_set_cache_mib": Dimension(choice=[0.0, 512.0])})
 
 
-def test_thesis_sweep_configs_load():
-    for name in ("sweep_xyz.yaml", "sweep_xyz_gamma_grid.yaml", "sweep_dsh.yaml", "sweep_es.yaml"):
-        config = load_sweep_config(CONFIGS / name)
-        assert config.train_config.exists()
-    grid = load_sweep_config(CONFIGS / "sweep_xyz_gamma_grid.yaml")
+def test_thesis_sweeps_load_and_name_their_training_config():
+    # train_config is relative to the sweep file: tune/xyz.yaml names ../configs/xyz.yaml
+    for sweep_name, train_name in [("xyz", "xyz"), ("xyz_gamma_grid", "xyz"), ("dsh", "dsh"), ("es", "es")]:
+        assert load_sweep_config(SWEEPS / f"{sweep_name}.yaml").train_config == (CONFIGS / f"{train_name}.yaml").resolve()
+    grid = load_sweep_config(SWEEPS / "xyz_gamma_grid.yaml")
     assert grid.search["loss.gamma"].grid == [1.0, 1.25, 1.5, 1.75, 2.0]
 
 

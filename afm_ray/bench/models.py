@@ -1,4 +1,4 @@
-"""``afm-ray bench models``: training-step throughput of the DSH, ES and xyz networks.
+"""``afm-ray bench models``: training-step throughput of the registered networks (DSH, ES, xyz).
 
 One step = forward, the thesis loss, backward (no optimiser update) on a random batch at the
 thesis input size; the figure printed is ``batch_size / median step time`` over ``--repeats``
@@ -14,8 +14,7 @@ import time
 import torch
 
 from afm_ray.errors import InputError
-
-MODEL_NAMES = ("dsh", "es", "xyz")
+from afm_ray.models import list_model_specs
 
 
 def register(subparsers) -> None:
@@ -29,62 +28,66 @@ def register(subparsers) -> None:
     parser.add_argument("--channels-last", action="store_true",
                         help="channels-last memory format for weights and inputs (channels_last_3d for 3D)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
-    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES),
+    names = [spec.name for spec in list_model_specs()]
+    parser.add_argument("--models", nargs="+", choices=names, default=names,
                         help="which networks (default all)")
     parser.add_argument("--size", type=int, default=128, help="scan size in pixels, X = Y (default 128)")
     parser.add_argument("--slices", type=int, default=10, help="z-slices per stack (default 10)")
     parser.set_defaults(handler=run)
 
 
-def _random_batch(name: str, batch_size: int, size: int, slices: int, device: torch.device, generator):
-    """Random input stack and thesis-shaped targets for one model."""
-    from afm_ray.models import MODEL_INPUT_CHANNELS
+def bench_config(name: str, size: int, slices: int):
+    """Thesis settings of model ``name`` at ``size`` × ``size`` px (0.125 Å/px, as the thesis) and ``slices`` slices."""
+    from afm_ray.train.config import TrainConfig
 
-    channels = MODEL_INPUT_CHANNELS[name]
-    stack = torch.randn(batch_size, channels, size, size, slices, generator=generator)
-    if name == "xyz":
-        grid = size // 8
-        is_atom = torch.rand(batch_size, grid, grid, generator=generator) < 0.05
-        is_atom[:, 0, 0] = True  # every sample has Np > 0, so the whole batch is trained on
-        class_target = torch.stack((~is_atom, is_atom), dim=1).float()
-        offsets_target = torch.rand(batch_size, 3, grid, grid, generator=generator) - 0.5
-        offsets_target[:, 2] = -0.7 * torch.rand(batch_size, grid, grid, generator=generator)
-        targets = (class_target, offsets_target)
-    else:
-        n_outputs = 3 if name == "dsh" else 2
-        targets = tuple(torch.rand(batch_size, size, size, generator=generator) for _ in range(n_outputs))
-    return stack.to(device), tuple(t.to(device) for t in targets)
+    return TrainConfig.model_validate({
+        "model": {"name": name}, "augment": {"scan_height": {"enabled": False}},
+        "sim": {"num_slices": slices, "scan_pixels": [size, size], "scan_size_angstrom": [size / 8, size / 8]}})
 
 
-def _loss_fn(name: str):
-    from afm_ray.losses import FocalPositionLoss, WeightedMSELoss
-
-    if name == "xyz":
-        loss = FocalPositionLoss()
-        return lambda outputs, targets: loss(outputs[0], outputs[1], targets[0], targets[1]).total
-    loss = WeightedMSELoss.for_dsh() if name == "dsh" else WeightedMSELoss.for_es()
-    return lambda outputs, targets: loss(outputs, targets).total
+def _random_targets(spec, outputs: tuple[torch.Tensor, ...], generator) -> tuple[torch.Tensor, ...]:
+    """Random targets shaped like ``outputs``: one-hot classes (5 % atoms, one in every sample, so the
+    whole batch is trained on) for a softmax output, uniform values for the others."""
+    targets = []
+    for output, value in zip(spec.outputs, outputs):
+        if output.activation == "softmax":
+            is_atom = torch.rand(value.shape[0], *value.shape[2:], generator=generator) < 0.05
+            is_atom[:, 0, 0] = True
+            target = torch.zeros(value.shape)
+            target[:, 0] = (~is_atom).float()
+            target[:, 1] = is_atom.float()
+        else:
+            target = torch.rand(value.shape, generator=generator) - (0.5 if output.shape == "grid" else 0.0)
+        targets.append(target)
+    return tuple(targets)
 
 
 def measure(name: str, args, device: torch.device) -> tuple[float, int]:
     """Median seconds per training step and the model's parameter count."""
-    from afm_ray.models import build_model, count_parameters
+    from afm_ray.models import count_parameters
     from afm_ray.models.memory_format import channels_last, to_channels_last
 
+    config = bench_config(name, args.size, args.slices)
+    spec = config.model.spec
     torch.manual_seed(0)
-    model = build_model(name, n_slices=args.slices).to(device)
+    model = spec.build_network(config).to(device)
     n_parameters = count_parameters(model)
     generator = torch.Generator().manual_seed(0)
-    stack, targets = _random_batch(name, args.batch_size, args.size, args.slices, device, generator)
+    stack = torch.randn(args.batch_size, len(spec.tips), args.size, args.size, args.slices, generator=generator)
+    with torch.no_grad():
+        shapes = tuple(output.cpu() for output in model.eval()(stack[:1].to(device)))
+    model.train()
+    targets = _random_targets(spec, tuple(s.expand(args.batch_size, *s.shape[1:]) for s in shapes), generator)
+    stack, targets = stack.to(device), tuple(t.to(device) for t in targets)
     if args.channels_last:
         to_channels_last(model)
         stack = channels_last(stack)
     step_model = torch.compile(model) if args.compile else model
-    loss_fn = _loss_fn(name)
+    loss_fn = spec.build_loss(config.loss)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        loss_fn(step_model(stack), targets).backward()
+        loss_fn(step_model(stack), targets).total.backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

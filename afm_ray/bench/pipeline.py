@@ -123,7 +123,6 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
     """One row of the table: a consumer training on ``n_batches`` batches from ``n_actors`` actors, then validating."""
     import torch
 
-    from afm_ray.batches import MODEL_TIPS
     from afm_ray.optim import build_optimizer
     from afm_ray.pipeline import BatchStream, plan_epoch
     from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
@@ -153,7 +152,7 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
                     timed_from, wait_from = time.perf_counter(), stream.stats.wait_seconds
                     produce_from, produced_from = stream.stats.produce_seconds, stream.stats.samples
                 tensors = to_tensors(batch, "cpu")
-                loss = compute_loss(config.model.name, loss_fn, model(tensors["x"]), tensors)
+                loss = compute_loss(config.model.spec, loss_fn, model(tensors["x"]), tensors)
                 optimizer.zero_grad(set_to_none=True)
                 loss.total.backward()
                 optimizer.step()
@@ -175,7 +174,7 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
         return {
             "actors": n_actors, "samples_per_s": samples / elapsed, "prefetch": prefetch,
             "wait_fraction": waited / elapsed,
-            "sim_stacks_per_s_per_actor": produced * len(MODEL_TIPS[config.model.name]) / max(produce_seconds, 1e-9),
+            "sim_stacks_per_s_per_actor": produced * len(config.model.spec.tips) / max(produce_seconds, 1e-9),
             "store_peak_mib": peak.peak_mib if peak.available else None,
             "store_bound_mib": (stream.max_in_flight + 1) * largest_batch / 2**20,
             "validation_s": validation[1] - validation[0],
@@ -191,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from afm_ray.pipeline.sources import load_split_samples
     from afm_ray.ray_cluster import ensure_ray, shutdown_ray
     from afm_ray.train.config import load_train_config
-    from afm_ray.train.trainer import with_absolute_paths
+    from afm_ray.train.run_state import with_absolute_paths
 
     if args.synthetic:
         from afm_ray.bench.synthetic_stream import run_synthetic

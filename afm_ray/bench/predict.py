@@ -54,7 +54,6 @@ def register(subparsers) -> None:
 
 
 def _loaded_model(args):
-    from afm_ray.batches import MODEL_TARGETS
     from afm_ray.models.packed import PackedOutputs
     from afm_ray.predict.registry import LoadedModel, load_model
     from afm_ray.train.config import TrainConfig, load_train_config
@@ -65,7 +64,7 @@ def _loaded_model(args):
     config = load_train_config(args.config) if args.config else TrainConfig()
     torch.manual_seed(0)
     network = build_model(config)
-    packed = PackedOutputs(network, MODEL_TARGETS[config.model.name], config.model.name).eval()
+    packed = PackedOutputs(network, config.model.spec.output_names, config.model.name).eval()
     return LoadedModel(packed, config, f"untrained {config.model.name} ({args.config or 'thesis defaults'})")
 
 

@@ -338,13 +338,10 @@ def run_models_show(args: argparse.Namespace) -> int:
 
 # -- match ----------------------------------------------------------------------------------------
 def run_match(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from afm_ray.descriptors.geometry import ScanWindow
-    from afm_ray.molecules.io import read_molecule_file, write_xyz
-    from afm_ray.predict.figures import plot_match_rows
-    from afm_ray.predict.match import (MatchSettings, evenly_spread_rotations, match_experiments,
-                                       prepared_simulations, write_ranking_csv)
+    from afm_ray.molecules.io import read_molecule_file
+    from afm_ray.predict.match import (MatchSettings, evenly_spread_rotations, match_experiments, ranked_rotations,
+                                       simulation_actors, write_match_outputs)
     from afm_ray.predict.predictor import Predictor
     from afm_ray.sim import SimConfig
 
@@ -372,12 +369,9 @@ def run_match(args: argparse.Namespace) -> int:
         stacks = _read_inputs(args.experiment, args.channel)
         model = _load_model(args)
         print(f"model {model.describe()}", flush=True)
-        ray_choice = _ray_choice(args)
-        predictor = Predictor(model, device=args.device, use_ray=ray_choice)
-        import ray
-
-        if ray_choice is not False and ray.is_initialized():
-            actors = args.actors or model.config.pipeline.num_sim_actors
+        use_ray = _ray_choice(args)
+        predictor = Predictor(model, device=args.device, use_ray=use_ray)
+        actors = simulation_actors(predictor, args.actors, use_ray)
     settings = MatchSettings(max_shift_angstrom=args.max_shift, batch_size=args.batch_size, actors=actors,
                              opencl_device=args.opencl_device, prepare=prepare)
     where = f"{actors} simulation actor(s)" if actors else "this machine"
@@ -388,35 +382,18 @@ def run_match(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         result = match_experiments(molecule, rotations, predictor, stacks, experiment_molecules, window, settings)
     _show_warnings(caught)
+    written = write_match_outputs(args.out, molecule, result, predictor, settings)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table = write_ranking_csv(out / "ranking.csv", result)
-    np.savez_compressed(out / "rotations.npz", rotations=rotations.rotations, directions=rotations.directions,
-                        azimuths_deg=rotations.azimuths_deg, vdw_spheres=result.simulated_maps)
-    best_rotations = np.stack([rotations.rotations[r.best] for r in result.rankings])
-    simulations = (prepared_simulations(predictor, molecule, best_rotations, settings)
-                   if predictor is not None else [None] * len(result.rankings))
-    rows = []
-    for ranking, simulation in zip(result.rankings, simulations):
-        best = ranking.best
-        geometry = molecule.rotated(rotations.rotations[best])
-        write_xyz(out / f"{ranking.name}_best.xyz", geometry,
-                  comment=f"best rotation {best} for {ranking.name}: ncc {ranking.scores[best]:.4f}")
-        rows.append({"name": ranking.name, "experiment_map": ranking.experiment_map,
-                     "simulation_map": result.simulated_maps[best], "molecule": geometry,
-                     "label": f"rotation {best}, ncc {ranking.scores[best]:.3f}",
-                     "experiment_x": ranking.experiment.x[0] if ranking.experiment is not None else None,
-                     "simulation_x": simulation.x[0] if simulation is not None else None})
+    for ranking in result.rankings:
         print(f"\n{ranking.name}: best rotations (rank, rotation, ncc, shift x/y Å, direction facing the tip)")
-        for place, rotation in enumerate(ranking.order[:args.top], start=1):
-            shift = ranking.shifts_px[rotation] * np.asarray(result.window.pixel_size)
-            direction = ", ".join(f"{v:+.2f}" for v in rotations.directions[rotation])
-            print(f"  {place:>3}  {rotation:>5}  {ranking.scores[rotation]:.4f}  {shift[0]:+.2f} {shift[1]:+.2f}  ({direction})"
-                  + (f" azimuth {rotations.azimuths_deg[rotation]:g}°" if args.azimuths > 1 else ""))
-    figure = plot_match_rows(out / "match.png", rows, result.window)
+        for row in ranked_rotations(result, ranking, args.top):
+            direction = ", ".join(f"{v:+.2f}" for v in row.direction)
+            print(f"  {row.place:>3}  {row.rotation:>5}  {row.ncc:.4f}  {row.shift_angstrom[0]:+.2f} "
+                  f"{row.shift_angstrom[1]:+.2f}  ({direction})"
+                  + (f" azimuth {row.azimuth_deg:g}°" if args.azimuths > 1 else ""))
     print(f"\nsimulated {len(rotations)} rotations in {result.simulation_seconds:.1f} s, predicted in "
-          f"{result.prediction_seconds:.1f} s, ranked in {result.ranking_seconds:.2f} s; wrote {table}, {figure}")
+          f"{result.prediction_seconds:.1f} s, ranked in {result.ranking_seconds:.2f} s; "
+          f"wrote {written.ranking}, {written.figure}")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from afm_ray.console import VERBOSE_HELP, configure_console
+
 DESCRIPTION = """\
 Train DSH, ES or xyz on AFM stacks simulated on the fly by simulation actors (one OpenCL
 simulator each, on GPUs when the config asks for them, on the CPU otherwise) and streamed through
@@ -40,12 +42,14 @@ def register(subparsers) -> None:
                         help="resume a run folder started with another config: its checkpoint continues in a new "
                              "MLflow run tagged afm_ray.resumed_from=<old run id> (default: refuse, listing the "
                              "changed fields)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     parser.set_defaults(handler=_train)
 
 
 def _train(args) -> int:
     from afm_ray.train.config import load_train_config
 
+    configure_console(verbose=args.verbose)
     config = load_train_config(args.config, args.overrides)
     if args.print_config:
         import yaml
@@ -54,6 +58,16 @@ def _train(args) -> int:
         return 0
     from afm_ray.train.trainer import run_training
 
+    print(summary_line(config), flush=True)
     outcome = run_training(config, allow_changed=args.allow_changed)
     print(f"done: {outcome.model_uri}  checkpoint {outcome.checkpoint_path}")
     return 0
+
+
+def summary_line(config) -> str:
+    """One line: what will be trained, on what, for how long, with how many actors and workers."""
+    sim, actors, workers = config.sim, config.pipeline.num_sim_actors, config.scaling.num_workers
+    return (f"training {config.model.name} on split {config.data.split}: {config.run.epochs} epochs × "
+            f"batch {config.run.batch_size}, {'+'.join(config.model.spec.tips)} scans {sim.scan_pixels[0]}×"
+            f"{sim.scan_pixels[1]} px × {config.input_slices} slices, {actors} simulation "
+            f"actor{'s' * (actors != 1)} → {workers} training worker{'s' * (workers != 1)}")

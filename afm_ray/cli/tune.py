@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from afm_ray.console import VERBOSE_HELP, configure_console
+
 DESCRIPTION = """\
 Search the loss hyperparameters the thesis tuned by hand — γ, αn, βPL of the xyz focal/position
 loss, the DSH/ES loss weights, the learning rate — with Ray Tune. Every trial runs the same Ray
@@ -15,11 +17,11 @@ sweep is an MLflow parent run with a child run per trial, a trial table and a pl
 against each hyperparameter; the best trial's model is registered as NAME@champion.
 
 examples:
-  afm-ray tune --config configs/sweep_xyz.yaml
-  afm-ray tune --config configs/sweep_xyz_gamma_grid.yaml          # thesis: γ ∈ {1.0, …, 2.0}
-  afm-ray tune --config configs/sweep_dsh.yaml budget.num_samples=20 max_concurrent_trials=2
-  afm-ray tune --config configs/sweep_xyz.yaml --resume             # continue an interrupted sweep
-  afm-ray tune --config configs/sweep_xyz.yaml --resume-if-exists   # continue it, or start it (a RayJob)
+  afm-ray tune --config tune/xyz.yaml
+  afm-ray tune --config tune/xyz_gamma_grid.yaml            # thesis: γ ∈ {1.0, …, 2.0}
+  afm-ray tune --config tune/dsh.yaml budget.num_samples=20 max_concurrent_trials=2
+  afm-ray tune --config tune/xyz.yaml --resume             # continue an interrupted sweep
+  afm-ray tune --config tune/xyz.yaml --resume-if-exists   # continue it, or start it (a RayJob)
 
 Resuming never runs a finished trial again; a finished sweep only reports its champion again. A sweep
 is resumed with the config it was started with: a changed search space, budget, scheduler or training
@@ -30,17 +32,19 @@ config is refused with the list of changed fields (choose another sweep name).
 def register(subparsers) -> None:
     parser = subparsers.add_parser("tune", help="hyperparameter sweep (Ray Tune + MLflow parent/child runs)",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="sweep YAML (configs/sweep_*.yaml)")
+    parser.add_argument("--config", type=Path, required=True, help="sweep YAML (tune/*.yaml; tune/README.md)")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="override sweep fields")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     resume.add_argument("--resume-if-exists", action="store_true",
                         help="continue the sweep of this name if there is one, else start it (re-created RayJobs)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     parser.set_defaults(handler=_tune)
 
 
 def _tune(args) -> int:
-    from tune import load_sweep_config, run_sweep
+    configure_console(verbose=args.verbose)
+    from afm_ray.sweep import load_sweep_config, run_sweep
 
     outcome = run_sweep(load_sweep_config(args.config, args.overrides), resume=args.resume,
                         resume_if_exists=args.resume_if_exists)

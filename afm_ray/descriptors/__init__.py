@@ -11,8 +11,8 @@ frame and axis conventions). Maps are ``(B, nx, ny)`` float32:
 * :func:`height_and_es_maps` — Height Map (Å above a plane 2 Å below the highest point of the
   rigid-probe Fz isosurface, in [0, 2]) and Electrostatic Map (V) on that surface; these need the
   simulator (:mod:`afm_ray.sim`);
-* :class:`XyzGrid` / :func:`encode_xyz` — the xyz grid descriptor; :meth:`XyzGrid.decode` reads
-  atoms back (via :func:`afm_ray.metrics.decode_xyz`).
+* :class:`XyzGrid` / :func:`encode_xyz` — the xyz grid descriptor; :meth:`XyzGrid.decode` and
+  :func:`decode_xyz` read atoms back (the codec: :mod:`afm_ray.descriptors.xyz_codec`).
 
 Molecules are given as anything :func:`as_atom_batch` accepts: ``Molecule`` objects,
 ``(positions, numbers[, charges])`` tuples, or lists of them. Like the simulator's window, the
@@ -28,13 +28,14 @@ from afm_ray.descriptors.height_es import (ES_MAP_CUT, HEIGHT_MAP_CUT_DEPTH, HEI
                                            HeightEsMaps, HeightMapConfig, height_and_es_from_fields,
                                            height_and_es_maps)
 from afm_ray.descriptors.spheres import VDW_SPHERES_CUT_DEPTH, VdwSpheresConfig, vdw_spheres
-from afm_ray.descriptors.xyz_grid import ELEMENT_GROUPS_H_C_NOF, XYZ_Z_CUT, XyzGrid, XyzTargets, encode_xyz
+from afm_ray.descriptors.xyz_codec import (ELEMENT_GROUPS_H_C_NOF, XYZ_Z_CUT, Atoms, XyzGrid, XyzTargets, decode_xyz,
+                                           encode_xyz, non_max_suppression)
 
 __all__ = [
     "ATOMIC_DISKS_CUT_DEPTH", "CONE_WIDTH_FACTOR", "DEFAULT_WINDOW", "ELEMENT_GROUPS_H_C_NOF", "ES_MAP_CUT",
     "HEIGHT_MAP_CUT_DEPTH", "HEIGHT_MAP_ISO_FORCE", "VDW_SPHERES_CUT_DEPTH", "XYZ_Z_CUT",
-    "AtomBatch", "AtomicDisksConfig", "DescriptorsConfig", "EsMapConfig", "HeightEsMaps", "HeightMapConfig",
+    "AtomBatch", "AtomicDisksConfig", "Atoms", "DescriptorsConfig", "EsMapConfig", "HeightEsMaps", "HeightMapConfig",
     "ScanWindow", "VdwSpheresConfig", "XyzGrid", "XyzTargets",
-    "as_atom_batch", "atomic_disks", "centred_on_mean_xy", "encode_xyz", "height_and_es_from_fields",
-    "height_and_es_maps", "prepare_atoms", "vdw_spheres",
+    "as_atom_batch", "atomic_disks", "centred_on_mean_xy", "decode_xyz", "encode_xyz", "height_and_es_from_fields",
+    "height_and_es_maps", "non_max_suppression", "prepare_atoms", "vdw_spheres",
 ]

@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
+from afm_ray.losses import WeightedMSELoss
 from afm_ray.models.blocks import Decoder2D, Encoder3D, check_n_slices, check_padding_mode, check_stack, conv_leaky
+from afm_ray.models.spec import ModelSpec, Objective, OutputSpec, register_model
+
+if TYPE_CHECKING:
+    from afm_ray.train.config import LossSettings, TrainConfig
 
 ES_OUTPUTS = ("es_map", "height_map")
 ES_TIPS = ("CO", "Xe")
+ES_LOSS_WEIGHTS = (1.0, 0.1)
+"""Thesis weights of the ES Map and Height MSEs (``loss.es_weights``)."""
 BRANCH_CHANNELS = 64
 LATENT_CHANNELS = 64
 
@@ -75,3 +84,36 @@ class ES(nn.Module):
         if self.skip_connections:
             skips = [torch.cat(per_stage, dim=1) for per_stage in zip(*branch_skips)]
         return tuple(self.decoders[name](latent, skips) for name in ES_OUTPUTS)
+
+
+def build_es(config: TrainConfig) -> ES:
+    return ES(n_slices=config.input_slices, skip_connections=config.model.skip_connections,
+              padding_mode=config.model.padding)
+
+
+def es_loss(loss: LossSettings) -> WeightedMSELoss:
+    return WeightedMSELoss(loss.es_weights, ES_OUTPUTS)
+
+
+def describe_es_loss(config: TrainConfig) -> str:
+    return "weights " + ", ".join(f"{w:g}" for w in config.loss.es_weights)
+
+
+ES_SPEC = register_model(ModelSpec(
+    name="es",
+    description="Electrostatic Map and Height from CO- and Xe-tip stacks",
+    tips=ES_TIPS,
+    outputs=(OutputSpec("es_map", None, "V"), OutputSpec("height_map", "relu", "Å")),
+    targets=ES_OUTPUTS,
+    build_network=build_es,
+    build_loss=es_loss,
+    loss_defaults={"es_weights": ES_LOSS_WEIGHTS},
+    describe_loss=describe_es_loss,
+    objective=Objective("val_mse_mean", "min"),
+    metrics="maps",
+    figure_maps=ES_OUTPUTS,
+    rotations_per_molecule=20,
+    published_losses={"dataset1": {"train": 3.41e-4, "val": 3.40e-4, "test": 3.40e-4},
+                      "dataset2": {"train": 4.15e-4, "val": 4.13e-4, "test": 4.26e-4}},  # thesis Table 6
+    module=__name__,
+))

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from afm_ray.models.spec import get_model_spec
+
 PACKED_SPEC_METADATA_KEY = "afm_ray_packed_outputs"
 """Key of :meth:`PackedSpec.to_json` in a registered model's MLflow metadata."""
 
@@ -29,7 +31,7 @@ class PackedSpec:
     """How to read the packed tensor of a model.
 
     Attributes:
-        model_name: ``dsh``, ``es`` or ``xyz``.
+        model_name: a registered model (its :class:`~afm_ray.models.ModelSpec` says which outputs are maps).
         output_names: one name per output, in forward order.
         output_channels: channels of each output in the packed tensor (maps 1; xyz classes, 3 offsets).
     """
@@ -60,26 +62,29 @@ class PackedSpec:
 def unpack_outputs(packed: torch.Tensor, spec: PackedSpec) -> dict[str, torch.Tensor]:
     """``{name: output}`` with the shapes the network returns ((B, X, Y) maps; xyz (B, C, gx, gy))."""
     pieces = torch.split(packed, list(spec.output_channels), dim=1)
-    return {name: piece.squeeze(1) if channels == 1 and spec.model_name != "xyz" else piece
-            for name, piece, channels in zip(spec.output_names, pieces, spec.output_channels)}
+    model = get_model_spec(spec.model_name)
+    return {name: piece.squeeze(1) if model.output(name).shape == "map" else piece
+            for name, piece in zip(spec.output_names, pieces)}
 
 
 class PackedOutputs(nn.Module):
     """``forward(x) -> (B, sum of channels, X', Y')``: the network's outputs concatenated.
 
     Args:
-        network: a DSH, ES or XYZ network.
-        output_names: one name per output, in forward order (e.g. ``atomic_disks, vdw_spheres,
-            height_map``; ``xyz_classes, xyz_offsets``).
-        model_name: ``dsh``, ``es`` or ``xyz`` — how to read the packed tensor.
+        network: the network of a registered model, e.g. a DSH, ES or XYZ.
+        output_names: one name per output, in forward order: the spec's ``output_names``.
+        model_name: the registered model; its spec says how many channels each output takes.
     """
 
     def __init__(self, network: nn.Module, output_names: tuple[str, ...], model_name: str):
         super().__init__()
+        spec = get_model_spec(model_name)
+        if tuple(output_names) != spec.output_names:
+            raise ValueError(f"a {model_name} network's outputs are {list(spec.output_names)}, not {list(output_names)}")
         self.network = network
-        self.output_names = tuple(output_names)
+        self.output_names = spec.output_names
         self.model_name = model_name
-        self.output_channels = ((network.n_classes, 3) if model_name == "xyz" else (1,) * len(self.output_names))
+        self.output_channels = spec.packed_channels(network)
 
     @property
     def spec(self) -> PackedSpec:

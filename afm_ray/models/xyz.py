@@ -15,15 +15,26 @@ x axis (input axis 2), ``j`` along y (input axis 3).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from afm_ray.elements import ELEMENT_TABLE
+from afm_ray.losses import FocalPositionLoss
 from afm_ray.models.blocks import Encoder3D, PaddedConv, check_n_slices, check_padding_mode, check_stack, conv_leaky
+from afm_ray.models.spec import ModelSpec, Objective, OutputSpec, register_model
+
+if TYPE_CHECKING:
+    from afm_ray.train.config import LossSettings, TrainConfig
 
 TRUNK_CHANNELS = 128
 HEAD_CHANNELS = 64
 N_OFFSETS = 3
+XYZ_BOX_ANGSTROM = 1.0
+"""Edge of the xyz descriptor's boxes (Å): one per 8 × 8 input pixels at the thesis' 0.125 Å/px."""
+XYZ_LOSS_DEFAULTS = {"gamma": 1.25, "alpha_n": 0.30, "beta_pl": 0.15, "z_min_angstrom": -0.7}
+"""Thesis values of the focal-position loss (``loss.gamma``, ``loss.alpha_n``, ``loss.beta_pl``, ``loss.z_min_angstrom``)."""
 
 # Element groups for ``element_classes=DEFAULT_ELEMENT_CLASSES``: light-set elements get their
 # own class where the chemistry differs most visibly in AFM (H vs C), N/O/F share the
@@ -123,3 +134,64 @@ class XYZ(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, offsets = self.forward_logits(x)
         return torch.softmax(logits, dim=1), offsets
+
+
+def model_element_classes(config: TrainConfig) -> list[list[str]] | None:
+    """The xyz model's classes: the configured groups plus one for every other element.
+
+    The xyz descriptor puts elements in no group into a final "other" class; the network needs the
+    same channels.
+    """
+    groups = config.model.element_classes
+    if groups is None:
+        return None
+    grouped = {symbol for group in groups for symbol in group}
+    others = [ELEMENT_TABLE.symbols[z] for z in ELEMENT_TABLE.known_numbers if ELEMENT_TABLE.symbols[z] not in grouped]
+    return [list(group) for group in groups] + [others]
+
+
+def build_xyz(config: TrainConfig) -> XYZ:
+    return XYZ(n_slices=config.input_slices, element_classes=model_element_classes(config),
+               padding_mode=config.model.padding)
+
+
+def xyz_loss(loss: LossSettings) -> FocalPositionLoss:
+    return FocalPositionLoss(loss.gamma, loss.alpha_n, loss.beta_pl, loss.z_min_angstrom)
+
+
+def describe_xyz_loss(config: TrainConfig) -> str:
+    loss = config.loss
+    return (f"γ {loss.gamma:g}, αn {loss.alpha_n:g}, βPL {loss.beta_pl:g}"
+            + (f", classes {config.model.element_classes}" if config.model.element_classes else ""))
+
+
+def check_xyz_config(config: TrainConfig) -> None:
+    """The network's output cell (8 px) must be the descriptor's box."""
+    pixels, size = config.sim.scan_pixels, config.sim.scan_size_angstrom
+    if any(abs(count / 8 - extent / XYZ_BOX_ANGSTROM) > 1e-6 for count, extent in zip(pixels, size)):
+        raise ValueError(f"the xyz network predicts one {XYZ_BOX_ANGSTROM:g} Å box per 8 pixels, so "
+                         f"sim.scan_pixels {list(pixels)} must be 8 × sim.scan_size_angstrom {list(size)} "
+                         f"(thesis: 128 px over 16 Å)")
+
+
+XYZ_SPEC = register_model(ModelSpec(
+    name="xyz",
+    description="atom classes and positions on a 1 Å grid from a CO-tip stack",
+    tips=("CO",),
+    outputs=(OutputSpec("xyz_classes", "softmax", "probability", shape="grid", channels=None),
+             OutputSpec("xyz_offsets", None, "Å", shape="grid", channels=N_OFFSETS)),
+    targets=("xyz_classes", "xyz_offsets"),
+    build_network=build_xyz,
+    build_loss=xyz_loss,
+    loss_defaults=XYZ_LOSS_DEFAULTS,
+    describe_loss=describe_xyz_loss,
+    objective=Objective("val_atom_f1", "max"),
+    metrics="atoms",
+    figure_maps=("atoms",),
+    rotations_per_molecule=30,
+    uses_element_classes=True,
+    check_config=check_xyz_config,
+    published_losses={"dataset1": {"train": 4.43e-3, "val": 4.72e-3, "test": 4.72e-3},
+                      "dataset2": {"train": 5.87e-3, "val": 6.10e-3, "test": 6.58e-3}},  # thesis Table 6
+    module=__name__,
+))

@@ -166,7 +166,7 @@ def _with_computed_charges(numbers, positions, charges: str | None, where: str, 
 
 
 # -- RDKit (SDF, computed charges) ---------------------------------------------------------------
-def _import_rdkit(where: str):
+def import_rdkit(where: str):
     try:
         from rdkit import Chem
     except ImportError:
@@ -176,7 +176,7 @@ def _import_rdkit(where: str):
 
 
 def _rdkit_from_geometry(numbers, positions, where: str):
-    Chem = _import_rdkit(where)
+    Chem = import_rdkit(where)
     from rdkit.Chem import rdDetermineBonds
     from rdkit.Geometry import Point3D
 
@@ -215,7 +215,7 @@ def compute_charges(molecule, method: str, where: str) -> np.ndarray:
 
 
 def _read_sdf(path: Path, charges: str | None) -> list[Molecule]:
-    Chem = _import_rdkit(str(path))
+    Chem = import_rdkit(str(path))
     supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
     molecules = []
     for index, rdkit_molecule in enumerate(supplier):

@@ -6,14 +6,14 @@ This is how a user builds a heavy set (Si, P, S, Cl, Br) when no DFT structures 
 from __future__ import annotations
 
 from afm_ray.errors import InputError
-from afm_ray.molecules.io import _import_rdkit, compute_charges
+from afm_ray.molecules.io import import_rdkit, compute_charges
 from afm_ray.molecules.molecule import Molecule
 
 
 def molecule_from_smiles(smiles: str, molecule_id: str, charges: str = "mmff", seed: int = 0,
                          max_optimisation_steps: int = 2000) -> Molecule:
     """Embed ``smiles`` in 3D (ETKDGv3, seeded), optimise with MMFF94 and attach partial charges (e)."""
-    Chem = _import_rdkit(molecule_id)
+    Chem = import_rdkit(molecule_id)
     from rdkit.Chem import AllChem
 
     where = f"SMILES {smiles!r} ({molecule_id})"

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from afm_ray.augment import AugmentConfig
-from afm_ray.batches import ModelName
 from afm_ray.config import StrictModel
+from afm_ray.models import ModelSpec, get_model_spec, validated_model_spec
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.sim.config import SimConfig
 
@@ -26,7 +26,7 @@ class DataSettings(StrictModel):
     max_train_molecules: int | None = Field(None, ge=1, description="use at most this many training molecules")
     max_eval_molecules: int | None = Field(None, ge=1, description="use at most this many val / test molecules")
     rotations_per_molecule: int | None = Field(
-        None, ge=1, le=100, description="best rotations by thesis Eq. 25 (default 20 for dsh/es, 30 for xyz)")
+        None, ge=1, le=100, description="best rotations by thesis Eq. 25 (default: the model's, 20 for dsh/es, 30 for xyz)")
     eval_rotations_per_molecule: int = Field(
         5, ge=1, le=100, description="rotations of each val/test molecule in the fixed evaluation sets")
     rotation_candidates: int = Field(100, ge=1, description="candidate directions on the sphere (thesis 100)")
@@ -81,13 +81,24 @@ class PipelineSettings(StrictModel):
 class SampleSettings(StrictModel):
     """Everything that turns a :class:`~afm_ray.plan.BatchSpec` into a batch: model task, molecules, stages."""
 
-    model: ModelName = Field("dsh", description="the model whose inputs and targets are made")
+    model: str = Field("dsh", description="the registered model whose inputs and targets are made")
+    model_module: str | None = Field(None, description="the module that registers it, if not afm-ray's own")
     element_classes: list[list[str]] | None = Field(None, description="xyz element groups (None = one atom class)")
     data: DataSettings = Field(default_factory=DataSettings)
     train_rotations_per_molecule: int = Field(20, ge=1, description="rotations per training molecule")
     sim: SimConfig = Field(default_factory=SimConfig)
     descriptors: DescriptorsConfig = Field(default_factory=DescriptorsConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @model_validator(mode="after")
+    def _registered(self) -> "SampleSettings":
+        # validated again in every actor from JSON: this imports a plugin model's module there too
+        validated_model_spec(self.model, self.model_module)
+        return self
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return get_model_spec(self.model, self.model_module)
 
     def actor_identity(self) -> dict:
         """What the simulation actors make batches from (not the consumers' own settings, such as caches)."""

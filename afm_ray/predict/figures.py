@@ -11,25 +11,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from afm_ray.descriptors.geometry import ScanWindow, prepare_atoms
-from afm_ray.metrics import Atoms
-from afm_ray.plots import DESCRIPTOR_STYLE, _draw_map, _draw_molecule, _label_axes
+from afm_ray.descriptors.xyz_codec import Atoms
+from afm_ray.models import get_model_spec
+from afm_ray.plots import DESCRIPTOR_STYLE, draw_map, draw_molecule, label_axes, save_figure
 
 INPUT_SLICES_SHOWN = 3  # far, middle, close — as thesis Fig. 17
 
 
 def _shown_slices(n_slices: int, count: int = INPUT_SLICES_SHOWN) -> list[int]:
     return sorted(set(np.linspace(0, n_slices - 1, min(count, n_slices)).round().astype(int).tolist()))
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    FigureCanvasAgg(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    return path
 
 
 def draw_atoms(axes, atoms: Atoms, window: ScanWindow, threshold: float, title: str = "xyz prediction") -> None:
@@ -49,7 +42,7 @@ def draw_atoms(axes, atoms: Atoms, window: ScanWindow, threshold: float, title: 
                  edgecolors="black", linewidths=0.5)
     axes.set_xlim(window.extent[0], window.extent[1])
     axes.set_ylim(window.extent[2], window.extent[3])
-    _label_axes(axes, f"{title}: {len(shown)} atoms ≥ {threshold:g}")
+    label_axes(axes, f"{title}: {len(shown)} atoms ≥ {threshold:g}")
 
 
 def plot_prediction(path: str | Path, prediction, model_name: str, window: ScanWindow, threshold: float,
@@ -60,7 +53,7 @@ def plot_prediction(path: str | Path, prediction, model_name: str, window: ScanW
     x = prediction.stack.x
     panels: list[tuple[str, object]] = [("slice", (0, k)) for k in _shown_slices(x.shape[3])]
     panels += [("slice", (c, x.shape[3] - 1)) for c in range(1, x.shape[0])]
-    if model_name == "xyz":
+    if get_model_spec(model_name).predicts_atoms:
         panels += [("confidence", None), ("atoms", None)]
     else:
         panels += [("map", name) for name in prediction.outputs]
@@ -69,22 +62,22 @@ def plot_prediction(path: str | Path, prediction, model_name: str, window: ScanW
     for axes, (kind, item) in zip(axes_row, panels):
         if kind == "slice":
             channel, k = item
-            _draw_map(figure, axes, x[channel, :, :, k], window,
+            draw_map(figure, axes, x[channel, :, :, k], window,
                       f"input ch {channel}, slice {k + 1}/{x.shape[3]}", "normalised Δf", "gray")
         elif kind == "map":
             label, unit, cmap = DESCRIPTOR_STYLE.get(item, (item, "", "viridis"))
-            _draw_map(figure, axes, prediction.outputs[item], window, f"{label} (predicted)", unit, cmap,
+            draw_map(figure, axes, prediction.outputs[item], window, f"{label} (predicted)", unit, cmap,
                       symmetric=item == "es_map")
         elif kind == "confidence":
             confidence = 1.0 - prediction.outputs["xyz_classes"][0]
             shown = axes.imshow(confidence.T, origin="lower", extent=window.extent, cmap="magma", vmin=0, vmax=1)
             figure.colorbar(shown, ax=axes, label="1 − p(background)", shrink=0.85)
-            _label_axes(axes, "atom confidence per box")
+            label_axes(axes, "atom confidence per box")
         else:
             draw_atoms(axes, prediction.atoms, window, threshold)
     if title:
         figure.suptitle(title, fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=90)
 
 
 def plot_match_rows(path: str | Path, rows: Sequence[dict], window: ScanWindow) -> Path:
@@ -106,15 +99,15 @@ def plot_match_rows(path: str | Path, rows: Sequence[dict], window: ScanWindow) 
         columns = iter(axes)
         if with_slices:
             for k in _shown_slices(row["experiment_x"].shape[2]):
-                _draw_map(figure, next(columns), row["experiment_x"][:, :, k], window,
+                draw_map(figure, next(columns), row["experiment_x"][:, :, k], window,
                           f"{row['name']}: slice {k + 1}", "normalised Δf", "gray")
-        _draw_map(figure, next(columns), row["experiment_map"], window, f"{row['name']}: vdW Spheres", style[1], style[2])
-        _draw_map(figure, next(columns), row["simulation_map"], window, f"match: {row['label']}", style[1], style[2])
-        _draw_molecule(figure, next(columns), prepare_atoms(row["molecule"]), window)
+        draw_map(figure, next(columns), row["experiment_map"], window, f"{row['name']}: vdW Spheres", style[1], style[2])
+        draw_map(figure, next(columns), row["simulation_map"], window, f"match: {row['label']}", style[1], style[2])
+        draw_molecule(figure, next(columns), prepare_atoms(row["molecule"]), window)
         if with_slices:
             for k in _shown_slices(row["simulation_x"].shape[2]):
-                _draw_map(figure, next(columns), row["simulation_x"][:, :, k], window,
+                draw_map(figure, next(columns), row["simulation_x"][:, :, k], window,
                           f"simulation: slice {k + 1}", "normalised Δf", "gray")
         for unused in columns:
             unused.set_visible(False)
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=90)

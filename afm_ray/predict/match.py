@@ -25,6 +25,9 @@ Steps (:func:`match_experiments`):
    experiment's map without a border of ``max_shift_angstrom`` (default 2 Å: the simulation window
    is centred on the molecule, an experiment's scan wherever the operator put it) is slid over
    each simulated map, and the score is the best Pearson r over those offsets, in [−1, 1].
+5. **Outputs** (:func:`write_match_outputs`): the ranking table, the simulated maps, the best
+   geometry per experiment and the figure; :func:`ranked_rotations` lists a ranking with its
+   shifts in Å and directions, for tables and consoles.
 
 **Descriptor mode** (``predictor=None``, CLI ``--model descriptor``) skips simulation and
 network: the simulated side is the exact vdW Spheres descriptor of each rotation and each
@@ -381,6 +384,41 @@ def experiment_maps(predictor: Predictor, stacks: Sequence[AfmStack],
     return list(zip(prepared, maps))
 
 
+@dataclass(frozen=True)
+class RankedRotation:
+    """One rotation's place in an experiment's ranking.
+
+    Attributes:
+        place: 1 = best.
+        rotation: index into the :class:`RotationSet`.
+        ncc: its normalised cross-correlation, in [−1, 1].
+        shift_angstrom: (x, y) lateral shift of the simulation that reached it, Å.
+        direction: (3,) molecule-frame unit vector facing the tip.
+        azimuth_deg: its turn about z, degrees.
+        angle_to_best_deg: geodesic angle to the experiment's best rotation, degrees.
+    """
+
+    place: int
+    rotation: int
+    ncc: float
+    shift_angstrom: tuple[float, float]
+    direction: np.ndarray
+    azimuth_deg: float
+    angle_to_best_deg: float
+
+
+def ranked_rotations(result: MatchResult, ranking: Ranking, count: int | None = None) -> list[RankedRotation]:
+    """The ``count`` best rotations of ``ranking`` (all when None), best first."""
+    order = ranking.order[:count]
+    rotations = result.rotations
+    pixel = result.window.pixel_size
+    angles = rotation_angle_deg(rotations.rotations[order], rotations.rotations[ranking.best])
+    return [RankedRotation(place, int(rotation), float(ranking.scores[rotation]),
+                           (float(ranking.shifts_px[rotation, 0] * pixel[0]), float(ranking.shifts_px[rotation, 1] * pixel[1])),
+                           rotations.directions[rotation], float(rotations.azimuths_deg[rotation]), float(angle))
+            for place, (rotation, angle) in enumerate(zip(order, angles), start=1)]
+
+
 def write_ranking_csv(path: str | Path, result: MatchResult) -> Path:
     """One row per (experiment, rotation), best first within each experiment.
 
@@ -389,22 +427,84 @@ def write_ranking_csv(path: str | Path, result: MatchResult) -> Path:
     angle_to_best_deg (geodesic angle to this experiment's best rotation).
     """
     path = Path(path)
-    pixel = result.window.pixel_size
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["experiment", "rank", "rotation", "ncc", "shift_x_angstrom", "shift_y_angstrom",
                          "direction_x", "direction_y", "direction_z", "azimuth_deg", "angle_to_best_deg"])
         for ranking in result.rankings:
-            order = ranking.order
-            angles = rotation_angle_deg(result.rotations.rotations, result.rotations.rotations[order[0]])
-            for place, rotation in enumerate(order, start=1):
-                direction = result.rotations.directions[rotation]
-                writer.writerow([ranking.name, place, int(rotation), f"{ranking.scores[rotation]:.6f}",
-                                 f"{ranking.shifts_px[rotation, 0] * pixel[0]:.4f}",
-                                 f"{ranking.shifts_px[rotation, 1] * pixel[1]:.4f}",
-                                 *(f"{v:.6f}" for v in direction), f"{result.rotations.azimuths_deg[rotation]:.3f}",
-                                 f"{angles[rotation]:.3f}"])
+            for row in ranked_rotations(result, ranking):
+                writer.writerow([ranking.name, row.place, row.rotation, f"{row.ncc:.6f}",
+                                 f"{row.shift_angstrom[0]:.4f}", f"{row.shift_angstrom[1]:.4f}",
+                                 *(f"{v:.6f}" for v in row.direction), f"{row.azimuth_deg:.3f}",
+                                 f"{row.angle_to_best_deg:.3f}"])
     return path
+
+
+@dataclass(frozen=True)
+class MatchOutputs:
+    """Files written by :func:`write_match_outputs`.
+
+    Attributes:
+        ranking: ranking.csv (:func:`write_ranking_csv`).
+        rotations: rotations.npz: rotations (R, 3, 3), directions (R, 3), azimuths_deg (R,) and
+            vdw_spheres (R, nx, ny) Å, for reuse.
+        best_geometries: experiment name → NAME_best.xyz (the best rotation, scan frame, Å, charges).
+        figure: match.png (thesis Fig. 17).
+    """
+
+    ranking: Path
+    rotations: Path
+    best_geometries: dict[str, Path]
+    figure: Path
+
+
+def write_match_outputs(out: str | Path, molecule: Molecule, result: MatchResult, predictor: Predictor | None = None,
+                        settings: MatchSettings = MatchSettings()) -> MatchOutputs:
+    """Write a match's outputs into ``out`` (created): see :class:`MatchOutputs`.
+
+    With a ``predictor`` the figure also shows the network inputs of each best rotation, simulated
+    again here for that purpose (a few stacks; the search kept only their maps).
+    """
+    from afm_ray.molecules.io import write_xyz
+    from afm_ray.predict.figures import plot_match_rows  # matplotlib loads only when figures are drawn
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rotations = result.rotations
+    table = write_ranking_csv(out / "ranking.csv", result)
+    arrays = out / "rotations.npz"
+    np.savez_compressed(arrays, rotations=rotations.rotations, directions=rotations.directions,
+                        azimuths_deg=rotations.azimuths_deg, vdw_spheres=result.simulated_maps)
+    best_rotations = np.stack([rotations.rotations[ranking.best] for ranking in result.rankings])
+    simulations = (prepared_simulations(predictor, molecule, best_rotations, settings)
+                   if predictor is not None else [None] * len(result.rankings))
+    geometries, rows = {}, []
+    for ranking, simulation in zip(result.rankings, simulations):
+        best = ranking.best
+        geometry = molecule.rotated(rotations.rotations[best])
+        geometries[ranking.name] = out / f"{ranking.name}_best.xyz"
+        write_xyz(geometries[ranking.name], geometry,
+                  comment=f"best rotation {best} for {ranking.name}: ncc {ranking.scores[best]:.4f}")
+        rows.append({"name": ranking.name, "experiment_map": ranking.experiment_map,
+                     "simulation_map": result.simulated_maps[best], "molecule": geometry,
+                     "label": f"rotation {best}, ncc {ranking.scores[best]:.3f}",
+                     "experiment_x": ranking.experiment.x[0] if ranking.experiment is not None else None,
+                     "simulation_x": simulation.x[0] if simulation is not None else None})
+    figure = plot_match_rows(out / "match.png", rows, result.window)
+    return MatchOutputs(table, arrays, geometries, figure)
+
+
+def simulation_actors(predictor: Predictor, requested: int | None, use_ray: bool | None) -> int:
+    """How many Ray simulation actors a match uses: 0 (simulate in this process) when Ray is
+    ruled out (``use_ray`` False) or not connected, else ``requested`` or the model's
+    ``pipeline.num_sim_actors``."""
+    if use_ray is False:
+        return 0
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    return requested or predictor.model.config.pipeline.num_sim_actors
 
 
 def match_experiments(molecule: Molecule, rotations: RotationSet, predictor: Predictor | None = None,

@@ -33,9 +33,9 @@ import torch
 
 from afm_ray.descriptors import XyzGrid
 from afm_ray.descriptors.geometry import ScanWindow
+from afm_ray.descriptors.xyz_codec import DEFAULT_NMS_RADIUS, DEFAULT_REPORT_THRESHOLD, Atoms
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
-from afm_ray.metrics import DEFAULT_NMS_RADIUS, DEFAULT_REPORT_THRESHOLD, Atoms
 from afm_ray.predict.preprocess import ModelInput, PreparedStack
 from afm_ray.predict.registry import LoadedModel
 
@@ -88,7 +88,7 @@ class Predictor:
             raise InputError("--threshold", f"must be in [0, 1], got {self.threshold}")
         if self.nms_radius < 0:
             raise InputError("--nms-radius", f"must be ≥ 0 Å, got {self.nms_radius}")
-        if self.model.model_name == "xyz":
+        if self.model.config.model.spec.predicts_atoms:
             from afm_ray.pipeline.sources import task_of
 
             groups = task_of(self.model.config.sample_settings).element_groups

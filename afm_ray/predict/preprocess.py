@@ -48,7 +48,6 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from afm_ray.augment import normalize_slices
-from afm_ray.batches import MODEL_TIPS
 from afm_ray.config import StrictModel
 from afm_ray.errors import InputError
 from afm_ray.predict.inputs import AfmStack
@@ -91,7 +90,7 @@ class ModelInput:
     @classmethod
     def from_config(cls, config: TrainConfig) -> "ModelInput":
         scan = config.augment.scan_height
-        return cls(MODEL_TIPS[config.model.name], config.input_slices,
+        return cls(config.model.spec.tips, config.input_slices,
                    (float(config.sim.scan_size_angstrom[0]), float(config.sim.scan_size_angstrom[1])),
                    (int(config.sim.scan_pixels[0]), int(config.sim.scan_pixels[1])),
                    scan.window_slices if scan.enabled else config.sim.num_slices)

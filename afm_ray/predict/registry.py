@@ -40,7 +40,6 @@ from pathlib import Path
 
 import numpy as np
 
-from afm_ray.batches import MODEL_TARGETS, MODEL_TIPS
 from afm_ray.config import validate
 from afm_ray.errors import InputError
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY, ExportedPackedOutputs, PackedOutputs, PackedSpec
@@ -82,13 +81,13 @@ class LoadedModel:
 
     @property
     def model_name(self) -> str:
-        """``dsh``, ``es`` or ``xyz``."""
+        """The registered model's name (``dsh``, ``es``, ``xyz``, …)."""
         return self.config.model.name
 
     @property
     def tips(self) -> tuple[str, ...]:
         """Probe of each input channel, in channel order (``("CO",)`` or ``("CO", "Xe")``)."""
-        return MODEL_TIPS[self.model_name]
+        return self.config.model.spec.tips
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -276,7 +275,7 @@ def _load_exported(path: Path, metadata: dict, config: TrainConfig, reference: s
         spec = PackedSpec.from_json(metadata.get(PACKED_SPEC_METADATA_KEY) or {})
     except ValueError as exc:
         raise InputError("--model", f"{reference}: {exc}") from None
-    if (spec.model_name, spec.output_names) != (config.model.name, MODEL_TARGETS[config.model.name]):
+    if (spec.model_name, spec.output_names) != (config.model.name, config.model.spec.output_names):
         raise InputError("--model", f"{reference}: {PACKED_SPEC_METADATA_KEY} describes a {spec.model_name} model "
                                     f"with outputs {list(spec.output_names)}, but its config a {config.model.name}")
     if not path.is_file():
@@ -321,7 +320,7 @@ def _load_local(path: Path, reference: str, trust_pickle: bool = False) -> Loade
 
     if (path / CHECKPOINT_FILE).is_file():
         network, config, _ = load_checkpoint_model(path)
-        packed = PackedOutputs(network, MODEL_TARGETS[config.model.name], config.model.name).eval()
+        packed = PackedOutputs(network, config.model.spec.output_names, config.model.name).eval()
         return LoadedModel(packed, config, reference)
     raise InputError("--model", f"{reference}: neither an MLflow model folder (MLmodel) nor a training "
                                 f"checkpoint ({CHECKPOINT_FILE})")
@@ -339,7 +338,7 @@ def reregister_model(reference: str, tracking_uri: str | None = None, trust_pick
     from mlflow import MlflowClient
 
     from afm_ray.train.registration import log_and_register
-    from afm_ray.train.trainer import create_config_run
+    from afm_ray.train.run_state import create_config_run
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     if not str(reference).startswith("models:/"):
@@ -481,17 +480,12 @@ def config_summary(config: TrainConfig) -> dict[str, str]:
               if scan.enabled else f"all {sim.num_slices}")
     summary = {
         "model": config.model.name + (" +skip" if config.model.skip_connections else ""),
-        "input": f"{'+'.join(MODEL_TIPS[config.model.name])}, {sim.scan_pixels[0]}×{sim.scan_pixels[1]} px over "
+        "input": f"{'+'.join(config.model.spec.tips)}, {sim.scan_pixels[0]}×{sim.scan_pixels[1]} px over "
                  f"{sim.scan_size_angstrom[0]:g}×{sim.scan_size_angstrom[1]:g} Å, {config.input_slices} slices",
         "slices": f"{slices}, dz {sim.dz_angstrom:g} Å",
         "data": f"{config.data.database.name} split {config.data.split}, {config.rotations_per_molecule} rotations/molecule",
         "training": f"{config.run.epochs} epochs, batch {config.run.batch_size} × {config.scaling.num_workers} workers, "
                     f"lr {config.optimizer.learning_rate:g}",
     }
-    if config.model.name == "xyz":
-        summary["loss"] = (f"γ {config.loss.gamma:g}, αn {config.loss.alpha_n:g}, βPL {config.loss.beta_pl:g}"
-                           + (f", classes {config.model.element_classes}" if config.model.element_classes else ""))
-    else:
-        weights = config.loss.dsh_weights if config.model.name == "dsh" else config.loss.es_weights
-        summary["loss"] = "weights " + ", ".join(f"{w:g}" for w in weights)
+    summary["loss"] = config.model.spec.describe_loss(config)
     return summary

@@ -12,22 +12,27 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from afm_ray.augment import AugmentConfig
-from afm_ray.batches import ModelName
 from afm_ray.config import StrictModel, load_config
 from afm_ray.descriptors.config import DescriptorsConfig
+from afm_ray.models import ModelSpec, get_model_spec, list_model_specs, validated_model_spec
 from afm_ray.pipeline.settings import DataSettings, PipelineSettings, SampleSettings
 from afm_ray.sim.config import SimConfig
 
 __all__ = ["DataSettings", "PipelineSettings", "TrainConfig", "load_train_config"]
-THESIS_ROTATIONS = {"dsh": 20, "es": 20, "xyz": 30}
-XYZ_BOX_ANGSTROM = 1.0
-"""Edge of the xyz descriptor's boxes (Å): one per 8 × 8 input pixels at the thesis' 0.125 Å/px."""
+
+
+def _loss_default(model: str, field: str):
+    """A ``loss.*`` default, kept in the model's spec (its ``loss_defaults``)."""
+    return get_model_spec(model).loss_defaults[field]
 
 
 class ModelSettings(StrictModel):
     """Which network, with the thesis' section-5 options (off by default: exact thesis models)."""
 
-    name: ModelName = Field("dsh", description="dsh (Disks, Spheres, Height), es (Electrostatic, Height) or xyz")
+    name: str = Field("dsh", description="a registered model: " + "; ".join(
+        f"{spec.name} ({spec.description})" for spec in list_model_specs()))
+    module: str | None = Field(None, description="a model from another package: the module that registers it "
+                                                 "(imported first, on every node)")
     skip_connections: bool = Field(False, description="1×1-conv skips from the 3D encoder into the 2D decoders")
     padding: Literal["reflect", "replicate"] = Field(
         "reflect", description="convolution padding: reflect (thesis text) or replicate (the published ASD-AFM Keras "
@@ -35,6 +40,16 @@ class ModelSettings(StrictModel):
     element_classes: list[list[str]] | None = Field(
         None, description="xyz only: atom classes as element-symbol groups, e.g. [[H], [C], [N, O, F]]; "
                           "None = one 'atom' class as in the thesis")
+
+    @model_validator(mode="after")
+    def _registered(self) -> "ModelSettings":
+        validated_model_spec(self.name, self.module)
+        return self
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The registered :class:`~afm_ray.models.ModelSpec` of :attr:`name`."""
+        return get_model_spec(self.name, self.module)
 
 
 class ScalingSettings(StrictModel):
@@ -57,14 +72,16 @@ class OptimizerSettings(StrictModel):
 
 
 class LossSettings(StrictModel):
-    """Loss hyperparameters (what Ray Tune searches)."""
+    """Loss hyperparameters (what Ray Tune searches); each model's loss reads its own (defaults: its spec)."""
 
-    dsh_weights: tuple[float, float, float] = Field((20.0, 0.3, 0.2), description="Disks, Spheres, Height")
-    es_weights: tuple[float, float] = Field((1.0, 0.1), description="ES Map, Height")
-    gamma: float = Field(1.25, ge=0, description="focal-loss exponent γ")
-    alpha_n: float = Field(0.30, gt=0, lt=1, description="background class weight αn")
-    beta_pl: float = Field(0.15, ge=0, description="position-loss weight βPL")
-    z_min_angstrom: float = Field(-0.7, lt=0, description="xyz depth cut-off z_min, Å")
+    dsh_weights: tuple[float, float, float] = Field(_loss_default("dsh", "dsh_weights"),
+                                                    description="Disks, Spheres, Height")
+    es_weights: tuple[float, float] = Field(_loss_default("es", "es_weights"), description="ES Map, Height")
+    gamma: float = Field(_loss_default("xyz", "gamma"), ge=0, description="focal-loss exponent γ")
+    alpha_n: float = Field(_loss_default("xyz", "alpha_n"), gt=0, lt=1, description="background class weight αn")
+    beta_pl: float = Field(_loss_default("xyz", "beta_pl"), ge=0, description="position-loss weight βPL")
+    z_min_angstrom: float = Field(_loss_default("xyz", "z_min_angstrom"), lt=0,
+                                  description="xyz depth cut-off z_min, Å")
 
 
 class MlflowSettings(StrictModel):
@@ -126,31 +143,33 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
-        if self.model.element_classes is not None and self.model.name != "xyz":
-            raise ValueError("model.element_classes applies to the xyz model only")
-        pixels, size = self.sim.scan_pixels, self.sim.scan_size_angstrom
+        spec = self.model.spec
+        if self.model.element_classes is not None and not spec.uses_element_classes:
+            raise ValueError(f"model.element_classes applies to "
+                             f"{' and '.join(s.name for s in list_model_specs() if s.uses_element_classes)} only")
+        pixels = self.sim.scan_pixels
         if any(count % 8 for count in pixels):
             raise ValueError(f"sim.scan_pixels {list(pixels)}: the networks pool x and y by 8; use multiples of 8")
-        if self.model.name == "xyz" and any(abs(count / 8 - extent / XYZ_BOX_ANGSTROM) > 1e-6
-                                            for count, extent in zip(pixels, size)):
-            raise ValueError(f"the xyz network predicts one {XYZ_BOX_ANGSTROM:g} Å box per 8 pixels, so "
-                             f"sim.scan_pixels {list(pixels)} must be 8 × sim.scan_size_angstrom {list(size)} "
-                             f"(thesis: 128 px over 16 Å)")
         scan = self.augment.scan_height
         if scan.enabled and scan.window_slices > self.sim.num_slices:
             raise ValueError(f"augment.scan_height.window_slices ({scan.window_slices}) exceeds "
                              f"sim.num_slices ({self.sim.num_slices})")
+        if spec.input_slices is not None and self.input_slices != spec.input_slices:
+            raise ValueError(f"the {spec.name} network reads {spec.input_slices} slices, this config gives it "
+                             f"{self.input_slices} (sim.num_slices, augment.scan_height)")
+        if spec.check_config is not None:
+            spec.check_config(self)
         return self
 
     # -- derived ---------------------------------------------------------------------------------
     @property
     def rotations_per_molecule(self) -> int:
-        return self.data.rotations_per_molecule or THESIS_ROTATIONS[self.model.name]
+        return self.data.rotations_per_molecule or self.model.spec.rotations_per_molecule
 
     @property
     def sample_settings(self) -> SampleSettings:
         """What the simulation actors need to make this run's batches and fixed sets."""
-        return SampleSettings(model=self.model.name, element_classes=self.model.element_classes, data=self.data,
+        return SampleSettings(model=self.model.name, model_module=self.model.module, element_classes=self.model.element_classes, data=self.data,
                               train_rotations_per_molecule=self.rotations_per_molecule, sim=self.sim,
                               descriptors=self.descriptors, augment=self.augment)
 

@@ -25,17 +25,8 @@ import numpy as np
 import torch
 
 from afm_ray.errors import InputError
+from afm_ray.metric_figures import write_xyz_figures
 from afm_ray.train.config import TrainConfig
-
-THESIS_TABLE6_LOSS = {
-    "dsh": {"dataset1": {"train": 1.95e-3, "val": 1.90e-3, "test": 1.92e-3},
-            "dataset2": {"train": 2.32e-3, "val": 2.51e-3, "test": 2.59e-3}},
-    "es": {"dataset1": {"train": 3.41e-4, "val": 3.40e-4, "test": 3.40e-4},
-           "dataset2": {"train": 4.15e-4, "val": 4.13e-4, "test": 4.26e-4}},
-    "xyz": {"dataset1": {"train": 4.43e-3, "val": 4.72e-3, "test": 4.72e-3},
-            "dataset2": {"train": 5.87e-3, "val": 6.10e-3, "test": 6.58e-3}},
-}
-"""Thesis Table 6: each model's loss (its weighted training loss) after the last epoch, per dataset and subset."""
 
 EVALUATION_TAG = "afm_ray.evaluates"
 
@@ -119,7 +110,7 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
     from afm_ray.ray_cluster import ensure_ray
     from afm_ray.train.loop import evaluate
     from afm_ray.train.steps import build_loss
-    from afm_ray.train.trainer import with_absolute_paths
+    from afm_ray.train.run_state import with_absolute_paths
 
     if subset not in ("val", "test"):
         raise InputError("--split", f"expected val or test, got {subset!r}")
@@ -144,8 +135,9 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
     evaluation = evaluate(network, build_loss(config), config, fixed_set, torch.device(device))
     metrics = {f"{subset}_samples": float(len(fixed_set)), **evaluation.result(subset)}
     run_id = _log_run(loaded, reference, config, subset, clean, metrics, evaluation, fixed_set, network)
-    thesis = {dataset: losses[subset] for dataset, losses in THESIS_TABLE6_LOSS[config.model.name].items()
-              if config.data.split not in THESIS_TABLE6_LOSS[config.model.name] or dataset == config.data.split}
+    published = config.model.spec.published_losses
+    thesis = {dataset: losses[subset] for dataset, losses in published.items()
+              if config.data.split not in published or dataset == config.data.split}
     return EvaluationReport(reference, config.model.name, config.data.split, subset, len(fixed_set), metrics,
                             run_id, clean, thesis)
 
@@ -156,7 +148,7 @@ def _log_run(loaded, reference: str, config: TrainConfig, subset: str, clean: bo
     from mlflow.entities import Metric
 
     from afm_ray.train.figures import plot_predictions
-    from afm_ray.train.trainer import create_config_run
+    from afm_ray.train.run_state import create_config_run
     from afm_ray.train.tracking import ARCHITECTURE_TAG
 
     client = MlflowClient(config.mlflow.tracking_uri)
@@ -176,7 +168,7 @@ def _log_run(loaded, reference: str, config: TrainConfig, subset: str, clean: bo
         figures = [plot_predictions(config.model.name, samples, outputs, Path(folder) / f"{subset}_predictions.png",
                                     config.sim)]
         if evaluation.xyz_metrics() is not None:
-            figures += list(evaluation.xyz_metrics().write_plots(folder, prefix=f"{subset}_xyz").values())
+            figures += list(write_xyz_figures(evaluation.xyz_metrics(), folder, prefix=f"{subset}_xyz").values())
         for figure in figures:
             client.log_artifact(run_id, str(figure), "figures")
         summary = Path(folder) / "evaluation.json"

@@ -5,19 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from afm_ray.batches import MODEL_TARGETS
 from afm_ray.descriptors.geometry import ScanWindow
-from afm_ray.metrics import decode_xyz
-from afm_ray.plots import DESCRIPTOR_STYLE, _draw_map, _label_axes
+from afm_ray.descriptors.xyz_codec import decode_xyz
+from afm_ray.models import get_model_spec
+from afm_ray.plots import DESCRIPTOR_STYLE, draw_map, label_axes, save_figure
 
-
-def _save(figure: Figure, path: Path) -> Path:
-    FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=100)
-    return path
+FIGURE_DPI = 100
 
 
 def plot_loss_curves(history: list[dict], path: str | Path) -> Path:
@@ -37,32 +32,38 @@ def plot_loss_curves(history: list[dict], path: str | Path) -> Path:
     metric_axes.set(xlabel="epoch", title="validation metrics")
     if metric_axes.get_legend_handles_labels()[0]:
         metric_axes.legend(fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path, dpi=FIGURE_DPI)
 
 
 def plot_predictions(model_name: str, samples: dict, outputs, path: str | Path, sim_config) -> Path:
-    """Rows of samples: the closest AFM slice, then reference and prediction of every output."""
+    """Rows of samples: the closest AFM slice, then reference and prediction of each of the model's
+    ``figure_maps`` (an output map, or the atoms decoded from the xyz outputs)."""
     path = Path(path)
     window = ScanWindow.from_sim_config(sim_config)
     n_rows = len(samples["x"])
-    targets = MODEL_TARGETS[model_name]
-    n_columns = 1 + (2 if model_name == "xyz" else 2 * len(targets))
+    spec = get_model_spec(model_name)
+    n_columns = 1 + 2 * len(spec.figure_maps)
     figure = Figure(figsize=(3.6 * n_columns, 3.2 * n_rows), layout="constrained")
     axes = np.atleast_2d(figure.subplots(n_rows, n_columns))
     for row in range(n_rows):
-        _draw_map(figure, axes[row, 0], samples["x"][row, 0, :, :, -1], window, "AFM, closest slice",
+        draw_map(figure, axes[row, 0], samples["x"][row, 0, :, :, -1], window, "AFM, closest slice",
                   "normalised Δf", "gray")
-        if model_name == "xyz":
-            _draw_atoms(axes[row, 1], samples["xyz_classes"][row], samples["xyz_offsets"][row], window, "reference")
-            _draw_atoms(axes[row, 2], outputs[0][row].numpy(), outputs[1][row].numpy(), window, "prediction")
-            continue
-        for index, name in enumerate(targets):
+        predicted = dict(zip(spec.output_names, outputs))
+        for index, name in enumerate(spec.figure_maps):
+            reference_axes, prediction_axes = axes[row, 1 + 2 * index], axes[row, 2 + 2 * index]
+            if name == "atoms":
+                _draw_atoms(reference_axes, samples["xyz_classes"][row], samples["xyz_offsets"][row], window,
+                            "reference")
+                _draw_atoms(prediction_axes, predicted["xyz_classes"][row].numpy(),
+                            predicted["xyz_offsets"][row].numpy(), window, "prediction")
+                continue
+            target = spec.targets[spec.output_names.index(name)]
             title, unit, cmap = DESCRIPTOR_STYLE.get(name, (name, "", "viridis"))
-            reference, predicted = samples[name][row], outputs[index][row].numpy()
             symmetric = name == "es_map"
-            _draw_map(figure, axes[row, 1 + 2 * index], reference, window, f"{title}: reference", unit, cmap, symmetric)
-            _draw_map(figure, axes[row, 2 + 2 * index], predicted, window, f"{title}: prediction", unit, cmap, symmetric)
-    return _save(figure, path)
+            draw_map(figure, reference_axes, samples[target][row], window, f"{title}: reference", unit, cmap, symmetric)
+            draw_map(figure, prediction_axes, predicted[name][row].numpy(), window, f"{title}: prediction", unit,
+                      cmap, symmetric)
+    return save_figure(figure, path, dpi=FIGURE_DPI)
 
 
 def _draw_atoms(axes, classes: np.ndarray, offsets: np.ndarray, window: ScanWindow, title: str) -> None:
@@ -77,4 +78,4 @@ def _draw_atoms(axes, classes: np.ndarray, offsets: np.ndarray, window: ScanWind
     axes.scatter(x, y, s=200 * np.clip(1 + depth / 1.4, 0.2, 1.0) ** 2, c=colours, edgecolors="black", linewidths=0.5)
     axes.set_xlim(window.extent[0], window.extent[1])
     axes.set_ylim(window.extent[2], window.extent[3])
-    _label_axes(axes, f"xyz {title} ({int((atoms.confidence >= 0.5).sum())} atoms ≥ 0.5)")
+    label_axes(axes, f"xyz {title} ({int((atoms.confidence >= 0.5).sum())} atoms ≥ 0.5)")

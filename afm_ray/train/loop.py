@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ import torch
 from ray.train import Checkpoint
 
 from afm_ray.augment_torch import augment_batch
-from afm_ray.batches import MODEL_TIPS
 from afm_ray.errors import InputError
 from afm_ray.models.memory_format import channels_last, to_channels_last
 from afm_ray.optim import build_optimizer, restore_optimizer
@@ -54,7 +52,7 @@ def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: Fi
         for batch in fixed_set.batches(rank, world_size):
             tensors = to_tensors(batch, device)
             outputs = network(tensors["x"])
-            evaluation.update(outputs, tensors, compute_loss(config.model.name, loss_fn, outputs, tensors))
+            evaluation.update(outputs, tensors, compute_loss(config.model.spec, loss_fn, outputs, tensors))
     network.train()
     return evaluation
 
@@ -105,7 +103,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     val_set = FixedSet(loop_config["val_path"], cache_mib=config.data.fixed_set_cache_mib)
     n_train = loop_config["n_train_samples"]
-    n_tips = len(MODEL_TIPS[config.model.name])
+    n_tips = len(config.model.spec.tips)
     pipeline = config.pipeline
     stream = BatchStream(actors, max_in_flight=pipeline.max_in_flight_per_worker, consumer=rank,
                          consumers=world_size, batch_timeout_s=pipeline.batch_timeout_s,
@@ -143,7 +141,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if "df" in tensors:  # raw Δf: augmented here, on this worker's device, with the actor's draws
                 tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, config.augment)
             outputs = model(channels_last(tensors["x"]) if config.run.channels_last else tensors["x"])
-            loss = compute_loss(config.model.name, loss_fn, outputs, tensors)
+            loss = compute_loss(config.model.spec, loss_fn, outputs, tensors)
             step(loss.total)
             for name, value in loss.detached().items():
                 if name != "n_samples":
@@ -179,13 +177,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank != 0:
             ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=None)
             continue
-        print(f"epoch {epoch + 1}/{config.run.epochs}  train_loss {metrics['train_loss']:.4g}  "
-              f"val_loss {metrics['val_loss']:.4g}  {objective_name} {metrics[objective_name]:.4g}  "
-              f"{metrics['train_samples_per_s']:.1f} samples/s  data wait {100 * metrics['data_wait_fraction']:.0f} %"
-              + (f"  skipped {metrics['samples_skipped']:.0f} samples" if metrics["samples_skipped"] else "")
-              + (f"  dropped {metrics['batches_dropped']:.0f} batches" if metrics["batches_dropped"] else ""),
-              # Ray Train's patched print tees a wrapped sys.stdout *and* logs to the console: twice
-              file=sys.__stdout__, flush=True)
         with tempfile.TemporaryDirectory(prefix="afm-ray-checkpoint-") as folder:
             # state dicts and plain values only (the scheduler's factor saves as {"decay": …}):
             # read back with weights_only=True (read_checkpoint_state)

@@ -32,7 +32,7 @@ def import_asdafm(h5_path: str | Path, name: str, alias: str, config: TrainConfi
 
     from afm_ray.models.asdafm import ASDAFM_SOURCE, N_SLICES, load_asdafm_dsh
     from afm_ray.train.registration import log_and_register
-    from afm_ray.train.trainer import create_config_run, with_absolute_paths
+    from afm_ray.train.run_state import create_config_run, with_absolute_paths
     from afm_ray.train.tracking import ARCHITECTURE_TAG, preflight
 
     h5_path = Path(h5_path)

@@ -26,7 +26,6 @@ import copy
 import numpy as np
 import torch
 
-from afm_ray.batches import MODEL_TARGETS
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY, PackedOutputs
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.tracking import ARCHITECTURE_TAG
@@ -61,7 +60,7 @@ def log_and_register(network: torch.nn.Module, config: TrainConfig, example_inpu
     from mlflow.models import infer_signature
 
     network = copy.deepcopy(network).cpu()
-    packed = PackedOutputs(network, MODEL_TARGETS[config.model.name], config.model.name).eval()
+    packed = PackedOutputs(network, config.model.spec.output_names, config.model.name).eval()
     example = export_example(example_input)
     with torch.no_grad():
         signature = infer_signature(example, packed(torch.from_numpy(example)).numpy())  # batch axis -1: dynamic

@@ -1,4 +1,5 @@
-"""Model, loss and evaluation of each task (DSH, ES, xyz), shared by training, tuning and prediction."""
+"""Model, loss and evaluation of the configured model (its :class:`~afm_ray.models.ModelSpec`), shared by
+training, tuning and prediction."""
 
 from __future__ import annotations
 
@@ -8,49 +9,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from afm_ray.batches import MODEL_TARGETS
-from afm_ray.elements import ELEMENT_TABLE
-from afm_ray.losses import FocalPositionLoss, LossOutput, WeightedMSELoss
+from afm_ray.losses import LossOutput
 from afm_ray.metrics import ImageMetricsAccumulator, XYZEvaluator
-from afm_ray.models import build_model as build_network
-from afm_ray.models import class_names
+from afm_ray.models import ModelSpec, class_names, get_model_spec
 from afm_ray.train.config import TrainConfig
-
-# Objective metrics comparable across loss settings (used by Ray Tune and to pick the best checkpoint).
-IMAGE_OBJECTIVE = "val_mse_mean"
-XYZ_OBJECTIVE = "val_atom_f1"
-
-
-def model_element_classes(config: TrainConfig) -> list[list[str]] | None:
-    """The xyz model's classes: the configured groups plus one for every other element.
-
-    The xyz descriptor puts elements in no group into a final "other" class; the network needs the
-    same channels.
-    """
-    groups = config.model.element_classes
-    if groups is None:
-        return None
-    grouped = {symbol for group in groups for symbol in group}
-    others = [ELEMENT_TABLE.symbols[z] for z in ELEMENT_TABLE.known_numbers if ELEMENT_TABLE.symbols[z] not in grouped]
-    return [list(group) for group in groups] + [others]
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    options: dict = {"n_slices": config.input_slices, "padding_mode": config.model.padding}
-    if config.model.name == "xyz":
-        options["element_classes"] = model_element_classes(config)
-    else:
-        options["skip_connections"] = config.model.skip_connections
-    return build_network(config.model.name, **options)
+    """The untrained network of ``config.model`` (its spec's ``build_network``)."""
+    return config.model.spec.build_network(config)
 
 
 def build_loss(config: TrainConfig) -> nn.Module:
-    loss = config.loss
-    if config.model.name == "dsh":
-        return WeightedMSELoss(loss.dsh_weights, MODEL_TARGETS["dsh"])
-    if config.model.name == "es":
-        return WeightedMSELoss(loss.es_weights, MODEL_TARGETS["es"])
-    return FocalPositionLoss(loss.gamma, loss.alpha_n, loss.beta_pl, loss.z_min_angstrom)
+    """The loss of ``config.model`` with ``config.loss``'s settings, called ``loss(outputs, targets)``."""
+    return config.model.spec.build_loss(config.loss)
 
 
 def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -63,18 +35,17 @@ def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
             for name, value in batch.items() if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
 
 
-def compute_loss(model_name: str, loss_fn: nn.Module, outputs, tensors: dict[str, torch.Tensor]) -> LossOutput:
-    """Loss of ``outputs`` (the model's forward result) against the batch's targets."""
-    targets = [tensors[name] for name in MODEL_TARGETS[model_name]]
-    if model_name == "xyz":
-        class_probabilities, offsets = outputs
-        return loss_fn(class_probabilities, offsets, *targets)
-    return loss_fn(list(outputs), targets)
+def compute_loss(spec: ModelSpec, loss_fn: nn.Module, outputs, tensors: dict[str, torch.Tensor]) -> LossOutput:
+    """Loss of ``outputs`` (the model's forward result) against the batch's targets of ``spec``."""
+    return loss_fn(list(outputs), [tensors[name] for name in spec.targets])
 
 
 @dataclass
 class Evaluation:
-    """Accumulates loss and task metrics over batches; :meth:`result` gives flat ``val_…`` figures."""
+    """Accumulates loss and the spec's metrics over batches; :meth:`result` gives flat ``val_…`` figures.
+
+    Holds the model's name, not its spec: DDP ranks exchange evaluations by pickling them.
+    """
 
     model_name: str
     class_names: tuple[str, ...] = ("background", "atom")
@@ -83,11 +54,15 @@ class Evaluation:
     _images: ImageMetricsAccumulator | None = None
     _xyz: XYZEvaluator | None = None
 
+    @property
+    def spec(self) -> ModelSpec:
+        return get_model_spec(self.model_name)
+
     def __post_init__(self):
-        if self.model_name == "xyz":
+        if self.spec.metrics == "atoms":
             self._xyz = XYZEvaluator(class_names=self.class_names)
         else:
-            self._images = ImageMetricsAccumulator(MODEL_TARGETS[self.model_name])
+            self._images = ImageMetricsAccumulator(self.spec.targets)
 
     def update(self, outputs, tensors: dict[str, torch.Tensor], loss: LossOutput) -> None:
         weight = float(loss.n_samples)
@@ -95,7 +70,7 @@ class Evaluation:
             if name != "n_samples":
                 self._loss_sum[name] = self._loss_sum.get(name, 0.0) + value * weight
         self._samples += weight
-        targets = [tensors[name] for name in MODEL_TARGETS[self.model_name]]
+        targets = [tensors[name] for name in self.spec.targets]
         if self._xyz is not None:
             self._xyz.update(outputs[0].detach().cpu(), outputs[1].detach().cpu(), *[t.cpu() for t in targets])
         else:
@@ -160,12 +135,13 @@ def gathered_from_ranks(value) -> list:
 def evaluation_for(config: TrainConfig) -> Evaluation:
     groups = config.model.element_classes
     names = class_names(groups) + (("other",) if groups is not None else ())
-    return Evaluation(config.model.name, names)
+    return Evaluation(config.model.spec.name, names)
 
 
 def objective(config: TrainConfig) -> tuple[str, str]:
-    """(metric, mode) that means the same across loss settings: atom F1 (xyz) or unweighted MSE."""
-    return (XYZ_OBJECTIVE, "max") if config.model.name == "xyz" else (IMAGE_OBJECTIVE, "min")
+    """(metric, mode) of the model's spec, meaning the same across loss settings (e.g. unweighted MSE, atom F1)."""
+    chosen = config.model.spec.objective
+    return chosen.metric, chosen.mode
 
 
 EPOCH_METRICS = ("epochs_completed", "train_loss", "train_samples_per_s", "data_wait_fraction",
@@ -176,22 +152,19 @@ EPOCH_METRICS = ("epochs_completed", "train_loss", "train_samples_per_s", "data_
 
 def reported_metrics(config: TrainConfig) -> set[str]:
     """Names of the metrics an epoch reports, found by evaluating the real model once on a tiny input."""
-    from afm_ray.batches import MODEL_TIPS
-
+    spec = config.model.spec
     model = build_model(config).eval()
-    x = torch.zeros(1, len(MODEL_TIPS[config.model.name]), 32, 32, config.input_slices)
+    x = torch.zeros(1, len(spec.tips), 32, 32, config.input_slices)
     with torch.no_grad():
         outputs = model(x)
     tensors = {"x": x}
-    if config.model.name == "xyz":
-        classes = torch.zeros_like(outputs[0])
-        classes[:, 0] = 1.0
-        classes[0, 0, 0, 0], classes[0, 1, 0, 0] = 0.0, 1.0
-        tensors.update(xyz_classes=classes, xyz_offsets=torch.zeros_like(outputs[1]))
-    else:
-        tensors.update({name: torch.zeros_like(output) for name, output in zip(MODEL_TARGETS[config.model.name], outputs)})
+    for output, target, value in zip(spec.outputs, spec.targets, outputs):
+        tensors[target] = torch.zeros_like(value)
+        if output.activation == "softmax":  # one-hot classes: background everywhere, one box of class 1
+            tensors[target][:, 0] = 1.0
+            tensors[target][0, 0, 0, 0], tensors[target][0, 1, 0, 0] = 0.0, 1.0
     loss_fn = build_loss(config)
-    loss = compute_loss(config.model.name, loss_fn, outputs, tensors)
+    loss = compute_loss(spec, loss_fn, outputs, tensors)
     evaluation = evaluation_for(config)
     evaluation.update(outputs, tensors, loss)
     terms = {f"train_loss_{name}" for name in loss.terms}

@@ -1,17 +1,11 @@
 """``afm-ray train``: the driver that validates, starts the pipeline, runs Ray Train and registers the model.
 
 Order of work, so that mistakes fail before any cluster work: config → molecule database and
-split → MLflow store and registry name → Ray cluster resources → simulation actors → fixed
-validation/test sets → :class:`ray.train.torch.TorchTrainer` → test evaluation, figures and the
-model registered in MLflow under ``NAME@ALIAS``.
-
-Resuming: running the same config again (same ``run.name`` and ``run.storage_path``) continues
-from the latest checkpoint, in the same MLflow run. The run folder keeps the config the run was
-started with (``afm_ray_run.json``); a config that differs in anything but
-:data:`RESUMABLE_FIELDS` is refused with the list of changed fields, unless ``allow_changed``
-(``--allow-changed``): then the checkpoint continues in a new MLflow run tagged
-``afm_ray.resumed_from`` (the old run id), ``afm_ray.resumed_at_epoch`` and
-``afm_ray.changed_fields``, so every MLflow run's params are the config its epochs were trained with.
+split → MLflow store and registry name → Ray cluster resources (:mod:`afm_ray.train.resources`) →
+simulation actors → fixed validation/test sets → :class:`ray.train.torch.TorchTrainer` → test
+evaluation, figures and the model registered in MLflow under ``NAME@ALIAS``
+(:mod:`afm_ray.train.registration`). The run folder and its MLflow run, and how a run resumes:
+:mod:`afm_ray.train.run_state`.
 """
 
 from __future__ import annotations
@@ -24,24 +18,31 @@ from pathlib import Path
 
 import numpy as np
 import ray
+import requests
 import torch
+from mlflow.exceptions import MlflowException
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from afm_ray.errors import InputError
-from afm_ray.pipeline.actors import check_cluster_fits, create_simulation_actors, stop_actors
+from afm_ray.console import quiet_mlflow_notices
+from afm_ray.errors import TrackingUnavailableError
+from afm_ray.metric_figures import write_xyz_figures
+from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
 from afm_ray.pipeline.fixed_sets import FixedSet, materialize
 from afm_ray.pipeline.sources import load_split_samples
 from afm_ray.ray_cluster import ensure_ray, require_shared_paths
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.figures import plot_loss_curves, plot_predictions
 from afm_ray.train.loop import HISTORY_FILE, evaluate, load_checkpoint_model, train_loop_per_worker
+from afm_ray.train.progress import EpochLinePrinter
 from afm_ray.train.registration import log_and_register
+from afm_ray.train.resources import check_batch_fills_workers, check_cluster_holds_training
+from afm_ray.train.run_state import open_mlflow_run, read_run_state, relative_paths, with_absolute_paths
 from afm_ray.train.steps import build_loss, objective
-from afm_ray.train.tracking import (ARCHITECTURE_TAG, MlflowReportCallback, RunTracker, preflight,
-                                    resolve_tracking_uri)
+from afm_ray.train.tracking import MlflowReportCallback, RunTracker, preflight
 
-RUN_STATE_FILE = "afm_ray_run.json"
+TRACKING_FAILURES = (MlflowException, requests.RequestException)
+"""What MLflow's client raises when its store fails or does not answer (HTTP errors wrapped, or raw)."""
 
 
 @dataclass
@@ -54,254 +55,6 @@ class TrainingOutcome:
     checkpoint_path: str
     metrics: dict[str, float]
     test_metrics: dict[str, float]
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` (MLflow params)."""
-    flat = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if not isinstance(value, str) else value
-    return flat
-
-
-def relative_paths(config: TrainConfig, storage_field: str = "run.storage_path") -> dict[str, str]:
-    """The config's data, run and tracking paths that are relative (field name → value as given).
-
-    ``storage_field`` names the field that set ``run.storage_path`` (a sweep sets it from its own
-    ``storage_path``).
-    """
-    paths = {"data.database": config.data.database, "data.fixed_set_dir": config.data.fixed_set_dir,
-             storage_field: config.run.storage_path}
-    relative = {field: str(path) for field, path in paths.items() if not path.is_absolute()}
-    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        relative["mlflow.tracking_uri"] = tracking_uri
-    return relative
-
-
-def with_absolute_paths(config: TrainConfig) -> TrainConfig:
-    """Paths resolved against the driver's working directory: Ray workers run elsewhere."""
-    data = config.data.model_copy(update={"database": config.data.database.resolve(),
-                                          "fixed_set_dir": config.data.fixed_set_dir.resolve()})
-    run = config.run.model_copy(update={"storage_path": config.run.storage_path.resolve()})
-    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        tracking_uri = "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
-    mlflow = config.mlflow.model_copy(update={"tracking_uri": tracking_uri})
-    return config.model_copy(update={"data": data, "run": run, "mlflow": mlflow})
-
-
-# -- the run folder's state: MLflow run id, the config it runs, the runs it continues ----------------
-RESUMABLE_FIELDS = (
-    # how far to train: a larger count continues from the checkpoint
-    "run.epochs",
-    # how failures and the end are handled, not what is trained
-    "run.max_failures", "run.num_figure_samples", "mlflow.alias",
-    # where and how fast batches are made: every sample is seeded by (run seed, epoch, sample) and
-    # augmented with the same draws on actor or trainer, so the batches do not depend on these
-    "pipeline.num_sim_actors", "pipeline.sim_num_gpus", "pipeline.sim_num_cpus", "pipeline.sim_resources",
-    "pipeline.opencl_device", "pipeline.augment_on", "pipeline.max_in_flight_per_worker",
-    "pipeline.prefetch_next_epoch", "pipeline.batch_timeout_s", "pipeline.max_attempts_per_batch",
-    "pipeline.actor_startup_timeout_s", "data.fixed_set_cache_mib",
-)
-"""Config fields (or sections) that may differ when a run resumes: none changes what the checkpoint's
-epochs mean. Any other difference needs a new ``run.name`` or ``--allow-changed``."""
-
-
-def read_run_state(run_dir: Path) -> dict:
-    """``run_dir/afm_ray_run.json`` (``{}`` when there is none): ``mlflow_run_id``, ``config`` (the resolved
-    config the run continues with), ``first_epoch`` (the epoch its MLflow run starts at), ``previous_runs``."""
-    state_file = run_dir / RUN_STATE_FILE
-    if not state_file.exists():
-        return {}
-    try:
-        return json.loads(state_file.read_text())
-    except ValueError as exc:
-        raise InputError(str(state_file), f"run state is not valid JSON ({exc}); move the run folder "
-                                          "away or choose another run.name") from None
-
-
-def write_run_state(run_dir: Path, state: dict) -> None:
-    """Replace ``run_dir/afm_ray_run.json`` atomically: a crash leaves the old state or the new one."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    temporary = run_dir / f".{RUN_STATE_FILE}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(state, indent=1, default=_json_value))
-    os.replace(temporary, run_dir / RUN_STATE_FILE)
-
-
-def _json_value(value):
-    return value.item() if isinstance(value, np.generic) else str(value)
-
-
-def recorded_run_id(run_dir: Path) -> str | None:
-    """The MLflow run id kept in ``run_dir/afm_ray_run.json`` (:func:`open_mlflow_run`), if any."""
-    return read_run_state(run_dir).get("mlflow_run_id")
-
-
-def record_run_id(run_dir: Path, run_id: str, **fields) -> None:
-    """Keep ``run_id`` (and ``fields``) in ``run_dir`` so that a restarted command continues the same MLflow run."""
-    write_run_state(run_dir, {**read_run_state(run_dir), "mlflow_run_id": run_id, **fields})
-
-
-def config_changes(old: dict, new: dict, may_change: tuple[str, ...] = ()) -> dict[str, tuple[str, str]]:
-    """Fields whose values differ between two config dumps, ``{"a.b": (old, new)}`` (values as MLflow params),
-    leaving out the fields and sections named in ``may_change``."""
-    old_flat, new_flat = flatten(old), flatten(new)
-    changes = {}
-    for field in sorted(old_flat.keys() | new_flat.keys()):
-        if any(field == allowed or field.startswith(allowed + ".") for allowed in may_change):
-            continue
-        before, after = old_flat.get(field, "(unset)"), new_flat.get(field, "(unset)")
-        if before != after:
-            changes[field] = (before, after)
-    return changes
-
-
-def describe_changes(changes: dict[str, tuple[str, str]]) -> str:
-    """``field: old → new; …`` (one line)."""
-    return "; ".join(f"{field}: {old} → {new}" for field, (old, new) in changes.items())
-
-
-def latest_history(run_dir: Path) -> list[dict]:
-    """The per-epoch metrics of the run folder's latest committed checkpoint (``[]`` before the first one).
-
-    Committed: the one Ray Train resumes from. A checkpoint folder written just before an interruption
-    may be newer; Ray Train does not know it, and trains its epochs again.
-    """
-    from ray.train import Result
-
-    try:
-        checkpoint = Result.from_path(str(run_dir)).checkpoint
-    except (FileNotFoundError, RuntimeError, ValueError):  # no run here, or none checkpointed yet
-        return []
-    if checkpoint is None:
-        return []
-    with checkpoint.as_directory() as folder:
-        return json.loads((Path(folder) / HISTORY_FILE).read_text())
-
-
-def completed_epochs(run_dir: Path) -> int:
-    """Epochs the run folder's checkpoints hold (0 before the first checkpoint)."""
-    return len(latest_history(run_dir))
-
-
-def _recorded_config(state: dict, client, run_id: str) -> dict | None:
-    """The config the run folder was started with, with today's defaults for fields added since.
-
-    Run folders written before the config was kept there: the MLflow run's params (the first launch's config).
-    """
-    if "config" in state:
-        try:
-            return TrainConfig.model_validate(state["config"]).model_dump(mode="json")
-        except ValueError:
-            return state["config"]  # a field since removed or renamed: compared as it was
-    try:
-        params = client.get_run(run_id).data.params
-    except Exception:  # the run is in another store, or gone: nothing to compare with
-        return None
-    return {key: value for key, value in params.items()} or None
-
-
-def open_mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path, parent_run_id: str | None = None,
-                    allow_changed: bool = False, may_change: tuple[str, ...] = RESUMABLE_FIELDS) -> str:
-    """The MLflow run of this training: created with params and config, or re-used when it resumes.
-
-    The run id and the config are kept in ``run_dir/afm_ray_run.json`` so that a restarted command
-    continues the same run. A config that differs from the kept one in fields outside ``may_change``
-    raises :class:`InputError` listing them; with ``allow_changed`` a new MLflow run linked to the old one
-    takes over from the checkpoint (see the module docstring). ``parent_run_id`` makes it a child run (a
-    Tune trial of a sweep).
-    """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    current = config.model_dump(mode="json")
-    state = read_run_state(run_dir)
-    run_id = state.get("mlflow_run_id")
-    tags = {ARCHITECTURE_TAG: config.model.name, "afm_ray.split": config.data.split}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    if run_id is None:
-        run_id = _start_run(client, config, run_dir.name, tags)
-        write_run_state(run_dir, {**state, "mlflow_run_id": run_id, "config": current, "first_epoch": 0})
-        return run_id
-
-    recorded = _recorded_config(state, client, run_id)
-    if recorded is None:
-        print(f"note: {run_dir} keeps no config to compare with; continuing MLflow run {run_id}", flush=True)
-        changes = {}
-    elif "config" in state:
-        changes = config_changes(recorded, current)
-    else:  # MLflow params (already flat strings): compare the fields both know
-        current_flat = flatten(current)
-        changes = {field: (value, current_flat[field]) for field, value in recorded.items()
-                   if field in current_flat and current_flat[field] != value}
-    blocking = {field: change for field, change in changes.items()
-                if not any(field == allowed or field.startswith(allowed + ".") for allowed in may_change)}
-    if blocking and not allow_changed:
-        raise InputError(f"run {run_dir}", f"was started with another config ({describe_changes(blocking)}); "
-                                           "use a new run.name, or --allow-changed to continue its checkpoint "
-                                           "in a new MLflow run linked to this one")
-    if blocking:
-        return _continue_in_new_run(client, config, run_dir, state, tags, blocking)
-    if changes:  # fields that may change on resume: the run's params keep the first launch's values
-        client.set_tag(run_id, "afm_ray.changed_on_resume", describe_changes(changes)[:5000])
-    write_run_state(run_dir, {**state, "config": current})
-    client.update_run(run_id, status="RUNNING")
-    return run_id
-
-
-def _start_run(client, config: TrainConfig, run_name: str, tags: dict[str, str]) -> str:
-    import yaml
-
-    run_id = create_config_run(client, config, run_name, tags)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "config.yaml"
-        path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        client.log_artifact(run_id, str(path))
-    return run_id
-
-
-def _continue_in_new_run(client, config: TrainConfig, run_dir: Path, state: dict, tags: dict[str, str],
-                         changes: dict[str, tuple[str, str]]) -> str:
-    """A new MLflow run for the run folder's checkpoint under a changed config, linked both ways to the old run."""
-    old_run_id = state["mlflow_run_id"]
-    first_epoch = completed_epochs(run_dir)
-    tags = {**tags, "afm_ray.resumed_from": old_run_id, "afm_ray.resumed_at_epoch": str(first_epoch),
-            "afm_ray.changed_fields": describe_changes(changes)[:5000]}
-    run_id = _start_run(client, config, run_dir.name, tags)
-    try:
-        client.set_tag(old_run_id, "afm_ray.continued_in", run_id)
-        if client.get_run(old_run_id).info.status == "RUNNING":  # interrupted: it will not continue
-            client.set_terminated(old_run_id, status="KILLED")
-    except Exception as exc:  # the old run lives in another tracking store
-        print(f"note: could not tag the old MLflow run {old_run_id} ({str(exc).splitlines()[0][:200]})", flush=True)
-    previous = {"mlflow_run_id": old_run_id, "first_epoch": state.get("first_epoch", 0),
-                "changed_after": {field: list(change) for field, change in changes.items()}}
-    write_run_state(run_dir, {"mlflow_run_id": run_id, "config": config.model_dump(mode="json"),
-                              "first_epoch": first_epoch,
-                              "previous_runs": [*state.get("previous_runs", []), previous]})
-    print(f"config changed ({describe_changes(changes)}): continuing {run_dir.name} from epoch {first_epoch} "
-          f"in MLflow run {run_id}, linked to {old_run_id}", flush=True)
-    return run_id
-
-
-def create_config_run(client, config: TrainConfig, run_name: str, tags: dict[str, str]) -> str:
-    """A new MLflow run in ``config.mlflow.experiment`` (created if missing) with ``tags`` and the config's
-    fields as params; returns its id. Training, evaluation and model imports all start their runs here."""
-    from mlflow.entities import Param
-
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    params = [Param(key, value[:6000]) for key, value in flatten(config.model_dump(mode="json")).items()]
-    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=params[start:start + 100])
-    return run_id
 
 
 @dataclass
@@ -335,24 +88,10 @@ def prepare(config: TrainConfig, workers_at_once: int = 1, driver_cpus: float = 
     config = with_absolute_paths(config)
     tracking_uri = config.mlflow.tracking_uri
     counts = {subset: len(samples) for subset, samples in load_split_samples(config.sample_settings).items()}
-    if counts["train"] < config.run.batch_size * config.scaling.num_workers:
-        raise InputError("run.batch_size", f"{counts['train']} training samples cannot fill one batch of "
-                                           f"{config.run.batch_size} on each of {config.scaling.num_workers} workers")
+    check_batch_fills_workers(config, counts["train"])
     preflight(tracking_uri, config.registered_model_name, config.model.name)
     ensure_ray()
-    scaling, pipeline = config.scaling, config.pipeline
-    runs = scaling.num_workers * workers_at_once
-    check_cluster_fits({"CPU": scaling.cpus_per_worker * runs, "GPU": float(scaling.use_gpu) * runs,
-                        **{k: v * runs for k, v in scaling.resources_per_worker.items()}},
-                       "scaling: the train workers")
-    # Everything holds its resources for the whole run: if the sum does not fit, Ray waits forever.
-    demand = {"CPU": pipeline.sim_num_cpus * pipeline.num_sim_actors + scaling.cpus_per_worker * runs
-              + driver_cpus * workers_at_once,
-              "GPU": pipeline.sim_num_gpus * pipeline.num_sim_actors + float(scaling.use_gpu) * runs}
-    check_cluster_fits(demand, f"{pipeline.num_sim_actors} simulation actors × {pipeline.sim_num_cpus:g} CPU "
-                               f"+ {runs} train worker(s) × {scaling.cpus_per_worker:g} CPU"
-                               + (f" + {workers_at_once} trial driver(s) × {driver_cpus:g} CPU" if driver_cpus else "")
-                               + " held at once")
+    check_cluster_holds_training(config, workers_at_once, driver_cpus)
     return config, tracking_uri, counts
 
 
@@ -433,7 +172,9 @@ def run_training(config: TrainConfig, progress: bool = True, allow_changed: bool
           flush=True)
     pipeline = start_pipeline(config, counts, progress)
     try:
-        result = build_trainer(config, pipeline, tracking_uri, run_id, storage, config.run_name).fit()
+        with EpochLinePrinter(config.run.epochs, objective(config)[0]) as epoch_lines:
+            result = build_trainer(config, pipeline, tracking_uri, run_id, storage, config.run_name,
+                                   callbacks=(epoch_lines.callback,)).fit()
     finally:
         pipeline.stop()
     return finish(config, tracking_uri, run_id, *best_and_latest_checkpoints(result, config), pipeline.test_path,
@@ -450,12 +191,11 @@ def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, late
     """
     try:
         return _finish(config, tracking_uri, run_id, checkpoint, latest_checkpoint, test_path, first_epoch)
-    except Exception as exc:
-        if "mlflow" not in type(exc).__module__ and "requests" not in type(exc).__module__:
-            raise
-        raise RuntimeError(f"training finished (checkpoints in {Path(checkpoint.path).parent}) but MLflow at "
-                           f"{tracking_uri} failed while registering the model: {str(exc).splitlines()[0][:300]}. "
-                           "Run the same command again once it answers: only this last step is repeated.") from exc
+    except TRACKING_FAILURES as exc:
+        raise TrackingUnavailableError(
+            f"training finished (checkpoints in {Path(checkpoint.path).parent}) but MLflow at {tracking_uri} failed "
+            f"while registering the model: {str(exc).splitlines()[0][:300]}. Run the same command again once it "
+            "answers: only this last step is repeated.") from exc
 
 
 def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, latest_checkpoint,
@@ -479,12 +219,13 @@ def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, lat
         figures.append(plot_predictions(config.model.name, samples, outputs, Path(folder) / "predictions.png",
                                         config.sim))
         if evaluation.xyz_metrics() is not None:
-            figures += list(evaluation.xyz_metrics().write_plots(folder, prefix="test_xyz").values())
+            figures += list(write_xyz_figures(evaluation.xyz_metrics(), folder, prefix="test_xyz").values())
         for figure in figures:
             tracker.log_artifact(figure, "figures")
         tracker.flush()
 
-    version = log_and_register(model, config, samples["x"][:1], tracking_uri, run_id)
+    with quiet_mlflow_notices():
+        version = log_and_register(model, config, samples["x"][:1], tracking_uri, run_id)
     name = config.registered_model_name
     client = MlflowClient(tracking_uri)
     client.set_terminated(run_id, status="FINISHED")

@@ -1,4 +1,4 @@
-"""Sweep configuration (YAML: ``configs/sweep_xyz.yaml``, ``sweep_dsh.yaml``, ``sweep_es.yaml``).
+"""Sweep configuration: the YAML files in ``tune/`` (``tune/xyz.yaml``, …; their search spaces: ``tune/README.md``).
 
 A sweep names a training config, overrides for all trials, and a search space of dotted
 training-config fields (an element of a tuple field by its index, e.g. ``loss.dsh_weights.1``)::
@@ -89,7 +89,7 @@ class SweepConfig(StrictModel):
     """Everything ``afm-ray tune`` needs."""
 
     name: str = Field(description="sweep name: folder under storage_path and MLflow parent run name")
-    train_config: Path = Field(description="training config YAML (relative to this file)")
+    train_config: Path = Field(description="training config YAML (relative to this file, e.g. ../configs/xyz.yaml)")
     train_overrides: dict[str, object] = Field(default_factory=dict, description="KEY.PATH: value for all trials")
     search: dict[str, Dimension]
     searcher: Literal["optuna", "random", "grid"] = Field("optuna")

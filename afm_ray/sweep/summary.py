@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from afm_ray.plots import save_figure
 
 
 def write_summary(trials: list[dict], hyperparameters: list[str], metric: str, mode: str, folder: Path) -> list[Path]:
@@ -36,6 +37,5 @@ def write_summary(trials: list[dict], hyperparameters: list[str], metric: str, m
             axes.set_xscale("log")
     figure.colorbar(shown, ax=axes_list[-1], label="epochs run (ASHA stops early)")
     plot = folder / "objective_vs_hyperparameters.png"
-    FigureCanvasAgg(figure)
-    figure.savefig(plot, dpi=100)
+    save_figure(figure, plot, dpi=100)
     return [table, plot]

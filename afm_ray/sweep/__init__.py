@@ -14,9 +14,12 @@ sets; ``k`` concurrent trials split that pool's throughput (each trial's data-wa
 logged, and the runner says so at the start). Per-trial pools would rebuild kernels and
 re-simulate nothing new, so the shared pool is the default; scale it with
 ``train_overrides: {pipeline.num_sim_actors: …}``.
+
+The sweep definitions (search spaces, searcher, scheduler, budget) are YAML files in the repository's
+``tune/`` folder, described in ``tune/README.md``; this package holds no definitions, only the code.
 """
 
-from tune.config import SweepConfig, load_sweep_config
-from tune.runner import SweepOutcome, run_sweep
+from afm_ray.sweep.config import SweepConfig, load_sweep_config
+from afm_ray.sweep.runner import SweepOutcome, run_sweep
 
 __all__ = ["SweepConfig", "SweepOutcome", "load_sweep_config", "run_sweep"]

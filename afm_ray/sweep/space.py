@@ -1,4 +1,4 @@
-"""Search spaces: Ray Tune domains from :class:`~tune.config.Dimension` s, and trial configs from sampled values."""
+"""Search spaces: Ray Tune domains from :class:`~afm_ray.sweep.config.Dimension` s, and trial configs from sampled values."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from ray import tune
 
 from afm_ray.config import apply_overrides, validate
 from afm_ray.errors import InputError
+from afm_ray.sweep.config import Dimension
 from afm_ray.train.config import TrainConfig
-from tune.config import Dimension
 
 # Tune splits param_space keys on "." (nesting) and its searchers flatten them with "/": neither may
 # appear in a flat key, so config paths are spelled with this separator inside Tune.

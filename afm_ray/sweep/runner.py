@@ -17,17 +17,19 @@ from pathlib import Path
 from ray import tune
 
 from afm_ray.config import read_yaml
+from afm_ray.console import is_verbose
 from afm_ray.errors import InputError
+from afm_ray.sweep.config import SweepConfig
+from afm_ray.sweep.space import check_space, param_path, param_space, trial_config
+from afm_ray.sweep.summary import write_summary
 from afm_ray.train.config import TrainConfig
+from afm_ray.train.run_state import (RESUMABLE_FIELDS, config_changes, describe_changes, latest_history,
+                                     open_mlflow_run, read_run_state, record_run_id, recorded_run_id)
+from afm_ray.train.progress import TuneEpochLines
 from afm_ray.train.steps import objective, reported_metrics
 from afm_ray.train.tracking import RunTracker
-from afm_ray.train.trainer import (RESUMABLE_FIELDS, Pipeline, backfill_run, best_and_latest_checkpoints,
-                                   build_trainer, config_changes, describe_changes, finish, latest_history,
-                                   open_mlflow_run, prepare, read_run_state, record_run_id, recorded_run_id,
-                                   start_pipeline)
-from tune.config import SweepConfig
-from tune.space import check_space, param_path, param_space, trial_config
-from tune.summary import write_summary
+from afm_ray.train.trainer import (Pipeline, backfill_run, best_and_latest_checkpoints, build_trainer, finish,
+                                   prepare, start_pipeline)
 
 TRIALS_FOLDER = "trials"
 REPORTED_FROM_CHECKPOINT = "reported_from_checkpoint"
@@ -186,7 +188,9 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, progress: bool = True,
                                             num_samples=sweep.budget.num_samples,
                                             time_budget_s=sweep.budget.time_budget_s,
                                             max_concurrent_trials=sweep.max_concurrent_trials),
-                run_config=tune.RunConfig(name=sweep.name, storage_path=str(sweep_dir.parent), verbose=1 if progress else 0))
+                run_config=tune.RunConfig(name=sweep.name, storage_path=str(sweep_dir.parent),
+                                          verbose=1 if progress and is_verbose() else 0,
+                                          callbacks=[TuneEpochLines(config.run.epochs, objective(config)[0])]))
         results = tuner.fit()
     finally:
         pipeline.stop()

@@ -1,0 +1,186 @@
+"""One registry for every model: what a network reads, predicts, is trained and judged by.
+
+In the style of torchvision's ``register_model``: each model's module (``models/dsh.py``, ``es.py``,
+``xyz.py``) builds one :class:`ModelSpec` and calls :func:`register_model` at import, and
+``afm_ray.models`` imports them. Training, prediction, packing, figures and the configs read the
+spec, so adding a model is one file and one registration.
+
+A model from another package is registered by its own module; the training config names that
+module (``model.module``) so that every process — Ray Train workers and simulation actors
+included — imports it before looking the name up (:func:`get_model_spec`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal
+
+from torch import nn
+
+from afm_ray.errors import InputError
+
+if TYPE_CHECKING:  # the configs import this module; the spec only receives their instances
+    from afm_ray.train.config import LossSettings, TrainConfig
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One network output.
+
+    Attributes:
+        name: the output's name, also the key of its term in the loss and of its packed slice.
+        activation: the last layer's activation (``"relu"``, ``"softmax"``), ``None`` for unbounded.
+        units: of its values (``"Å"``, ``"V"``, ``"probability"``, …).
+        shape: ``"map"``: ``(B, X, Y)`` at the input's resolution (one packed channel);
+            ``"grid"``: ``(B, C, X/8, Y/8)``, C = ``channels``.
+        channels: channels of a grid output; ``None``: the network's ``n_classes`` (xyz classes).
+    """
+
+    name: str
+    activation: str | None
+    units: str
+    shape: Literal["map", "grid"] = "map"
+    channels: int | None = 1
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The validation metric that ranks checkpoints and trials, comparable across loss settings."""
+
+    metric: str
+    mode: Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything afm-ray needs to know about one model.
+
+    Attributes:
+        name: the model's name (``model.name`` in the config, ``afm-<name>`` registered).
+        description: one line for listings and the config's help.
+        tips: probe tip of each input channel, in channel order (``("CO", "Xe")``: channel 0 CO).
+        outputs: the network's outputs, in forward order.
+        targets: descriptor the batch carries for each output, in the same order (the loss pairs them).
+        build_network: config → untrained ``nn.Module`` whose forward takes ``(B, len(tips), X, Y,
+            config.input_slices)`` and returns one tensor per output.
+        build_loss: ``config.loss`` → a module called ``loss(outputs, targets)`` (tuples in output
+            order) returning :class:`afm_ray.losses.LossOutput`.
+        loss_defaults: the defaults of the ``loss.*`` fields this model reads (the only place they live;
+            :class:`afm_ray.train.config.LossSettings` takes its defaults from here).
+        describe_loss: config → a short line of the loss settings (model listings).
+        objective: metric and direction that pick the best checkpoint and rank sweep trials.
+        metrics: ``"maps"``: per-output MSE and correlation; ``"atoms"``: the outputs are the xyz
+            grid (``xyz_classes``, ``xyz_offsets``), judged by decoded-atom precision, recall and F1.
+        figure_maps: what the prediction figures draw beside the input: output names drawn as
+            reference / prediction maps, or ``"atoms"`` for the decoded atoms of the xyz outputs.
+        rotations_per_molecule: training rotations per molecule when ``data.rotations_per_molecule`` is unset.
+        input_slices: slices the network reads when fixed by the architecture; ``None``: any,
+            ``config.input_slices`` (scan-height window, else all simulated slices).
+        uses_element_classes: the model accepts ``model.element_classes``.
+        published_losses: its published loss after the last epoch (its weighted training loss), by
+            dataset and subset (``{"dataset1": {"train": …, "val": …, "test": …}}``; thesis Table 6),
+            shown beside ``afm-ray evaluate``'s figures.
+        check_config: raises ``ValueError`` (one line) for settings this model cannot train with.
+        module: the registering module (``__name__``): a reload replaces the spec, another module's is a clash.
+    """
+
+    name: str
+    description: str
+    tips: tuple[str, ...]
+    outputs: tuple[OutputSpec, ...]
+    targets: tuple[str, ...]
+    build_network: Callable[[TrainConfig], nn.Module]
+    build_loss: Callable[[LossSettings], nn.Module]
+    describe_loss: Callable[[TrainConfig], str]
+    objective: Objective
+    metrics: Literal["maps", "atoms"] = "maps"
+    figure_maps: tuple[str, ...] = ()
+    loss_defaults: Mapping[str, object] = field(default_factory=dict)
+    rotations_per_molecule: int = 20
+    input_slices: int | None = None
+    uses_element_classes: bool = False
+    check_config: Callable[[TrainConfig], None] | None = None
+    published_losses: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    module: str = ""
+
+    def __post_init__(self):
+        if len(self.targets) != len(self.outputs):
+            raise ValueError(f"model {self.name!r}: {len(self.outputs)} outputs but {len(self.targets)} targets")
+        if self.metrics == "atoms" and self.output_names != ("xyz_classes", "xyz_offsets"):
+            raise ValueError(f"model {self.name!r}: atom metrics need the outputs xyz_classes, xyz_offsets")
+        unknown = set(self.figure_maps) - set(self.output_names) - {"atoms"}
+        if unknown:
+            raise ValueError(f"model {self.name!r}: figure_maps {sorted(unknown)} are not outputs")
+        object.__setattr__(self, "loss_defaults", MappingProxyType(dict(self.loss_defaults)))
+        object.__setattr__(self, "published_losses", MappingProxyType(
+            {dataset: MappingProxyType(dict(losses)) for dataset, losses in self.published_losses.items()}))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(output.name for output in self.outputs)
+
+    @property
+    def predicts_atoms(self) -> bool:
+        """Outputs are the xyz grid (``xyz_classes``, ``xyz_offsets``) that decodes into atoms."""
+        return self.metrics == "atoms"
+
+    def output(self, name: str) -> OutputSpec:
+        for output in self.outputs:
+            if output.name == name:
+                return output
+        raise KeyError(f"model {self.name!r} has no output {name!r}")
+
+    def packed_channels(self, network: nn.Module) -> tuple[int, ...]:
+        """Channels of each output in the one-tensor (packed) form of ``network``'s outputs."""
+        return tuple(1 if output.shape == "map" else output.channels or int(network.n_classes)
+                     for output in self.outputs)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry (a second registration of the same name from the same module,
+    e.g. a re-import, replaces it; from another module it is an error)."""
+    known = _REGISTRY.get(spec.name)
+    if known is not None and known.module != spec.module:
+        raise ValueError(f"model {spec.name!r} is already registered by {known.module}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_model_spec(name: str, module: str | None = None) -> ModelSpec:
+    """The registered spec of ``name``, importing ``module`` (the plugin that registers it) first if given.
+
+    Raises :class:`InputError` (``model.name``) naming the registered models for an unknown name,
+    or (``model.module``) for a module that cannot be imported.
+    """
+    if name not in _REGISTRY and module:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise InputError("model.module", f"cannot import {module!r} (it must be importable on every node): "
+                                             f"{exc}") from None
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        hint = f" ({module} registers no such model)" if module else ""
+        raise InputError("model.name", f"unknown model {name!r}{hint}; registered: "
+                                       f"{', '.join(sorted(_REGISTRY))}") from None
+
+
+def validated_model_spec(name: str, module: str | None = None) -> ModelSpec:
+    """:func:`get_model_spec` for pydantic validators: its error as a ValueError, which pydantic reports
+    with the config field's location."""
+    try:
+        return get_model_spec(name, module)
+    except InputError as error:
+        raise ValueError(error.what) from None
+
+
+def list_model_specs() -> tuple[ModelSpec, ...]:
+    """Every registered spec, by name."""
+    return tuple(_REGISTRY[name] for name in sorted(_REGISTRY))

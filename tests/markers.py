@@ -1,0 +1,151 @@
+"""Which pytest markers each test carries: one table, applied by ``tests/conftest.py`` at collection.
+
+Markers (registered in pyproject.toml):
+
+* ``ray``      starts Ray: a local cluster (``ray_session``), ``ray start`` or ``afm-ray train/tune`` subprocesses;
+* ``mlflow``   starts an ``mlflow server`` process (the sqlite file store used by many tests does not count);
+* ``postgres`` starts a PostgreSQL server;
+* ``k8s``      checks the manifests under ``k8s/`` (rendered in-process: fast, no cluster);
+* ``slow``     takes more than ~10 s on the shared 2-core CI machine (session fixtures it sets up included):
+                ppafm reference comparisons, model exports, trainings;
+* ``unit``     none of ray / mlflow / postgres / slow: ``pytest -m unit`` runs in well under a minute.
+
+``unit`` is never written in the table: it is derived, so a test cannot be both ``unit`` and expensive.
+A test's markers are its module's row in :data:`MODULE_MARKERS`, or its row in :data:`TEST_MARKERS` where
+the module mixes cheap and expensive tests (the row replaces the module's), plus what the fixtures it
+uses imply (:data:`FIXTURE_MARKERS`: a test that asks for ``ray_session`` starts Ray whatever the table says).
+
+A test module missing from :data:`MODULE_MARKERS` is a collection error naming it, and
+``tests/test_markers.py`` fails on rows naming modules or tests that no longer exist.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+EXPENSIVE: frozenset[str] = frozenset({"ray", "mlflow", "postgres", "slow"})
+MARKERS: frozenset[str] = EXPENSIVE | {"k8s", "unit"}
+CHEAP: frozenset[str] = frozenset()
+
+RAY = frozenset({"ray"})
+SLOW = frozenset({"slow"})
+RAY_SLOW = frozenset({"ray", "slow"})
+
+# module (file name without .py) → markers of its tests; CHEAP = unit
+MODULE_MARKERS: dict[str, frozenset[str]] = {
+    "test_asdafm_import": CHEAP,
+    "test_augment": CHEAP,
+    "test_descriptors": CHEAP,
+    "test_descriptors_vs_ppafm": CHEAP,                 # but the full Height + ES comparison: slow below
+    "test_device_maps": CHEAP,
+    "test_elements": CHEAP,
+    "test_job_submit": RAY_SLOW,                        # `ray start` head + `ray job submit` of a training
+    "test_k8s": frozenset({"k8s"}),                     # pure manifest checks: also unit
+    "test_losses": CHEAP,
+    "test_markers": CHEAP,
+    "test_match": CHEAP,                                # trained_dsh / trained_xyz users: ray, slow (fixtures)
+    "test_metrics": CHEAP,
+    "test_mlflow_auth": frozenset({"mlflow", "slow"}),  # a real basic-auth `mlflow server`
+    "test_mlflow_outage": frozenset({"ray", "mlflow", "slow"}),
+    "test_mlflow_postgres": frozenset({"postgres", "slow"}),
+    "test_model_spec": CHEAP,                           # the toy model's training: ray, slow below
+    "test_models": CHEAP,
+    "test_molecule_db": CHEAP,
+    "test_no_pickle": SLOW,                             # exports every architecture; trained_dsh users: ray too
+    "test_pipeline": CHEAP,                             # ray_session users: ray (fixtures)
+    "test_predict": RAY_SLOW,                           # every test reads a model trained in this session
+    "test_published": SLOW,                             # imports and evaluates the published weights
+    "test_resume": RAY_SLOW,                            # trainings, sweeps and a Ray cluster in subprocesses
+    "test_sim": CHEAP,
+    "test_sim_vs_ppafm": SLOW,                          # ten relaxed-scan comparisons with ppafm
+    "test_splits_rotations": CHEAP,
+    "test_train": CHEAP,                                # ray_session users: ray, and the slow ones below
+    "test_tune": CHEAP,                                 # ray_session users: ray, slow below
+}
+
+# module → {test function (without its parametrize id) → markers}: replaces the module's row
+TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
+    "test_descriptors_vs_ppafm": {
+        "test_height_and_es_maps_match_ppafm": SLOW,
+    },
+    "test_mlflow_auth": {
+        "test_job_credentials_train_and_register": frozenset({"ray", "mlflow", "slow"}),  # `afm-ray train` job
+    },
+    "test_mlflow_postgres": {
+        "test_mlflow_server_as_deployed_on_postgres": frozenset({"postgres", "mlflow", "slow"}),
+    },
+    "test_molecule_db": {
+        "test_full_qm9_build_matches_thesis_table1_and_dataset1": SLOW,  # 134k molecules, where qm9pack is installed
+    },
+    "test_model_spec": {
+        "test_a_toy_model_registered_outside_afm_ray_trains_registers_and_loads": RAY_SLOW,
+    },
+    "test_models": {
+        # a few hundred optimiser steps each: 5 s alone, minutes when torch's threads compete for the cores
+        "test_dsh_overfits_a_fixed_batch": SLOW,
+        "test_xyz_overfits_a_fixed_batch": SLOW,
+    },
+    "test_no_pickle": {
+        "test_disabled_pickle_really_refuses": CHEAP,
+        "test_a_checkpoint_holding_objects_is_refused_without_running_them": CHEAP,
+    },
+    "test_pipeline": {
+        # each restarts or kills actors and waits for Ray to notice
+        "test_a_hanging_actor_is_warned_about_and_its_batch_made_elsewhere": RAY_SLOW,
+        "test_a_batch_that_always_kills_its_actor_is_dropped_after_bounded_retries": RAY_SLOW,
+        "test_killed_simulation_actor_restarts_and_every_sample_arrives_once": RAY_SLOW,
+    },
+    "test_sim_vs_ppafm": {
+        "test_lennard_jones_table_equals_ppafm_atomtypes": CHEAP,
+    },
+    "test_sim": {
+        "test_a_batch_too_large_for_the_device_is_refused_before_allocation": SLOW,
+        "test_cli_simulate_draws_the_sample_with_its_descriptors": SLOW,
+    },
+    "test_train": {
+        "test_train_end_to_end_registers_a_model_that_loads_back": RAY_SLOW,
+        "test_restarting_the_command_resumes_from_the_checkpoint": RAY_SLOW,
+        "test_killed_train_worker_resumes_from_last_checkpoint": RAY_SLOW,
+        "test_two_ddp_ranks_share_actors_validation_and_metrics": RAY_SLOW,
+        "test_train_console_shows_only_afm_ray_lines_unless_verbose": RAY_SLOW,  # `afm-ray train` subprocesses
+    },
+    "test_tune": {
+        "test_sweep_stops_bad_trials_and_registers_the_champion": RAY_SLOW,
+        "test_optuna_searcher_proposes_values_inside_the_ranges": RAY_SLOW,
+        "test_an_interrupted_sweep_resumes_without_repeating_work": RAY_SLOW,
+    },
+}
+
+# fixture (anywhere in a test's fixture closure) → markers it implies
+FIXTURE_MARKERS: dict[str, frozenset[str]] = {
+    "ray_session": RAY,
+    "trained_dsh": RAY_SLOW,  # trains a model through Ray once per session (~30 s)
+    "trained_xyz": RAY_SLOW,
+}
+
+
+class UnmarkedModuleError(LookupError):
+    """A test module has no row in :data:`MODULE_MARKERS`."""
+
+
+def markers_for(module: str, test: str, fixtures: Iterable[str]) -> frozenset[str]:
+    """The markers of test function ``test`` (no parametrize id) in ``module`` (file stem) that uses
+    ``fixtures``; ``unit`` when none is expensive. Raises :class:`UnmarkedModuleError` for a module
+    without a row."""
+    if module not in MODULE_MARKERS:
+        raise UnmarkedModuleError(
+            f"tests/{module}.py has no row in tests/markers.py MODULE_MARKERS: add one "
+            f"(its markers, e.g. CHEAP, RAY_SLOW) so `pytest -m unit` knows what it starts")
+    markers = set(TEST_MARKERS.get(module, {}).get(test, MODULE_MARKERS[module]))
+    for fixture in fixtures:
+        markers |= FIXTURE_MARKERS.get(fixture, CHEAP)
+    if not markers & EXPENSIVE:
+        markers.add("unit")
+    return frozenset(markers)
+
+
+def ray_is_running() -> bool:
+    """Whether this process holds a Ray connection; never imports ray (an import alone costs seconds)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
