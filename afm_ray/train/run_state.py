@@ -48,9 +48,16 @@ def relative_paths(config: TrainConfig, storage_field: str = "run.storage_path")
              storage_field: config.run.storage_path}
     relative = {field: str(path) for field, path in paths.items() if not path.is_absolute()}
     tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+    if _relative_sqlite_file(tracking_uri) is not None:
         relative["mlflow.tracking_uri"] = tracking_uri
     return relative
+
+
+def _relative_sqlite_file(tracking_uri: str) -> str | None:
+    """The file of a ``sqlite:///relative.db`` URI (three slashes: relative to the working directory), else None."""
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        return tracking_uri[len("sqlite:///"):]
+    return None
 
 
 def with_absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -59,8 +66,8 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
                                           "fixed_set_dir": config.data.fixed_set_dir.resolve()})
     run = config.run.model_copy(update={"storage_path": config.run.storage_path.resolve()})
     tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        tracking_uri = "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
+    if (relative_file := _relative_sqlite_file(tracking_uri)) is not None:
+        tracking_uri = "sqlite:///" + str(Path(relative_file).resolve())
     mlflow = config.mlflow.model_copy(update={"tracking_uri": tracking_uri})
     return config.model_copy(update={"data": data, "run": run, "mlflow": mlflow})
 
@@ -117,13 +124,18 @@ def record_run_id(run_dir: Path, run_id: str, **fields) -> None:
     write_run_state(run_dir, {**read_run_state(run_dir), "mlflow_run_id": run_id, **fields})
 
 
+def _within(field: str, sections: tuple[str, ...]) -> bool:
+    """Whether the dotted ``field`` is one of ``sections`` or lies inside one."""
+    return any(field == section or field.startswith(section + ".") for section in sections)
+
+
 def config_changes(old: dict, new: dict, may_change: tuple[str, ...] = ()) -> dict[str, tuple[str, str]]:
     """Fields whose values differ between two config dumps, ``{"a.b": (old, new)}`` (values as MLflow params),
     leaving out the fields and sections named in ``may_change``."""
     old_flat, new_flat = flatten(old), flatten(new)
     changes = {}
     for field in sorted(old_flat.keys() | new_flat.keys()):
-        if any(field == allowed or field.startswith(allowed + ".") for allowed in may_change):
+        if _within(field, may_change):
             continue
         before, after = old_flat.get(field, "(unset)"), new_flat.get(field, "(unset)")
         if before != after:
@@ -211,7 +223,7 @@ def open_mlflow_run(config: TrainConfig, tracking_uri: str, run_dir: Path, paren
         changes = {field: (value, current_flat[field]) for field, value in recorded.items()
                    if field in current_flat and current_flat[field] != value}
     blocking = {field: change for field, change in changes.items()
-                if not any(field == allowed or field.startswith(allowed + ".") for allowed in may_change)}
+                if not _within(field, may_change)}
     if blocking and not allow_changed:
         raise InputError(f"run {run_dir}", f"was started with another config ({describe_changes(blocking)}); "
                                            "use a new run.name, or --allow-changed to continue its checkpoint "
