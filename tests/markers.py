@@ -104,8 +104,7 @@ TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
         "test_cli_simulate_draws_the_sample_with_its_descriptors": SLOW,
     },
     "test_train": {
-        "test_train_end_to_end_registers_a_model_that_loads_back": RAY_SLOW,
-        "test_restarting_the_command_resumes_from_the_checkpoint": RAY_SLOW,
+        "test_train_end_to_end_registers_a_model_that_loads_back_and_a_restart_continues_its_run": RAY_SLOW,
         "test_killed_train_worker_resumes_from_last_checkpoint": RAY_SLOW,
         "test_two_ddp_ranks_share_actors_validation_and_metrics": RAY_SLOW,
         "test_train_console_shows_only_afm_ray_lines_unless_verbose": RAY_SLOW,  # `afm-ray train` subprocesses
@@ -113,7 +112,6 @@ TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
     "test_tune": {
         "test_sweep_stops_bad_trials_and_registers_the_champion": RAY_SLOW,
         "test_optuna_searcher_proposes_values_inside_the_ranges": RAY_SLOW,
-        "test_an_interrupted_sweep_resumes_without_repeating_work": RAY_SLOW,
     },
 }
 

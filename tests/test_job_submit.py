@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,13 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_TRAINING
+from servers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The head and the job CLI run without Ray's token authentication (a loopback-only test cluster).
@@ -62,11 +58,14 @@ def ray_head(tmp_path):
         shutil.rmtree(short_temp_dir, ignore_errors=True)
         pytest.fail(f"local Ray head did not come up or accepts no jobs: {probe.stderr.strip().splitlines()[-1:]}")
     yield ray_bin, address
+    # `ray start --block` takes over 30 s to stop its processes on SIGTERM; the whole group (its own
+    # session: GCS, raylet, workers) is killed after a short grace instead
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
+        head.wait(timeout=3)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
     shutil.rmtree(short_temp_dir, ignore_errors=True)
 
 
@@ -77,9 +76,8 @@ def test_ray_job_submit_runs_training_on_the_named_resources(ray_head, tiny_data
     command = [
         str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(working_dir), "--",
         str(Path(sys.executable).parent / "afm-ray"), "train", "--config", "configs/quickstart.yaml",
-        f"data.database={tiny_database}", "data.split=tiny", "data.max_train_molecules=12",
-        "data.rotations_per_molecule=1", f"data.fixed_set_dir={tmp_path / 'fixed'}",
-        f"run.storage_path={tmp_path / 'runs'}", "run.epochs=1", "run.batch_size=6",
+        f"data.database={tiny_database}", *TINY_TRAINING, "data.rotations_per_molecule=1",
+        f"data.fixed_set_dir={tmp_path / 'fixed'}", f"run.storage_path={tmp_path / 'runs'}", "run.epochs=1",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}", "mlflow.registered_model_name=afm-job-dsh",
         "pipeline.sim_resources={sim_slot: 1}", "scaling.resources_per_worker={train_slot: 1}",
     ]

@@ -25,7 +25,7 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from conftest import CONFIGS
+from conftest import CONFIGS, TINY_TRAINING
 from servers import free_port, start_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,9 +165,8 @@ def afm_ray_train(uri: str, database: Path, folder: Path, username: str, passwor
     """The real ``afm-ray train`` CLI on the quickstart config, 12 molecules, 32 × 32 px, in a fresh process."""
     environment = clean_environment(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
     argv = [str(BIN / "afm-ray"), "train", "--config", str(CONFIGS / "quickstart.yaml"),
-            f"data.database={database}", "data.split=tiny", "data.max_train_molecules=12",
-            "data.rotations_per_molecule=2", f"data.fixed_set_dir={folder / 'fixed'}",
-            f"run.storage_path={folder / 'runs'}", f"run.epochs={epochs}", "run.batch_size=6", "run.name=auth",
+            f"data.database={database}", *TINY_TRAINING, f"data.fixed_set_dir={folder / 'fixed'}",
+            f"run.storage_path={folder / 'runs'}", f"run.epochs={epochs}", "run.name=auth",
             f"mlflow.tracking_uri={uri}", f"mlflow.registered_model_name={MODEL_NAME}"]
     return subprocess.run(argv, env=environment, cwd=folder, capture_output=True, text=True, timeout=600)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afm_ray.models import (DEFAULT_ELEMENT_CLASSES, DSH, ES, THESIS_PARAMETER_COUNTS, XYZ, PaddedConv, count_parameters,
+from afm_ray.models import (DEFAULT_ELEMENT_CLASSES, DSH, ES, XYZ, PaddedConv, count_parameters,
                             element_class_index, get_model_spec, pad_same)
 from afm_ray.models.blocks import Decoder2D, Encoder3D, fold_z_into_channels
 from afm_ray.optim import build_optimizer
@@ -23,7 +23,7 @@ def build_model(name: str, **options):
 
 @pytest.mark.parametrize("name", ["dsh", "es", "xyz"])
 def test_parameter_counts_match_the_thesis_tables(name):
-    assert count_parameters(build_model(name)) == THESIS_PARAMETER_COUNTS[name]
+    assert count_parameters(build_model(name)) == get_model_spec(name).thesis_parameters
 
 
 def test_shared_block_parameter_counts_match_table_2():
@@ -154,7 +154,7 @@ def test_element_classes_widen_the_class_head():
     assert model.class_names[:3] == ("background", "H", "C")
     # Only the last class conv changes: 64·9 weights + 1 bias per extra class.
     extra = model.n_classes - 2
-    assert count_parameters(model) == THESIS_PARAMETER_COUNTS["xyz"] + extra * (64 * 9 + 1)
+    assert count_parameters(model) == get_model_spec("xyz").thesis_parameters + extra * (64 * 9 + 1)
     with torch.no_grad():
         probs, _ = model(torch.randn(1, 1, 32, 32, 10))
     assert probs.shape == (1, 5, 4, 4)

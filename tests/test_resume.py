@@ -79,9 +79,9 @@ def test_a_changed_config_is_refused_and_continues_in_a_linked_run_when_allowed(
 TUNE_JOB = REPO / "k8s" / "jobs" / "tune-xyz.yaml"
 # Shrinks the sweep to test size; the only other deviations from the manifest's entrypoint are the
 # /app and /data prefixes (the image's code and the shared volume) mapped to the repository and tmp_path.
-SHRINK_SWEEP = ["budget.num_samples=3"]
+SHRINK_SWEEP = ["budget.num_samples=3", "scheduler.grace_period_epochs=3"]  # ASHA stops no trial: each trains 3 epochs
 SHRINK_TRIALS = {
-    "run.epochs": 2, "run.batch_size": 6, "data.rotations_per_molecule": 1, "data.eval_rotations_per_molecule": 1,
+    "run.epochs": 3, "run.batch_size": 6, "run.num_figure_samples": 1, "data.rotations_per_molecule": 1, "data.eval_rotations_per_molecule": 1,
     "sim.scan_size_angstrom": [8, 8], "sim.scan_pixels": [64, 64], "sim.num_slices": 12,
     "augment.scan_height": {"window_slices": 8, "kept_slices": 6},
     # no GPUs here: OpenCL on the CPU; the KubeRay resources sim_gpu / train_gpu stay, advertised below
@@ -102,19 +102,23 @@ def rayjob_entrypoint(data_dir: Path) -> list[str]:
             "train_overrides=" + json.dumps({**train_overrides, **SHRINK_TRIALS})]
 
 
+def sweep_results(sweep_dir: Path) -> list[dict]:
+    """Every result Tune recorded (the trials' result.json lines), each trial's in order."""
+    return [json.loads(line) for path in sweep_dir.glob("*/result.json")
+            for line in path.read_text().splitlines() if line.strip()]
+
+
 def trial_reports(sweep_dir: Path, trained_only: bool = True) -> dict[str, list[int]]:
-    """Every Tune trial's reported epochs, in order (its result.json lines); ``trained_only``: without the final
-    result that a trial trained to the end before an interruption reports again from its checkpoint."""
+    """Every Tune trial's reported epochs, in order; ``trained_only``: without the final result that a trial
+    trained to the end before an interruption reports again from its checkpoint."""
     reports = {}
-    for path in sweep_dir.glob("*/result.json"):
-        for line in path.read_text().splitlines():
-            result = json.loads(line) if line.strip() else {}
-            if result and not (trained_only and result.get(REPORTED_FROM_CHECKPOINT)):
-                reports.setdefault(result["trial_id"], []).append(int(result["epoch"]))
+    for result in sweep_results(sweep_dir):
+        if not (trained_only and result.get(REPORTED_FROM_CHECKPOINT)):
+            reports.setdefault(result["trial_id"], []).append(int(result["epoch"]))
     return reports
 
 
-def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials(tmp_path):
+def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials(tmp_path, run_cli):
     qm9_sample_database(tmp_path, "dataset1", (12, 6, 6))  # /data/qm9.parquet with xyz.yaml's split name
     command = rayjob_entrypoint(tmp_path)
     environment = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
@@ -130,7 +134,7 @@ def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trial
             return subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
 
-    # first submission: stopped once one trial finished and the next has a checkpoint
+    # first submission: stopped once one trial finished and the next has its first checkpoint (of 3)
     driver = submit("first.log")
     deadline = time.time() + 500
     while True:
@@ -140,19 +144,26 @@ def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trial
             break
         assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.time() < deadline, "no second trial within the time limit"
-        time.sleep(0.5)
-    time.sleep(3)  # let Tune save its experiment state with the first trial terminated
+        time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)  # the job's driver dies (the RayJob is deleted, the pod evicted)
     driver.wait()
     before = trial_reports(sweep_dir)
-    finished = {trial for trial, epochs in before.items() if epochs[-1] == 1}
-    assert finished, before  # the second trial was interrupted after its first checkpoint
+    finished = {trial for trial, epochs in before.items() if epochs[-1] == 2}
+    assert finished, before
+    assert any(len(latest_history(run_dir)) < 3 for run_dir in started), "no trial was interrupted mid-way"
+    # without --resume-if-exists (or --resume) an existing sweep is refused, not started over
+    code, _, err = run_cli(*[argument for argument in command[1:] if argument != "--resume-if-exists"])
+    assert code == 2 and "pass --resume" in err, err
 
     # the re-created RayJob: the same entrypoint
     second = submit("second.log")
     assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
     final = trial_reports(sweep_dir, trained_only=False)
-    assert len(final) == 3 and all(epochs[-1] == 1 for epochs in final.values()), final  # every trial to the end
+    assert len(final) == 3 and all(epochs[-1] == 2 for epochs in final.values()), final  # every trial to the end
+    # the interrupted trial: Tune's iteration count restarted at 1, the epoch count ASHA reads
+    # (time_attr epochs_completed) continued from the checkpoint
+    trained = [result for result in sweep_results(sweep_dir) if not result.get(REPORTED_FROM_CHECKPOINT)]
+    assert any(result["epochs_completed"] > result["training_iteration"] for result in trained), trained
     after = trial_reports(sweep_dir)
     for trial, epochs in after.items():
         assert epochs == sorted(set(epochs)), (trial, epochs)  # no epoch trained twice
@@ -161,13 +172,13 @@ def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trial
     # Tune forgets the results of a trial it had not recorded as started; the trials' own checkpoints and
     # MLflow runs count every epoch (logged once it is checkpointed): each was trained exactly once
     for run_dir in trials_dir.iterdir():
-        assert [h["epoch"] for h in latest_history(run_dir)] == [0, 1], run_dir
+        assert [h["epoch"] for h in latest_history(run_dir)] == [0, 1, 2], run_dir
     client = MlflowClient(environment["MLFLOW_TRACKING_URI"])
     parent_run_id = json.loads((sweep_dir / RUN_STATE_FILE).read_text())["mlflow_run_id"]
     children = client.search_runs([client.get_experiment_by_name("afm-ray").experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent_run_id}'")
     assert len(children) == 3
-    assert all(metric_steps(client, child.info.run_id, "val_loss") == [0, 1] for child in children)
+    assert all(metric_steps(client, child.info.run_id, "val_loss") == [0, 1, 2] for child in children)
     versions = client.search_model_versions("name = 'afm-xyz'")
     assert len(versions) == 1 and str(client.get_model_version_by_alias("afm-xyz", "champion").version) == "1"
 
@@ -180,10 +191,10 @@ def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trial
 
     # Tune would restore the saved search space and scheduler: a changed sweep is refused, naming the fields
     command += ["budget.num_samples=5", "train_overrides=" + json.dumps({**json.loads(
-        command[-1][len("train_overrides="):]), "run.epochs": 3})]
+        command[-1][len("train_overrides="):]), "run.epochs": 4})]
     refused = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
-    assert "budget.num_samples: 3 → 5" in refused.stderr and "train.run.epochs: 2 → 3" in refused.stderr, \
+    assert "budget.num_samples: 3 → 5" in refused.stderr and "train.run.epochs: 3 → 4" in refused.stderr, \
         refused.stderr[-2000:]
     assert "choose another sweep name" in refused.stderr
 

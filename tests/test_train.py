@@ -16,16 +16,20 @@ from afm_ray.errors import InputError
 from afm_ray.train.loop import load_checkpoint_model
 from afm_ray.train.trainer import run_training
 
-from conftest import CONFIGS
+from conftest import CONFIGS, TINY_TRAINING
 
 
 def metric_steps(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
 
 
-def test_train_end_to_end_registers_a_model_that_loads_back(ray_session, tiny_config):
+def test_train_end_to_end_registers_a_model_that_loads_back_and_a_restart_continues_its_run(ray_session,
+                                                                                            tiny_config):
+    first = run_training(tiny_config, progress=False)  # 2 epochs
+    # the same command with more epochs: the run folder's checkpoint and MLflow run continue
     config = tiny_config.model_copy(update={"run": tiny_config.run.model_copy(update={"epochs": 3})})
     outcome = run_training(config, progress=False)
+    assert outcome.run_id == first.run_id
     client = MlflowClient(config.mlflow.tracking_uri)
     run = client.get_run(outcome.run_id)
     assert run.data.params["model.name"] == "dsh" and run.data.params["data.split"] == "tiny"
@@ -33,7 +37,7 @@ def test_train_end_to_end_registers_a_model_that_loads_back(ray_session, tiny_co
     losses = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "train_loss"), key=lambda m: m.step)]
     assert len(losses) == 3 and losses[-1] < losses[0]
     for key in ("val_loss", "val_mse_mean", "train_samples_per_s", "data_wait_fraction", "sim_stacks_per_s_per_actor"):
-        assert metric_steps(client, outcome.run_id, key) == [0, 1, 2], key
+        assert metric_steps(client, outcome.run_id, key) == [0, 1, 2], key  # no epoch trained twice
     assert "test_mse_mean" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     figures = {a.path for a in client.list_artifacts(outcome.run_id, "figures")}
@@ -44,6 +48,7 @@ def test_train_end_to_end_registers_a_model_that_loads_back(ray_session, tiny_co
     from afm_ray.predict import load_model  # pt2: mlflow.pytorch gives a bare graph; afm-ray adds unpack
     registered = load_model(outcome.model_uri, config.mlflow.tracking_uri).packed
     trained, _, history = load_checkpoint_model(outcome.checkpoint_path)
+    assert [h["epoch"] for h in history] == [0, 1, 2]
     x = torch.randn(2, 1, 32, 32, 6)
     with torch.no_grad():
         unpacked = registered.unpack(registered(x))
@@ -51,18 +56,6 @@ def test_train_end_to_end_registers_a_model_that_loads_back(ray_session, tiny_co
     for name, expected in zip(("atomic_disks", "vdw_spheres", "height_map"), direct):
         torch.testing.assert_close(unpacked[name], expected, rtol=0, atol=0)
     assert client.get_registered_model("afm-test-dsh").tags["afm_ray.architecture"] == "dsh"
-
-
-def test_restarting_the_command_resumes_from_the_checkpoint(ray_session, tiny_config):
-    first = run_training(tiny_config.model_copy(update={"run": tiny_config.run.model_copy(update={"epochs": 1})}),
-                         progress=False)
-    second = run_training(tiny_config.model_copy(update={"run": tiny_config.run.model_copy(update={"epochs": 2})}),
-                          progress=False)
-    assert second.run_id == first.run_id  # the same MLflow run continues
-    client = MlflowClient(tiny_config.mlflow.tracking_uri)
-    assert metric_steps(client, first.run_id, "val_loss") == [0, 1]  # epoch 0 was not trained again
-    _, _, history = load_checkpoint_model(second.checkpoint_path)
-    assert [h["epoch"] for h in history] == [0, 1]
 
 
 def _train_worker_pids():
@@ -177,9 +170,8 @@ def _afm_ray_train(tiny_database, folder, *arguments) -> list[str]:
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the test session's
     command = [sys.executable, "-c", "import sys; from afm_ray.cli import main; sys.exit(main(sys.argv[1:]))",
                "train", "--config", str(CONFIGS / "quickstart.yaml"),
-               f"data.database={tiny_database}", "data.split=tiny", "data.max_train_molecules=12",
-               "data.rotations_per_molecule=2", f"data.fixed_set_dir={folder / 'fixed'}",
-               f"run.storage_path={folder / 'runs'}", "run.batch_size=6", f"mlflow.tracking_uri=sqlite:///{folder / 'mlruns.db'}",
+               f"data.database={tiny_database}", *TINY_TRAINING, f"data.fixed_set_dir={folder / 'fixed'}",
+               f"run.storage_path={folder / 'runs'}", f"mlflow.tracking_uri=sqlite:///{folder / 'mlruns.db'}",
                "mlflow.registered_model_name=afm-test-console", *arguments]
     completed = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=folder, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -31,7 +31,7 @@ from afm_ray.errors import InputError
 
 
 def register(subparsers) -> None:
-    from afm_ray.cli.predict import TRUST_PICKLE_HELP
+    from afm_ray.cli.common import TRUST_PICKLE_HELP
 
     parser = subparsers.add_parser(
         "predict", help="predictions/s of a model on CPU (or GPU), and matching time for N rotations",

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "afm_ray.cli.evaluate",
     "afm_ray.cli.tune",
     "afm_ray.cli.predict",
+    "afm_ray.cli.models",
     "afm_ray.cli.bench",
 )
 
@@ -33,8 +34,9 @@ The data flow, one command group per stage:
               registers the model
   evaluate    score a registered model (or the published ASD-AFM weights) on a config's val/test set
   tune        sweep loss hyperparameters (γ, αn, βPL, loss weights) with Ray Tune: ASHA + Optuna
-  predict     use a trained model on AFM stacks (.npz, Nanonis); `models` lists the registry, `match`
-              finds a known molecule's orientation in experiments (thesis Fig. 17)
+  predict     use a trained model on AFM stacks (.npz, Nanonis); `match` finds a known molecule's
+              orientation in experiments (thesis Fig. 17)
+  models      the model registry: list, show a model's versions and metrics, import published weights
   bench       measure throughput of the simulator, models and pipeline
 
 Start with:

@@ -30,7 +30,7 @@ examples:
 
 
 def register(subparsers) -> None:
-    from afm_ray.cli.predict import TRUST_PICKLE_HELP
+    from afm_ray.cli.common import TRUST_PICKLE_HELP
 
     parser = subparsers.add_parser("evaluate", help="score a registered model on a config's fixed val/test set",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,4 +1,4 @@
-"""``afm-ray predict``, ``afm-ray models list|show`` and ``afm-ray match``: using trained models.
+"""``afm-ray predict`` and ``afm-ray match``: using trained models (``afm-ray models``: :mod:`afm_ray.cli.models`).
 
 See :mod:`afm_ray.predict` for the library behind these commands.
 """
@@ -10,11 +10,11 @@ import time
 import warnings
 from pathlib import Path
 
+from afm_ray.cli.common import TRACKING_HELP, TRUST_PICKLE_HELP, show_warnings
 from afm_ray.errors import InputError
 
 MODEL_HELP = ("models:/NAME@ALIAS (e.g. models:/afm-dsh@current), models:/NAME/VERSION, runs:/RUN_ID/model, "
               "or a local MLflow model / training checkpoint folder")
-TRACKING_HELP = "MLflow store for models:/ and runs:/ (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)"
 SLICES_HELP = ("which K slices (the model's count) to feed, z far → close: auto (default: K evenly spaced among "
                "the closest W, W = the training window, thesis 15), closest (the last K), even (K evenly "
                "spaced over the stack), or indices like 0,2,4,6,8,10")
@@ -42,14 +42,6 @@ examples:
   afm-ray predict --model runs/dsh-dataset1/checkpoint_000049 --input a.npz b.npy --slices closest --out p/
 """
 
-MODELS_EPILOG = """\
-examples:
-  afm-ray models list
-  afm-ray models show afm-dsh --tracking-uri sqlite:///mlruns.db
-  afm-ray models import-asdafm ../shared/asd-afm/model_light.h5 --name asdafm-dsh-light
-  afm-ray models reregister models:/afm-dsh@current --trust-pickle   # a model an older afm-ray pickled
-"""
-
 MATCH_EPILOG = """\
 How it works (thesis 4.1, Fig. 17): --rotations viewing directions spread evenly on a sphere (each
 turned --azimuths times about the tip axis) are simulated with the model's simulator settings
@@ -72,13 +64,8 @@ examples:
 """
 
 
-TRUST_PICKLE_HELP = ("also load a model an older afm-ray registered pickled: that runs code stored in the artifact, "
-                     "so only for a source you trust (then re-register it: afm-ray models reregister)")
-
-
 def register(subparsers) -> None:
     _register_predict(subparsers)
-    _register_models(subparsers)
     _register_match(subparsers)
 
 
@@ -117,49 +104,6 @@ def _register_predict(subparsers) -> None:
     parser.set_defaults(handler=run_predict)
 
 
-def _register_models(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "models", help="list registered models, or show one's versions, aliases, training config and metrics",
-        description="Browse the MLflow model registry that afm-ray train registers into, or import published weights.",
-        epilog=MODELS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    actions = parser.add_subparsers(dest="models_action", metavar="ACTION")
-    listing = actions.add_parser("list", help="registered models: architecture, versions, aliases")
-    listing.add_argument("--tracking-uri", help=TRACKING_HELP)
-    listing.set_defaults(handler=run_models_list)
-    show = actions.add_parser("show", help="one model: every version with aliases, training config summary and run metrics")
-    show.add_argument("name", help="registered model name (e.g. afm-dsh)")
-    show.add_argument("--tracking-uri", help=TRACKING_HELP)
-    show.set_defaults(handler=run_models_show)
-    imported = actions.add_parser(
-        "import-asdafm", help="register the published ASD-AFM DSH weights (Keras .h5) as an afm-ray model",
-        description="Read the published ASD-AFM DSH Keras weights (model_light.h5 / model_heavy.h5, MIT) into "
-                    "afm-ray's DSH network (replicate padding), log it to MLflow with its signature, the data "
-                    "preset it expects as its config, its preprocessing and provenance, and register it as "
-                    "models:/NAME@ALIAS. predict, match, evaluate and models show then use it like a trained model.",
-        epilog="example:\n  afm-ray models import-asdafm ../shared/asd-afm/model_light.h5 --name asdafm-dsh-light\n"
-               "  afm-ray evaluate --model models:/asdafm-dsh-light@published --config configs/published_asdafm.yaml",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    imported.add_argument("file", metavar="FILE.h5", help="Keras HDF5 weights of the ASD-AFM DSH model")
-    imported.add_argument("--name", required=True, help="registered model name")
-    imported.add_argument("--alias", default="published", help="alias set on the new version (default published)")
-    imported.add_argument("--config", type=Path, default=Path("configs/published_asdafm.yaml"),
-                          help="the data preset the model expects, recorded as its config "
-                               "(default configs/published_asdafm.yaml)")
-    imported.add_argument("--tracking-uri", help=TRACKING_HELP)
-    imported.set_defaults(handler=run_models_import_asdafm)
-
-    reregister = actions.add_parser(
-        "reregister", help="register a model that an older afm-ray pickled again, in the safe format (new version)",
-        description="Load a pickled registered model (this runs code stored in its artifact: --trust-pickle says "
-                    "you trust its source) and register it again as a new version of the same name in MLflow's "
-                    "pt2 format, which loads without unpickling. Aliases of the old version move to the new one.")
-    reregister.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    reregister.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
-    reregister.add_argument("--tracking-uri", help=TRACKING_HELP)
-    reregister.set_defaults(handler=run_models_reregister)
-    parser.set_defaults(handler=lambda args: parser.print_help() or 1)
-
-
 def _register_match(subparsers) -> None:
     parser = subparsers.add_parser(
         "match", help="find the orientation of a known molecule in experiments: simulate rotations, compare predicted vdW Spheres",
@@ -185,28 +129,6 @@ def _register_match(subparsers) -> None:
     _add_input_options(parser)
     _add_ray_options(parser, "the simulations on simulation actors")
     parser.set_defaults(handler=run_match)
-
-
-def run_models_import_asdafm(args: argparse.Namespace) -> int:
-    from afm_ray.train.config import load_train_config
-    from afm_ray.train.published import import_asdafm
-
-    config = load_train_config(args.config)
-    version, run_id = import_asdafm(args.file, args.name, args.alias, config, str(args.config), args.tracking_uri)
-    print(f"registered models:/{args.name}@{args.alias} (version {version}, MLflow run {run_id}) from {args.file}")
-    return 0
-
-
-def run_models_reregister(args: argparse.Namespace) -> int:
-    from afm_ray.predict.registry import reregister_model
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        version, run_id = reregister_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
-    _show_warnings(caught, "warning")
-    name = args.model[len("models:/"):].split("@")[0].split("/")[0]
-    print(f"registered {args.model} again as models:/{name}/{version} (pt2, MLflow run {run_id})")
-    return 0
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -242,13 +164,6 @@ def _prepare_settings(args):
     return PrepareSettings(slices=parse_slice_choice(args.slices), max_resample=args.max_resample)
 
 
-def _show_warnings(caught, kind: str = "note") -> None:
-    import sys
-
-    for warning in caught:
-        print(f"afm-ray: {kind}: {warning.message}", file=sys.stderr)
-
-
 def _load_model(args):
     """``--model`` loaded; a pickled model only with ``--trust-pickle``, and then with a warning."""
     from afm_ray.predict.registry import load_model
@@ -256,7 +171,7 @@ def _load_model(args):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
-    _show_warnings(caught, "warning")
+    show_warnings(caught, "warning")
     return model
 
 
@@ -275,7 +190,7 @@ def run_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         model_input = ModelInput.from_config(model.config)
         prepared = [prepare_stack(stack, model_input, prepare) for stack in stacks]
-    _show_warnings(caught)
+    show_warnings(caught)
     started = time.perf_counter()
     predictions = predictor.predict(prepared)
     seconds = time.perf_counter() - started
@@ -295,44 +210,6 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"{stack.name}: slices {prediction.stack.slice_indices.tolist()}{resampled}{atoms} → {written['npz']}")
     write_summary(out / "summary.json", predictor, records)
     print(f"predicted {len(predictions)} stack(s) in {seconds:.2f} s; results in {out}")
-    return 0
-
-
-# -- models ---------------------------------------------------------------------------------------
-def run_models_list(args: argparse.Namespace) -> int:
-    from afm_ray.predict.registry import list_models
-    from afm_ray.train.tracking import resolve_tracking_uri
-
-    models = list_models(args.tracking_uri)
-    if not models:
-        print(f"no registered models in {resolve_tracking_uri(args.tracking_uri)}")
-        return 0
-    print(f"{'name':<32} {'architecture':<12} {'versions':>8} {'latest':>6}  aliases")
-    for model in models:
-        aliases = ", ".join(f"@{alias} → v{version}" for alias, version in sorted(model.aliases.items())) or "-"
-        print(f"{model.name:<32} {model.architecture or '?':<12} {model.n_versions:>8} {model.latest_version or '-':>6}  {aliases}")
-    return 0
-
-
-def run_models_show(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
-
-    from afm_ray.predict.registry import describe_model
-
-    model = describe_model(args.name, args.tracking_uri)
-    aliases = ", ".join(f"@{alias} → v{version}" for alias, version in sorted(model.aliases.items())) or "none"
-    print(f"{model.name}  architecture {model.architecture or '?'}, {model.n_versions} version(s), aliases: {aliases}")
-    for version in reversed(model.versions):
-        created = datetime.fromtimestamp(version.created_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        tags = "".join(f" @{alias}" for alias in version.aliases)
-        print(f"\nversion {version.version}{tags}  ({version.status}, registered {created}, run {version.run_id or '-'})")
-        print(f"  load with: models:/{model.name}/{version.version}"
-              + "".join(f"  or  models:/{model.name}@{alias}" for alias in version.aliases))
-        for key, value in version.config_summary.items():
-            print(f"  {key + ':':<10} {value}")
-        shown = {k: v for k, v in version.metrics.items() if k.startswith(("test_", "val_"))} or version.metrics
-        if shown:
-            print("  metrics:  " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
     return 0
 
 
@@ -381,7 +258,7 @@ def run_match(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = match_experiments(molecule, rotations, predictor, stacks, experiment_molecules, window, settings)
-    _show_warnings(caught)
+    show_warnings(caught)
     written = write_match_outputs(args.out, molecule, result, predictor, settings)
 
     for ranking in result.rankings:

@@ -9,7 +9,7 @@ Each network's module registers its :class:`~afm_ray.models.spec.ModelSpec` (tip
 loss, objective, figures) on import; :func:`get_model_spec` looks one up by name.
 
 At the thesis input (128 × 128 px, 10 slices) with default options the parameter counts are
-exactly the thesis' 122,811 / 169,970 / 560,941 (:data:`THESIS_PARAMETER_COUNTS`).
+exactly the thesis' 122,811 / 169,970 / 560,941 (each spec's ``thesis_parameters``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from afm_ray.models.spec import (ModelSpec, Objective, OutputSpec, get_model_spe
                                  validated_model_spec)
 from afm_ray.models.xyz import DEFAULT_ELEMENT_CLASSES, XYZ, class_names, element_class_index
 
-THESIS_PARAMETER_COUNTS = {"dsh": 122_811, "es": 169_970, "xyz": 560_941}
-
 __all__ = [
     "DEFAULT_ELEMENT_CLASSES", "DSH", "DSH_OUTPUTS", "Decoder2D", "ES", "ES_OUTPUTS", "ES_TIPS", "Encoder3D",
-    "ModelSpec", "Objective", "OutputSpec", "PaddedConv", "THESIS_PARAMETER_COUNTS", "XYZ", "class_names",
+    "ModelSpec", "Objective", "OutputSpec", "PaddedConv", "XYZ", "class_names",
     "count_parameters", "element_class_index", "get_model_spec", "list_model_specs", "pad_same", "register_model",
     "validated_model_spec",
 ]

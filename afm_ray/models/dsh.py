@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from afm_ray.losses import WeightedMSELoss
 from afm_ray.models.blocks import Decoder2D, Encoder3D, check_n_slices, check_padding_mode, check_stack, conv_leaky
-from afm_ray.models.spec import ModelSpec, Objective, OutputSpec, register_model
-
-if TYPE_CHECKING:
-    from afm_ray.train.config import LossSettings, TrainConfig
+from afm_ray.models.spec import OutputSpec, register_model, weighted_mse_map_model
 
 DSH_OUTPUTS = ("atomic_disks", "vdw_spheres", "height_map")
 DSH_LOSS_WEIGHTS = (20.0, 0.3, 0.2)
@@ -67,35 +61,17 @@ class DSH(nn.Module):
         return tuple(self.decoders[name](latent, skips) for name in DSH_OUTPUTS)
 
 
-def build_dsh(config: TrainConfig) -> DSH:
-    return DSH(n_slices=config.input_slices, skip_connections=config.model.skip_connections,
-               padding_mode=config.model.padding)
-
-
-def dsh_loss(loss: LossSettings) -> WeightedMSELoss:
-    return WeightedMSELoss(loss.dsh_weights, DSH_OUTPUTS)
-
-
-def describe_dsh_loss(config: TrainConfig) -> str:
-    return "weights " + ", ".join(f"{w:g}" for w in config.loss.dsh_weights)
-
-
-DSH_SPEC = register_model(ModelSpec(
+DSH_SPEC = register_model(weighted_mse_map_model(
     name="dsh",
     description="Disks, Spheres, Height from a CO-tip stack",
     tips=("CO",),
     outputs=(OutputSpec("atomic_disks", None, "dimensionless"), OutputSpec("vdw_spheres", "relu", "Å"),
              OutputSpec("height_map", "relu", "Å")),
-    targets=DSH_OUTPUTS,
-    build_network=build_dsh,
-    build_loss=dsh_loss,
-    loss_defaults={"dsh_weights": DSH_LOSS_WEIGHTS},
-    describe_loss=describe_dsh_loss,
-    objective=Objective("val_mse_mean", "min"),  # unweighted: comparable across loss weights
-    metrics="maps",
-    figure_maps=DSH_OUTPUTS,
-    rotations_per_molecule=20,
+    network=DSH,
+    weights_field="dsh_weights",
+    default_weights=DSH_LOSS_WEIGHTS,
     published_losses={"dataset1": {"train": 1.95e-3, "val": 1.90e-3, "test": 1.92e-3},
                       "dataset2": {"train": 2.32e-3, "val": 2.51e-3, "test": 2.59e-3}},  # thesis Table 6
+    thesis_parameters=122_811,
     module=__name__,
 ))

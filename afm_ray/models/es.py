@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from afm_ray.losses import WeightedMSELoss
 from afm_ray.models.blocks import Decoder2D, Encoder3D, check_n_slices, check_padding_mode, check_stack, conv_leaky
-from afm_ray.models.spec import ModelSpec, Objective, OutputSpec, register_model
-
-if TYPE_CHECKING:
-    from afm_ray.train.config import LossSettings, TrainConfig
+from afm_ray.models.spec import OutputSpec, register_model, weighted_mse_map_model
 
 ES_OUTPUTS = ("es_map", "height_map")
 ES_TIPS = ("CO", "Xe")
@@ -86,34 +80,16 @@ class ES(nn.Module):
         return tuple(self.decoders[name](latent, skips) for name in ES_OUTPUTS)
 
 
-def build_es(config: TrainConfig) -> ES:
-    return ES(n_slices=config.input_slices, skip_connections=config.model.skip_connections,
-              padding_mode=config.model.padding)
-
-
-def es_loss(loss: LossSettings) -> WeightedMSELoss:
-    return WeightedMSELoss(loss.es_weights, ES_OUTPUTS)
-
-
-def describe_es_loss(config: TrainConfig) -> str:
-    return "weights " + ", ".join(f"{w:g}" for w in config.loss.es_weights)
-
-
-ES_SPEC = register_model(ModelSpec(
+ES_SPEC = register_model(weighted_mse_map_model(
     name="es",
     description="Electrostatic Map and Height from CO- and Xe-tip stacks",
     tips=ES_TIPS,
     outputs=(OutputSpec("es_map", None, "V"), OutputSpec("height_map", "relu", "Å")),
-    targets=ES_OUTPUTS,
-    build_network=build_es,
-    build_loss=es_loss,
-    loss_defaults={"es_weights": ES_LOSS_WEIGHTS},
-    describe_loss=describe_es_loss,
-    objective=Objective("val_mse_mean", "min"),
-    metrics="maps",
-    figure_maps=ES_OUTPUTS,
-    rotations_per_molecule=20,
+    network=ES,
+    weights_field="es_weights",
+    default_weights=ES_LOSS_WEIGHTS,
     published_losses={"dataset1": {"train": 3.41e-4, "val": 3.40e-4, "test": 3.40e-4},
                       "dataset2": {"train": 4.15e-4, "val": 4.13e-4, "test": 4.26e-4}},  # thesis Table 6
+    thesis_parameters=169_970,
     module=__name__,
 ))

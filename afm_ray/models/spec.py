@@ -84,6 +84,8 @@ class ModelSpec:
             dataset and subset (``{"dataset1": {"train": …, "val": …, "test": …}}``; thesis Table 6),
             shown beside ``afm-ray evaluate``'s figures.
         check_config: raises ``ValueError`` (one line) for settings this model cannot train with.
+        thesis_parameters: trainable parameters at the thesis input (128 × 128 px, 10 slices) with
+            default options, as the thesis' architecture table gives them (``None``: not a thesis model).
         module: the registering module (``__name__``): a reload replaces the spec, another module's is a clash.
     """
 
@@ -104,6 +106,7 @@ class ModelSpec:
     uses_element_classes: bool = False
     check_config: Callable[[TrainConfig], None] | None = None
     published_losses: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    thesis_parameters: int | None = None
     module: str = ""
 
     def __post_init__(self):
@@ -184,3 +187,38 @@ def validated_model_spec(name: str, module: str | None = None) -> ModelSpec:
 def list_model_specs() -> tuple[ModelSpec, ...]:
     """Every registered spec, by name."""
     return tuple(_REGISTRY[name] for name in sorted(_REGISTRY))
+
+
+def weighted_mse_map_model(*, name: str, description: str, tips: tuple[str, ...], outputs: tuple[OutputSpec, ...],
+                           network: Callable[..., nn.Module], weights_field: str,
+                           default_weights: tuple[float, ...], published_losses: Mapping[str, Mapping[str, float]],
+                           thesis_parameters: int | None, module: str) -> ModelSpec:
+    """The spec of a model that predicts descriptor maps (each output's target is the descriptor of the
+    same name) and trains on a weighted sum of per-map MSEs (thesis 3.4), ranked by the unweighted mean.
+
+    ``network(n_slices=, skip_connections=, padding_mode=)`` builds it from ``config.input_slices``
+    and ``config.model``; ``weights_field`` names the ``loss.*`` field of its MSE weights (one per
+    output, dimensionless) whose default is ``default_weights``.
+    """
+    from afm_ray.losses import WeightedMSELoss
+
+    names = tuple(output.name for output in outputs)
+    if len(default_weights) != len(names):
+        raise ValueError(f"model {name!r}: {len(default_weights)} default weights for {len(names)} outputs")
+
+    def build_network(config: TrainConfig) -> nn.Module:
+        return network(n_slices=config.input_slices, skip_connections=config.model.skip_connections,
+                       padding_mode=config.model.padding)
+
+    def build_loss(loss: LossSettings) -> nn.Module:
+        return WeightedMSELoss(getattr(loss, weights_field), names)
+
+    def describe_loss(config: TrainConfig) -> str:
+        return "weights " + ", ".join(f"{weight:g}" for weight in getattr(config.loss, weights_field))
+
+    return ModelSpec(name=name, description=description, tips=tips, outputs=outputs, targets=names,
+                     build_network=build_network, build_loss=build_loss, describe_loss=describe_loss,
+                     loss_defaults={weights_field: tuple(default_weights)},
+                     objective=Objective("val_mse_mean", "min"),  # unweighted: comparable across loss weights
+                     metrics="maps", figure_maps=names, rotations_per_molecule=20,
+                     published_losses=published_losses, thesis_parameters=thesis_parameters, module=module)

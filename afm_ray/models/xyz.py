@@ -193,5 +193,6 @@ XYZ_SPEC = register_model(ModelSpec(
     check_config=check_xyz_config,
     published_losses={"dataset1": {"train": 4.43e-3, "val": 4.72e-3, "test": 4.72e-3},
                       "dataset2": {"train": 5.87e-3, "val": 6.10e-3, "test": 6.58e-3}},  # thesis Table 6
+    thesis_parameters=560_941,
     module=__name__,
 ))
