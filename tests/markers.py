@@ -60,6 +60,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "test_sim": CHEAP,
     "test_sim_vs_ppafm": SLOW,                          # ten relaxed-scan comparisons with ppafm
     "test_splits_rotations": CHEAP,
+    "test_tracking": CHEAP,                             # RunTracker on a sqlite file store
     "test_train": CHEAP,                                # ray_session users: ray, and the slow ones below
     "test_tune": CHEAP,                                 # ray_session users: ray, slow below
 }
@@ -104,14 +105,13 @@ TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
         "test_cli_simulate_draws_the_sample_with_its_descriptors": SLOW,
     },
     "test_train": {
-        "test_train_end_to_end_registers_a_model_that_loads_back_and_a_restart_continues_its_run": RAY_SLOW,
+        "test_a_training_run_records_params_metrics_figures_and_its_model": RAY_SLOW,  # trained_dsh
         "test_killed_train_worker_resumes_from_last_checkpoint": RAY_SLOW,
         "test_two_ddp_ranks_share_actors_validation_and_metrics": RAY_SLOW,
-        "test_train_console_shows_only_afm_ray_lines_unless_verbose": RAY_SLOW,  # `afm-ray train` subprocesses
+        "test_train_console_shows_only_afm_ray_lines": RAY_SLOW,  # an `afm-ray train` subprocess
     },
     "test_tune": {
         "test_sweep_stops_bad_trials_and_registers_the_champion": RAY_SLOW,
-        "test_optuna_searcher_proposes_values_inside_the_ranges": RAY_SLOW,
     },
 }
 

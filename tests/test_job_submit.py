@@ -3,10 +3,13 @@
 The head advertises custom resources ``sim_slot`` (simulation GPUs) and ``train_slot`` (training
 GPUs), like the two GPU worker groups of ``k8s/``; the job's config pins simulation actors to
 ``sim_slot`` and the Ray Train worker to ``train_slot``, and the test checks where they ran.
+The job runs with ``--verbose``, as one would to debug it: Ray's own console output (Train worker and
+controller logs) then reaches the job's log, which the quiet default keeps out (tests/test_train.py).
 """
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -75,7 +78,7 @@ def test_ray_job_submit_runs_training_on_the_named_resources(ray_head, tiny_data
     shutil.copytree(REPO / "configs", working_dir / "configs")
     command = [
         str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(working_dir), "--",
-        str(Path(sys.executable).parent / "afm-ray"), "train", "--config", "configs/quickstart.yaml",
+        str(Path(sys.executable).parent / "afm-ray"), "train", "--verbose", "--config", "configs/quickstart.yaml",
         f"data.database={tiny_database}", *TINY_TRAINING, "data.rotations_per_molecule=1",
         f"data.fixed_set_dir={tmp_path / 'fixed'}", f"run.storage_path={tmp_path / 'runs'}", "run.epochs=1",
         f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}", "mlflow.registered_model_name=afm-job-dsh",
@@ -86,3 +89,6 @@ def test_ray_job_submit_runs_training_on_the_named_resources(ray_head, tiny_data
     placements = [line for line in job.stdout.splitlines() if line.startswith("simulation actor")]
     assert len(placements) == 2 and all("'sim_slot': 1.0" in line for line in placements), job.stdout[-3000:]
     assert "registered models:/afm-job-dsh@current" in job.stdout
+    console = re.sub(r"\x1b\[[0-9;]*m", "", job.stdout)  # Ray colours its prefixes
+    assert re.search(r"^\((RayTrainWorker|TrainController)", console, re.MULTILINE), job.stdout[-3000:]
+    assert "Checkpoint successfully created" in console, job.stdout[-3000:]

@@ -2,8 +2,9 @@
 
 A real ``mlflow server`` (SQLite backend, served artifacts) is stopped after the first epoch was
 logged. Training must go on to its last epoch and checkpoint, fail only at registering the model
-(with a message saying what to do), and running the command again once the server is back must
-register the model and send the metrics of the epochs trained during the outage.
+(with a message saying what to do), and running the command again (with one epoch more) once the
+server is back must continue the same MLflow run, send the metrics of the epochs trained during the
+outage and register the model.
 """
 
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from afm_ray.train.loop import load_checkpoint_model
 from afm_ray.train.trainer import run_training
 from servers import free_port, start_mlflow_server, stop_process_group
 
@@ -89,9 +91,15 @@ def test_training_survives_a_tracking_outage_and_sends_buffered_metrics(ray_sess
         failure.get("value")
 
     server.start()
-    outcome = run_training(config, progress=False)  # resumes after the last epoch: only the final step runs
-    assert server.logged_steps("val_loss") == list(range(epochs))  # the epochs of the outage arrived
-    assert server.logged_steps("train_loss") == list(range(epochs))
+    # the same command, one epoch more: the run folder's checkpoint and MLflow run continue
+    more = config.model_copy(update={"run": config.run.model_copy(update={"epochs": epochs + 1})})
+    outcome = run_training(more, progress=False)
+    assert server.logged_steps("val_loss") == list(range(epochs + 1))  # the epochs of the outage arrived, none twice
+    assert server.logged_steps("train_loss") == list(range(epochs + 1))
     client = MlflowClient(server.uri)
+    assert [run.info.run_id for run in client.search_runs([client.get_experiment_by_name("afm-ray").experiment_id])] \
+        == [outcome.run_id]
     assert client.get_run(outcome.run_id).info.status == "FINISHED"
+    _, _, history = load_checkpoint_model(outcome.checkpoint_path)
+    assert [h["epoch"] for h in history] == list(range(epochs + 1))
     assert client.get_model_version_by_alias("afm-outage-dsh", "current").version == outcome.model_version

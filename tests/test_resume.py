@@ -1,5 +1,6 @@
 """Honest resume: a run folder keeps its config; a changed config is refused or continues in a linked MLflow run;
-a re-created RayJob continues an interrupted sweep; relative paths are refused on a multi-node Ray cluster."""
+a re-created RayJob continues an interrupted sweep (Optuna + ASHA, as the manifest runs it); relative paths are
+refused on a multi-node Ray cluster."""
 
 import json
 import os
@@ -179,6 +180,15 @@ def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trial
                                   f"tags.mlflow.parentRunId = '{parent_run_id}'")
     assert len(children) == 3
     assert all(metric_steps(client, child.info.run_id, "val_loss") == [0, 1, 2] for child in children)
+    # the sweep's searcher, Optuna, proposed each trial's values inside tune/xyz.yaml's ranges, no two alike
+    sweep_file = yaml.safe_load((REPO / "tune" / "xyz.yaml").read_text())
+    assert sweep_file["searcher"] == "optuna"
+    proposed = [{name: float(child.data.params[name]) for name in sweep_file["search"]} for child in children]
+    for values in proposed:
+        for name, dimension in sweep_file["search"].items():
+            (low, high), = dimension.values()
+            assert low <= values[name] <= high, (name, values)
+    assert len({tuple(values.values()) for values in proposed}) == 3, proposed
     versions = client.search_model_versions("name = 'afm-xyz'")
     assert len(versions) == 1 and str(client.get_model_version_by_alias("afm-xyz", "champion").version) == "1"
 

@@ -21,7 +21,8 @@ SWEEPS = CONFIGS.parent / "tune"  # the sweep definitions (tune/README.md)
 def sweep_file(tiny_database, tmp_path):
     """A 2-trial learning-rate grid where the second trial (lr 1e-9) cannot learn: ASHA must stop it.
 
-    (Interrupting and resuming a sweep: tests/test_resume.py, through the RayJob's entrypoint.)"""
+    (The Optuna searcher, and interrupting and resuming a sweep: tests/test_resume.py, through the
+    RayJob's entrypoint and tune/xyz.yaml.)"""
     train = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
     train["data"].update(database=str(tiny_database), split="tiny", max_train_molecules=12,
                          fixed_set_dir=str(tmp_path / "fixed"))
@@ -66,21 +67,6 @@ def test_sweep_stops_bad_trials_and_registers_the_champion(ray_session, sweep_fi
     model = mlflow.pytorch.load_model(outcome.model_uri)
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 32, 32, 6)).shape == (1, 3, 32, 32)
-
-
-def test_optuna_searcher_proposes_values_inside_the_ranges(ray_session, sweep_file, tmp_path):
-    """The default searcher end to end: Optuna (TPE) suggests each trial's values within the given ranges."""
-    data = yaml.safe_load(sweep_file.read_text())
-    data.update(search={"optimizer.learning_rate": {"loguniform": [1e-3, 5e-3]}, "loss.dsh_weights.0": {"choice": [20.0, 10.0]}},
-                searcher="optuna", scheduler={"type": "none"}, budget={"num_samples": 2},
-                train_overrides={"run.epochs": 1}, name="optuna-sweep")
-    sweep_file.write_text(yaml.safe_dump(data))
-    outcome = run_sweep(load_sweep_config(sweep_file), progress=False)
-    assert len(outcome.trials) == 2 and all(t["epochs"] == 1 and not t["error"] for t in outcome.trials)
-    rates = [t["optimizer.learning_rate"] for t in outcome.trials]
-    assert all(1e-3 <= rate <= 5e-3 for rate in rates) and rates[0] != rates[1]
-    assert all(t["loss.dsh_weights.0"] in (20.0, 10.0) for t in outcome.trials)
-    assert outcome.model_uri == "models:/afm-sweep-dsh@champion"
 
 
 @pytest.mark.parametrize("change, message", [

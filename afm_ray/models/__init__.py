@@ -18,12 +18,12 @@ from afm_ray.models.blocks import Decoder2D, Encoder3D, PaddedConv, count_parame
 from afm_ray.models.dsh import DSH, DSH_OUTPUTS
 from afm_ray.models.es import ES, ES_OUTPUTS, ES_TIPS
 from afm_ray.models.spec import (ModelSpec, Objective, OutputSpec, get_model_spec, list_model_specs, register_model,
-                                 validated_model_spec)
+                                 validated_model_spec, weighted_mse_map_model)
 from afm_ray.models.xyz import DEFAULT_ELEMENT_CLASSES, XYZ, class_names, element_class_index
 
 __all__ = [
     "DEFAULT_ELEMENT_CLASSES", "DSH", "DSH_OUTPUTS", "Decoder2D", "ES", "ES_OUTPUTS", "ES_TIPS", "Encoder3D",
     "ModelSpec", "Objective", "OutputSpec", "PaddedConv", "XYZ", "class_names",
     "count_parameters", "element_class_index", "get_model_spec", "list_model_specs", "pad_same", "register_model",
-    "validated_model_spec",
+    "validated_model_spec", "weighted_mse_map_model",
 ]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from torch import nn
 
 from afm_ray.errors import InputError
+from afm_ray.losses import WeightedMSELoss
 
 if TYPE_CHECKING:  # the configs import this module; the spec only receives their instances
     from afm_ray.train.config import LossSettings, TrainConfig
@@ -197,11 +198,10 @@ def weighted_mse_map_model(*, name: str, description: str, tips: tuple[str, ...]
     same name) and trains on a weighted sum of per-map MSEs (thesis 3.4), ranked by the unweighted mean.
 
     ``network(n_slices=, skip_connections=, padding_mode=)`` builds it from ``config.input_slices``
-    and ``config.model``; ``weights_field`` names the ``loss.*`` field of its MSE weights (one per
-    output, dimensionless) whose default is ``default_weights``.
+    and ``config.model``; ``weights_field`` names the field of
+    :class:`~afm_ray.train.config.LossSettings` holding its MSE weights (one per output,
+    dimensionless), whose default is ``default_weights``.
     """
-    from afm_ray.losses import WeightedMSELoss
-
     names = tuple(output.name for output in outputs)
     if len(default_weights) != len(names):
         raise ValueError(f"model {name!r}: {len(default_weights)} default weights for {len(names)} outputs")

@@ -29,7 +29,7 @@ from afm_ray.train.progress import TuneEpochLines
 from afm_ray.train.steps import objective, reported_metrics
 from afm_ray.train.tracking import RunTracker
 from afm_ray.train.trainer import (Pipeline, backfill_run, best_and_latest_checkpoints, build_trainer, finish,
-                                   prepare, start_pipeline)
+                                   prepare, resolve_paths, start_pipeline)
 
 TRIALS_FOLDER = "trials"
 REPORTED_FROM_CHECKPOINT = "reported_from_checkpoint"
@@ -153,10 +153,10 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, progress: bool = True,
     # The trials' runs live in the sweep folder; relative paths are refused there on a multi-node cluster.
     first = first.model_copy(update={"run": first.run.model_copy(
         update={"storage_path": sweep.storage_path / sweep.name / TRIALS_FOLDER})})
-    config, tracking_uri, counts = prepare(first, workers_at_once=sweep.max_concurrent_trials,
-                                           driver_cpus=sweep.trial_driver_cpus, storage_field="storage_path")
     # Trials start from the driver's resolved config: the same absolute paths and tracking store.
-    resolved = config.model_dump(mode="json")
+    # A changed or finished sweep is answered from it before any cluster work (no local Ray starts).
+    first = resolve_paths(first, storage_field="storage_path")
+    resolved = first.model_dump(mode="json")
     state = read_run_state(sweep_dir)
     identity = sweep_identity(sweep, resolved)
     _refuse_changed_sweep(sweep_dir, state, identity)
@@ -166,6 +166,8 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, progress: bool = True,
               f"{outcome.best_trial_id}, {metric} {outcome.best_metric:.4g} with {outcome.best_params}; "
               f"registered {outcome.model_uri}. Nothing to run; choose another name for a new sweep", flush=True)
         return outcome
+    config, tracking_uri, counts = prepare(first, workers_at_once=sweep.max_concurrent_trials,
+                                           driver_cpus=sweep.trial_driver_cpus, storage_field="storage_path")
     parent_run_id = _parent_run(sweep, config, tracking_uri, sweep_dir, identity)
     pipeline = start_pipeline(config, counts, progress)
     if sweep.max_concurrent_trials > 1:

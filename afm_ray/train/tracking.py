@@ -97,6 +97,22 @@ def preflight(tracking_uri: str, registered_model_name: str | None, architecture
                          f"not {architecture!r}; choose another name")
 
 
+MAX_METRICS_PER_REQUEST = 1000
+"""MLflow's limit of metric values in one ``log_batch`` request."""
+
+
+def whole_steps(metrics: list, limit: int) -> list:
+    """The leading ``metrics`` (MLflow ``Metric`` entities, grouped by step) that fit one request of at
+    most ``limit`` values without splitting a step, so a step is logged all or nothing (a step larger
+    than ``limit`` alone is split)."""
+    if len(metrics) <= limit:
+        return metrics[:]
+    cut = limit
+    while cut > 0 and metrics[cut - 1].step == metrics[cut].step:
+        cut -= 1
+    return metrics[:cut or limit]
+
+
 class RunTracker:
     """Metrics, params and artifacts of one MLflow run, buffered across tracking outages."""
 
@@ -126,7 +142,7 @@ class RunTracker:
         """Send everything pending; ``True`` when nothing is left. Never raises."""
         try:
             while self._pending_metrics:
-                chunk = self._pending_metrics[:1000]  # MLflow's log_batch limit
+                chunk = whole_steps(self._pending_metrics, MAX_METRICS_PER_REQUEST)
                 self._client.log_batch(self.run_id, metrics=chunk)
                 del self._pending_metrics[:len(chunk)]
             while self._pending_artifacts:
@@ -155,11 +171,17 @@ class RunTracker:
         from mlflow.entities import Metric
 
         keys = sorted({key for entry in history for key in entry if key != "epoch"})
+        # flush() sends an epoch's values in one request (whole_steps), so MLflow has all of them or none:
+        # one key that every epoch reports tells which epochs it has (one lookup, not one per key,
+        # which counts against an authenticating server); without such a key each is looked up
+        lookups = [key for key in keys if all(key in entry for entry in history)][:1] or keys
+        logged = {key: {metric.step for metric in self._client.get_metric_history(self.run_id, key)}
+                  for key in lookups}
         timestamp = int(time.time() * 1000)
-        for key in keys:
-            logged = {metric.step for metric in self._client.get_metric_history(self.run_id, key)}
-            self._pending_metrics += [Metric(key, float(entry[key]), timestamp, int(entry["epoch"]))
-                                      for entry in history if key in entry and int(entry["epoch"]) not in logged]
+        for entry in history:
+            epoch = int(entry["epoch"])
+            self._pending_metrics += [Metric(key, float(entry[key]), timestamp, epoch) for key in keys
+                                      if key in entry and epoch not in logged.get(key, logged[lookups[0]])]
         sent = len(self._pending_metrics)
         return sent if self.flush() else 0
 

@@ -70,6 +70,19 @@ class Pipeline:
         stop_actors(self.actors)
 
 
+def resolve_paths(config: TrainConfig, storage_field: str = "run.storage_path") -> TrainConfig:
+    """``config`` with its paths and tracking URI absolute (against the driver's working directory).
+
+    Relative paths are refused on a Ray cluster of several nodes (``RAY_ADDRESS`` set: connecting tells);
+    on one machine nothing starts Ray here. ``storage_field``: the field that set ``run.storage_path``.
+    """
+    relative = relative_paths(config, storage_field)
+    if relative and os.environ.get("RAY_ADDRESS"):  # an existing cluster, perhaps of several nodes
+        ensure_ray()
+        require_shared_paths(relative)
+    return with_absolute_paths(config)
+
+
 def prepare(config: TrainConfig, workers_at_once: int = 1, driver_cpus: float = 0.0,
             storage_field: str = "run.storage_path") -> tuple[TrainConfig, str, dict[str, int]]:
     """Validate everything that can be checked before cluster work; returns (config, tracking URI, sample counts).
@@ -81,11 +94,7 @@ def prepare(config: TrainConfig, workers_at_once: int = 1, driver_cpus: float = 
     Relative paths are resolved against the driver's working directory, which on a cluster of several
     nodes is no place the other nodes share: there they are refused before anything is written.
     """
-    relative = relative_paths(config, storage_field)
-    if relative and os.environ.get("RAY_ADDRESS"):  # an existing cluster, perhaps of several nodes
-        ensure_ray()
-        require_shared_paths(relative)
-    config = with_absolute_paths(config)
+    config = resolve_paths(config, storage_field)
     tracking_uri = config.mlflow.tracking_uri
     counts = {subset: len(samples) for subset, samples in load_split_samples(config.sample_settings).items()}
     check_batch_fills_workers(config, counts["train"])
