@@ -1,4 +1,5 @@
-"""Real ``mlflow server`` processes for the tests that need a tracking server (outage, PostgreSQL, basic auth)."""
+"""Test servers in process groups of their own: real ``mlflow server`` processes (outage, PostgreSQL, basic
+auth), and stopping such a group (a ``ray start`` head too)."""
 
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ def start_mlflow_server(args: list[str], port: int, env: dict[str, str], cwd: Pa
         time.sleep(0.3)
 
 
-def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (its gunicorn/uvicorn workers too), SIGKILL after 20 s."""
+def stop_process_group(process: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM the process group of ``process`` (a server's gunicorn/uvicorn workers, a Ray head's GCS,
+    raylet and workers), SIGKILL it after ``grace_s`` seconds."""
     if process.poll() is not None:
         return
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

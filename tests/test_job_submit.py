@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_TRAINING
-from servers import free_port
+from servers import free_port, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,14 +61,9 @@ def ray_head(tmp_path):
         shutil.rmtree(short_temp_dir, ignore_errors=True)
         pytest.fail(f"local Ray head did not come up or accepts no jobs: {probe.stderr.strip().splitlines()[-1:]}")
     yield ray_bin, address
-    # `ray start --block` takes over 30 s to stop its processes on SIGTERM; the whole group (its own
-    # session: GCS, raylet, workers) is killed after a short grace instead
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
+    # `ray start --block` takes over 30 s to stop its processes on SIGTERM; its whole session (GCS,
+    # raylet, workers) is killed after a short grace instead
+    stop_process_group(head, grace_s=3)
     shutil.rmtree(short_temp_dir, ignore_errors=True)
 
 
