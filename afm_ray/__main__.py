@@ -1,7 +1,5 @@
 """``python -m afm_ray …``: the ``afm-ray`` command line without its console script (e.g. from a PYTHONPATH)."""
 
-import sys
+from afm_ray.cli import run
 
-from afm_ray.cli import main
-
-sys.exit(main())
+run()

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -88,6 +93,8 @@ def ray_session():
 
     from afm_ray.ray_cluster import ensure_ray, shutdown_ray
 
+    if ray.is_initialized():  # started by a command run in-process earlier (e.g. evaluate), on this machine's CPUs
+        shutdown_ray()
     # the dashboard stays on: without it Tune hangs on placement-group cleanup (RAY-NOTES)
     ensure_ray(num_cpus=4, log_to_driver=False, quiet=True)
     yield ray
@@ -144,11 +151,59 @@ def _train_tiny(database, store, name: str, overrides: list[str]):
     return config, outcome
 
 
+@dataclass(frozen=True)
+class CliTraining:
+    """A training run by the ``afm-ray train`` command in a process of its own."""
+
+    config: object  # TrainConfig, as the command resolved it
+    outcome: object  # TrainingOutcome, read back from the run folder and the console
+    console: list[str]  # its console lines (stdout and stderr, progress-bar redraws split, colours removed)
+
+
+def afm_ray_train_process(config_file: Path, overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m afm_ray train --config CONFIG_FILE OVERRIDES…`` (the console script's entry point) in its
+    own process and its own local Ray (not the test session's); fails the test if it fails."""
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    completed = subprocess.run([sys.executable, "-m", "afm_ray", "train", "--config", str(config_file), *overrides],
+                               capture_output=True, text=True, env=environment, cwd=cwd, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
 @pytest.fixture(scope="session")
-def trained_dsh(ray_session, tiny_database, model_store):
-    """(config, TrainingOutcome) of a DSH model trained 3 epochs on 32 × 32 px scans, registered as
-    ``models:/afm-test-dsh@current`` in :func:`model_store`."""
-    return _train_tiny(tiny_database, model_store, "dsh", ["run.epochs=3"])
+def cli_trained_dsh(tiny_database, model_store) -> CliTraining:
+    """``afm-ray train`` of a DSH model, 3 epochs on 32 × 32 px scans, registered as
+    ``models:/afm-test-dsh@current`` in :func:`model_store`: the session's end-to-end run of the command."""
+    from mlflow import MlflowClient
+
+    from afm_ray.train.config import load_train_config
+    from afm_ray.train.run_state import RUN_STATE_FILE
+    from afm_ray.train.trainer import TrainingOutcome
+
+    folder, tracking_uri = model_store
+    overrides = [f"data.database={tiny_database}", *TINY_TRAINING, f"data.fixed_set_dir={folder / 'fixed'}",
+                 f"run.storage_path={folder / 'runs'}", "run.name=dsh", "run.epochs=3",
+                 f"mlflow.tracking_uri={tracking_uri}", "mlflow.registered_model_name=afm-test-dsh"]
+    completed = afm_ray_train_process(CONFIGS / "quickstart.yaml", overrides, folder)
+    console = re.sub(r"\x1b\[[0-9;]*m", "", completed.stdout + completed.stderr)  # Ray colours its prefixes
+    lines = [line for line in re.split(r"[\r\n]+", console) if line.strip()]
+    config = load_train_config(CONFIGS / "quickstart.yaml", overrides)
+    registered = re.search(r"^registered (models:/\S+) \(version (\d+)\)", completed.stdout, re.MULTILINE)
+    checkpoint = re.search(r"^done: \S+  checkpoint (.+)$", completed.stdout, re.MULTILINE)
+    assert registered and checkpoint, completed.stdout[-3000:]
+    run_id = json.loads((config.run.storage_path / config.run_name / RUN_STATE_FILE).read_text())["mlflow_run_id"]
+    logged = MlflowClient(tracking_uri).get_run(run_id).data.metrics  # each metric's last value
+    outcome = TrainingOutcome(run_id=run_id, model_uri=registered[1], model_version=registered[2],
+                              checkpoint_path=checkpoint[1],
+                              metrics={k: v for k, v in logged.items() if not k.startswith("test_")},
+                              test_metrics={k: v for k, v in logged.items() if k.startswith("test_")})
+    return CliTraining(config, outcome, lines)
+
+
+@pytest.fixture(scope="session")
+def trained_dsh(cli_trained_dsh):
+    """(config, TrainingOutcome) of :func:`cli_trained_dsh`."""
+    return cli_trained_dsh.config, cli_trained_dsh.outcome
 
 
 @pytest.fixture(scope="session")

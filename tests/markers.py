@@ -106,9 +106,7 @@ TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
     },
     "test_train": {
         "test_a_training_run_records_params_metrics_figures_and_its_model": RAY_SLOW,  # trained_dsh
-        "test_killed_train_worker_resumes_from_last_checkpoint": RAY_SLOW,
-        "test_two_ddp_ranks_share_actors_validation_and_metrics": RAY_SLOW,
-        "test_train_console_shows_only_afm_ray_lines": RAY_SLOW,  # an `afm-ray train` subprocess
+        "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed": RAY_SLOW,
     },
     "test_tune": {
         "test_sweep_stops_bad_trials_and_registers_the_champion": RAY_SLOW,
@@ -118,7 +116,7 @@ TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
 # fixture (anywhere in a test's fixture closure) → markers it implies
 FIXTURE_MARKERS: dict[str, frozenset[str]] = {
     "ray_session": RAY,
-    "trained_dsh": RAY_SLOW,  # trains a model through Ray once per session (~30 s)
+    "cli_trained_dsh": RAY_SLOW,  # `afm-ray train` in a process of its own, once per session (~35 s)
     "trained_xyz": RAY_SLOW,
 }
 

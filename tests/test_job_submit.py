@@ -55,7 +55,7 @@ def ray_head(tmp_path):
                                capture_output=True, text=True, env=ENVIRONMENT)
         if probe.returncode == 0:
             break
-        time.sleep(2)
+        time.sleep(0.5)
     else:
         os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(short_temp_dir, ignore_errors=True)

@@ -21,6 +21,7 @@ MLflow must run its basic-auth app with every credential coming from Secrets thr
 from __future__ import annotations
 
 import base64
+import configparser
 import copy
 import functools
 import json
@@ -698,7 +699,7 @@ def parse_entrypoint(entrypoint: str):
     argv = shlex.split(entrypoint)
     assert argv[0] == "afm-ray", entrypoint
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["afm-ray"] == "afm_ray.cli:main"
+    assert scripts["afm-ray"] == "afm_ray.cli:run"  # main(argv) with the process's exit status
     return build_parser().parse_args(argv[1:])
 
 
@@ -1553,6 +1554,16 @@ def test_mlflow_runs_basic_auth_with_credentials_from_secrets(rendered, name, tm
         os.environ.update(saved)
     assert config.database_uri == rendered_uri
     assert config.default_permission == "READ" and config.admin_password is None   # admin: env only
+    # what tests/test_mlflow_auth.py's server runs with, but for the database
+    from test_mlflow_auth import AUTH_INI
+
+    tested = configparser.ConfigParser(interpolation=None)
+    tested.read_string(AUTH_INI)
+    written = configparser.ConfigParser(interpolation=None)
+    written.read(ini)
+    assert {k: v for k, v in written["mlflow"].items() if k != "database_uri"} == \
+        {k: v for k, v in tested["mlflow"].items() if k != "database_uri"}
+    assert config.auth_cache_ttl_seconds == 60  # a password check per credential and minute, not per request
 
 
 @pytest.mark.parametrize("name", ["base", *OVERLAYS])

@@ -56,9 +56,10 @@ def test_the_table_uses_exactly_the_registered_markers():
 def test_unit_is_exactly_the_tests_that_are_none_of_the_expensive_kinds():
     assert markers_for("test_elements", "test_table_covers_required_elements", ["tmp_path"]) == {"unit"}
     assert markers_for("test_k8s", "test_every_yaml_file_parses", []) == {"k8s", "unit"}
-    assert markers_for("test_train", "test_killed_train_worker_resumes_from_last_checkpoint", []) == {"ray", "slow"}
+    assert markers_for("test_train", "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
+                       []) == {"ray", "slow"}
     # a fixture that starts Ray makes any test ray, whatever its module's row
-    assert markers_for("test_elements", "test_new", ["trained_dsh"]) == {"ray", "slow"}
+    assert markers_for("test_elements", "test_new", ["trained_dsh", "cli_trained_dsh"]) == {"ray", "slow"}
     for module, row in MODULE_MARKERS.items():
         assert ("unit" in markers_for(module, "test_any", [])) == (not row & EXPENSIVE)
 
@@ -106,7 +107,7 @@ def test_known_values_from_cited_sources():
     pass
 ''')
     (tests / "test_train.py").write_text(STARTS_RAY + '''
-def test_killed_train_worker_resumes_from_last_checkpoint(monkeypatch):
+def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed(monkeypatch):
     start_ray(monkeypatch)
 ''')
     result = run_pytest(tmp_path, "-m", "unit")

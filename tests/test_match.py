@@ -63,7 +63,8 @@ def _read_ranking(path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_match_through_a_model_ranks_a_near_copy_first_alike_on_ray_and_locally(trained_dsh, known_orientation, tmp_path, run_cli):
+def test_match_through_a_model_ranks_a_near_copy_first_alike_on_ray_and_locally(ray_session, trained_dsh, known_orientation,
+                                                                               tmp_path, run_cli):
     config, _ = trained_dsh
     molecule, molecule_file, true_rotation = known_orientation
     sim = config.sim.model_copy(update={"tilt_radius_angstrom": 0.0})

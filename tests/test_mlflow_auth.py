@@ -34,11 +34,13 @@ BIN = Path(sys.executable).parent
 ADMIN = ("mlflow-admin", "admin-password-for-tests")
 JOB = ("afm-job", "job-password-for-tests")
 MODEL_NAME = "afm-auth-dsh"
-# the auth ini the server reads; the admin credentials come from MLFLOW_AUTH_ADMIN_* like on the cluster
+# the auth ini the server reads, as k8s/base/mlflow.yaml's init container writes it (tests/test_k8s.py checks
+# that one); the admin credentials come from MLFLOW_AUTH_ADMIN_* like on the cluster
 AUTH_INI = """[mlflow]
 default_permission = READ
 database_uri = sqlite:///{auth_db}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
 """
 
 

@@ -12,7 +12,9 @@ the thesis' noise and a tilted probe.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import re
 from pathlib import Path
@@ -45,15 +47,27 @@ def published(tmp_path_factory):
     return uri, database, folder / "fixed"
 
 
-def _evaluate(run_cli, published, *overrides) -> tuple[dict[str, float], str]:
+def _evaluate(published, *overrides) -> tuple[dict[str, float], str]:
+    """``afm-ray evaluate`` of the published model (in-process); returns (val metrics, stdout)."""
+    from afm_ray.cli import main
+
     uri, database, fixed = published
     flags = [item for item in overrides if item.startswith("--")]
-    code, out, err = run_cli("evaluate", "--model", URI, "--config", CONFIGS / "published_asdafm.yaml",
-                             "--tracking-uri", uri, *flags, *EVALUATION, f"data.database={database}",
-                             f"data.fixed_set_dir={fixed}", *(item for item in overrides if item not in flags))
-    assert code == 0, err
-    metrics = {name: float(value) for name, value in re.findall(r"^\s+(val_\w+)\s+(\S+)$", out, re.MULTILINE)}
-    return metrics, out
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["evaluate", "--model", URI, "--config", str(CONFIGS / "published_asdafm.yaml"),
+                     "--tracking-uri", uri, *flags, *EVALUATION, f"data.database={database}",
+                     f"data.fixed_set_dir={fixed}", *(item for item in overrides if item not in flags)])
+    assert code == 0, err.getvalue()
+    metrics = {name: float(value)
+               for name, value in re.findall(r"^\s+(val_\w+)\s+(\S+)$", out.getvalue(), re.MULTILINE)}
+    return metrics, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def clean_evaluation(published) -> tuple[dict[str, float], str]:
+    """The published model on clean samples of its preset (no tilt, no augmentation): (val metrics, stdout)."""
+    return _evaluate(published, "--clean")
 
 
 def test_imported_weights_are_registered_with_their_preset_and_provenance(published, run_cli):
@@ -76,23 +90,23 @@ def test_imported_weights_are_registered_with_their_preset_and_provenance(publis
     assert "provenance/LICENSE" in artifacts
 
 
-def test_published_model_reads_the_published_preset_data(published, run_cli):
-    clean, out = _evaluate(run_cli, published, "--clean")
+def test_published_model_reads_the_published_preset_data(published, clean_evaluation):
+    clean, out = clean_evaluation
     assert "24 clean val samples" in out and "sim.tilt_radius_angstrom: 0.5 → 0.0" in out, out
     assert clean["val_corr_vdw_spheres"] >= 0.95, out
     assert clean["val_corr_height_map"] >= 0.97, out
     assert clean["val_corr_atomic_disks"] >= 0.85, out
     assert "thesis dsh dataset" in out  # beside the thesis' Table 6 loss
     # with the preset's own tilt, jitter, noise, shifts and cutouts, as its training data
-    augmented, out = _evaluate(run_cli, published)
+    augmented, out = _evaluate(published)
     assert augmented["val_samples"] == 24
     assert augmented["val_corr_vdw_spheres"] >= 0.95 and augmented["val_corr_height_map"] >= 0.97, out
     assert augmented["val_corr_atomic_disks"] >= 0.8, out
 
 
-def test_published_model_scores_lower_on_the_old_probe_geometry(published, run_cli):
-    new, _ = _evaluate(run_cli, published, "--clean")
-    old, out = _evaluate(run_cli, published, "--clean", "sim.preset=afm-ray-0.1", "sim.num_slices=10",
+def test_published_model_scores_lower_on_the_old_probe_geometry(published, clean_evaluation):
+    new, _ = clean_evaluation
+    old, out = _evaluate(published, "--clean", "sim.preset=afm-ray-0.1", "sim.num_slices=10",
                          "sim.scan_size_angstrom=[16.126, 16.126]")
     assert "sim.probe_length_angstrom: 4.0 → 3.0" in out
     for name in ("atomic_disks", "vdw_spheres", "height_map"):

@@ -119,7 +119,7 @@ def trial_reports(sweep_dir: Path, trained_only: bool = True) -> dict[str, list[
     return reports
 
 
-def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials(tmp_path, run_cli):
+def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials(tmp_path, run_cli, monkeypatch):
     qm9_sample_database(tmp_path, "dataset1", (12, 6, 6))  # /data/qm9.parquet with xyz.yaml's split name
     command = rayjob_entrypoint(tmp_path)
     environment = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
@@ -192,21 +192,25 @@ def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trial
     versions = client.search_model_versions("name = 'afm-xyz'")
     assert len(versions) == 1 and str(client.get_model_version_by_alias("afm-xyz", "champion").version) == "1"
 
+    # Both answered before any cluster work, so they run in this process (same environment and folder).
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_OVERRIDE_RESOURCES"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "RAY_OVERRIDE_RESOURCES"):
+        monkeypatch.setenv(name, environment[name])
+    monkeypatch.chdir(tmp_path)
     # once more after it finished: reports the champion, trains and registers nothing
-    third = submit("third.log")
-    assert third.wait(timeout=300) == 0, (tmp_path / "third.log").read_text()[-3000:]
-    assert "finished already" in (tmp_path / "third.log").read_text()
+    code, out, err = run_cli(*command[1:])
+    assert code == 0 and "finished already" in out, out[-2000:] + err[-2000:]
     assert trial_reports(sweep_dir, trained_only=False) == final
     assert len(client.search_model_versions("name = 'afm-xyz'")) == 1
 
     # Tune would restore the saved search space and scheduler: a changed sweep is refused, naming the fields
     command += ["budget.num_samples=5", "train_overrides=" + json.dumps({**json.loads(
         command[-1][len("train_overrides="):]), "run.epochs": 4})]
-    refused = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
-    assert "budget.num_samples: 3 → 5" in refused.stderr and "train.run.epochs: 3 → 4" in refused.stderr, \
-        refused.stderr[-2000:]
-    assert "choose another sweep name" in refused.stderr
+    code, _, err = run_cli(*command[1:])
+    assert code == 2, err[-2000:]
+    assert "budget.num_samples: 3 → 5" in err and "train.run.epochs: 3 → 4" in err, err[-2000:]
+    assert "choose another sweep name" in err
 
 
 # -- relative paths on a cluster of several nodes ----------------------------------------------------

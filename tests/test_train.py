@@ -1,9 +1,7 @@
 """End-to-end training on a local Ray cluster: MLflow run, registry, resume, failures, bad input."""
 
 import os
-import re
-import subprocess
-import sys
+import signal
 import threading
 import time
 
@@ -15,7 +13,7 @@ from afm_ray.errors import InputError
 from afm_ray.train.loop import load_checkpoint_model
 from afm_ray.train.trainer import run_training
 
-from conftest import CONFIGS, TINY_TRAINING
+from conftest import CONFIGS
 
 
 def metric_steps(client, run_id, key):
@@ -51,32 +49,6 @@ def _train_worker_pids():
             if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
 
 
-def test_killed_train_worker_resumes_from_last_checkpoint(ray_session, tiny_config):
-    import os
-    import signal
-
-    config = tiny_config.model_copy(update={"run": tiny_config.run.model_copy(update={"epochs": 3})})
-    client = MlflowClient(config.mlflow.tracking_uri)
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=run_training(config, progress=False)))
-    thread.start()
-    killed = False
-    deadline = time.time() + 300
-    while thread.is_alive() and time.time() < deadline and not killed:
-        time.sleep(0.5)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        if runs and metric_steps(client, runs[0].info.run_id, "val_loss") and _train_worker_pids():
-            for pid in _train_worker_pids():
-                os.kill(pid, signal.SIGKILL)
-            killed = True
-    thread.join(timeout=600)
-    assert killed, "training finished before a worker could be killed"
-    result = outcome["result"]
-    _, _, history = load_checkpoint_model(result.checkpoint_path)
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert max(metric_steps(client, result.run_id, "val_loss")) == 2
-
-
 @pytest.mark.parametrize("override, message", [
     ("run.epochs=many", "run.epochs: Input should be a valid integer"),
     ("optimizer.lr=1", "optimizer.lr: Extra inputs are not permitted"),
@@ -105,13 +77,15 @@ def test_model_name_registered_with_another_architecture_is_refused(tiny_config,
     preflight(uri, "afm-taken", "xyz")
 
 
-def test_two_ddp_ranks_share_actors_validation_and_metrics(ray_session, tiny_config):
-    """2 gloo ranks, 4 real simulation actors, a 6.4 Å window that one training sample does not fit.
+def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed(ray_session, tiny_config):
+    """2 gloo ranks, 4 real simulation actors, a 6.4 Å window that one training sample does not fit;
+    both train workers are killed (SIGKILL) once the first epoch is in MLflow.
 
-    Every actor works every epoch; every planned sample is trained or skipped exactly once per
-    epoch (and the run finishes); the sharded validation equals one rank evaluating the whole set.
-    The actors ship raw Δf and each rank augments its batches itself (``pipeline.augment_on:
-    trainer``), a short batch with a skipped sample included.
+    The run resumes from its last checkpoint and finishes, no epoch logged twice. Every actor works
+    every epoch; every planned sample is trained or skipped exactly once per epoch; the sharded
+    validation equals one rank evaluating the whole set. The actors ship raw Δf and each rank
+    augments its batches itself (``pipeline.augment_on: trainer``), a short batch with a skipped
+    sample included.
     """
     from afm_ray.pipeline.fixed_sets import FixedSet
     from afm_ray.train.loop import evaluate
@@ -120,26 +94,44 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics(ray_session, tiny_con
     def changed(section, **values):
         return getattr(tiny_config, section).model_copy(update=values)
 
+    epochs = 3
     config = tiny_config.model_copy(update={
         "scaling": changed("scaling", num_workers=2, cpus_per_worker=1.0),
         "pipeline": changed("pipeline", num_sim_actors=4, sim_num_cpus=0.5, augment_on="trainer"),
         "sim": changed("sim", scan_size_angstrom=(6.4, 6.4)), "data": changed("data", eval_rotations_per_molecule=4),
-        "run": changed("run", epochs=2, name="ddp")})
-    outcome = run_training(config, progress=False)
+        "run": changed("run", epochs=epochs, name="ddp")})
     client = MlflowClient(config.mlflow.tracking_uri)
+    finished = {}
+    thread = threading.Thread(target=lambda: finished.update(outcome=run_training(config, progress=False)))
+    thread.start()
+    killed = []
+    deadline = time.time() + 300
+    while thread.is_alive() and time.time() < deadline and not killed:
+        time.sleep(0.2)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if runs and metric_steps(client, runs[0].info.run_id, "val_loss") and len(_train_worker_pids()) == 2:
+            for pid in _train_worker_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    thread.join(timeout=600)
+    assert killed, "training finished before the workers could be killed"
+    outcome = finished["outcome"]
+    _, _, checkpoint_history = load_checkpoint_model(outcome.checkpoint_path)
+    assert [h["epoch"] for h in checkpoint_history] == list(range(epochs))
+    assert sorted(metric_steps(client, outcome.run_id, "val_loss")) == list(range(epochs))  # none twice
+
     history = {key: [m.value for m in sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)]
                for key in ("sim_actors_used", "samples_trained", "samples_skipped", "batches_dropped")}
-    assert history["sim_actors_used"] == [4, 4]
-    assert [t + s for t, s in zip(history["samples_trained"], history["samples_skipped"])] == [24, 24]
-    assert history["samples_skipped"] == [1, 1] and history["batches_dropped"] == [0, 0]
+    assert history["sim_actors_used"] == [4] * epochs
+    assert [t + s for t, s in zip(history["samples_trained"], history["samples_skipped"])] == [24] * epochs
+    assert history["samples_skipped"] == [1] * epochs and history["batches_dropped"] == [0] * epochs
 
-    model, _, checkpoint_history = load_checkpoint_model(outcome.checkpoint_path)
+    model, _, _ = load_checkpoint_model(outcome.checkpoint_path)
     val_path = next(p for p in config.data.fixed_set_dir.iterdir() if "-val-" in p.name)
     single = evaluate(model, build_loss(config), config, FixedSet(val_path), torch.device("cpu")).result("val")
     assert len(FixedSet(val_path).shards) >= 2  # each rank had a shard of its own
     for name, value in single.items():
         assert checkpoint_history[-1][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
-
 
 
 # -- the console of `afm-ray train` ----------------------------------------------------------------------
@@ -151,24 +143,11 @@ AFM_RAY_LINES = ("training ", "Ray dashboard: http", "MLflow run ", "simulation 
 """How every console line of a quiet `afm-ray train` begins."""
 
 
-def _afm_ray_train(tiny_database, folder, *arguments) -> list[str]:
-    """The console lines (stdout and stderr, progress-bar redraws split) of `afm-ray train` on the tiny split."""
-    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not the test session's
-    command = [sys.executable, "-c", "import sys; from afm_ray.cli import main; sys.exit(main(sys.argv[1:]))",
-               "train", "--config", str(CONFIGS / "quickstart.yaml"),
-               f"data.database={tiny_database}", *TINY_TRAINING, f"data.fixed_set_dir={folder / 'fixed'}",
-               f"run.storage_path={folder / 'runs'}", f"mlflow.tracking_uri=sqlite:///{folder / 'mlruns.db'}",
-               "mlflow.registered_model_name=afm-test-console", *arguments]
-    completed = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=folder, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    console = re.sub(r"\x1b\[[0-9;]*m", "", completed.stdout + completed.stderr)  # Ray colours its prefixes
-    return [line for line in re.split(r"[\r\n]+", console) if line.strip()]
-
-
-def test_train_console_shows_only_afm_ray_lines(tiny_database, tmp_path):
-    """The quiet default; ``--verbose`` (Ray's output back) is checked on the job of tests/test_job_submit.py."""
-    lines = _afm_ray_train(tiny_database, tmp_path, "run.epochs=2", "run.name=quiet")
+def test_train_console_shows_only_afm_ray_lines(cli_trained_dsh):
+    """The quiet default of the session's `afm-ray train` process (tests/conftest.py); ``--verbose`` (Ray's
+    output back) is checked on the job of tests/test_job_submit.py."""
+    lines = cli_trained_dsh.console
     assert not [line for line in lines if any(noise in line for noise in CONSOLE_NOISE)], lines
     assert not [line for line in lines if not line.startswith(AFM_RAY_LINES)], lines
-    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"], lines
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"], lines
     assert sum(line.startswith("Ray dashboard: http") for line in lines) == 1

@@ -8,6 +8,7 @@ handler receives the parsed ``argparse.Namespace`` and returns an exit code. Use
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -75,5 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``afm-ray`` console script (and ``python -m afm_ray``): :func:`main`, then exit with its status.
+
+    Before the interpreter exits, everything is frozen out of the garbage collector's reach: its final
+    collections would walk the millions of objects that torch, Ray and MLflow loaded, measured at 2.6 s
+    of every ``afm-ray train`` (0.3 s frozen). Refcounted clean-up and atexit handlers still run.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
