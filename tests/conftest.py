@@ -160,14 +160,14 @@ class CliTraining:
     console: list[str]  # its console lines (stdout and stderr, progress-bar redraws split, colours removed)
 
 
-def afm_ray_train_process(config_file: Path, overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m afm_ray train --config CONFIG_FILE OVERRIDES…`` (the console script's entry point) in its
-    own process and its own local Ray (not the test session's); fails the test if it fails."""
-    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    completed = subprocess.run([sys.executable, "-m", "afm_ray", "train", "--config", str(config_file), *overrides],
-                               capture_output=True, text=True, env=environment, cwd=cwd, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed
+def afm_ray_train_process(arguments: list[str], cwd: Path,
+                          environment: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``afm-ray train ARGUMENTS…`` (the console script) in a process of its own, which starts its own local
+    Ray; ``environment``: default this process's without ``RAY_ADDRESS`` (not the test session's Ray)."""
+    if environment is None:
+        environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([str(Path(sys.executable).parent / "afm-ray"), "train", *arguments], capture_output=True,
+                          text=True, env=environment, cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="session")
@@ -184,7 +184,8 @@ def cli_trained_dsh(tiny_database, model_store) -> CliTraining:
     overrides = [f"data.database={tiny_database}", *TINY_TRAINING, f"data.fixed_set_dir={folder / 'fixed'}",
                  f"run.storage_path={folder / 'runs'}", "run.name=dsh", "run.epochs=3",
                  f"mlflow.tracking_uri={tracking_uri}", "mlflow.registered_model_name=afm-test-dsh"]
-    completed = afm_ray_train_process(CONFIGS / "quickstart.yaml", overrides, folder)
+    completed = afm_ray_train_process(["--config", str(CONFIGS / "quickstart.yaml"), *overrides], folder)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     console = re.sub(r"\x1b\[[0-9;]*m", "", completed.stdout + completed.stderr)  # Ray colours its prefixes
     lines = [line for line in re.split(r"[\r\n]+", console) if line.strip()]
     config = load_train_config(CONFIGS / "quickstart.yaml", overrides)

@@ -25,12 +25,11 @@ import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from conftest import CONFIGS, TINY_TRAINING
+from conftest import CONFIGS, TINY_TRAINING, afm_ray_train_process
 from servers import free_port, start_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 BOOTSTRAP_SCRIPT = REPO / "k8s" / "mlflow" / "bootstrap_users.py"
-BIN = Path(sys.executable).parent
 ADMIN = ("mlflow-admin", "admin-password-for-tests")
 JOB = ("afm-job", "job-password-for-tests")
 MODEL_NAME = "afm-auth-dsh"
@@ -166,11 +165,11 @@ def afm_ray_train(uri: str, database: Path, folder: Path, username: str, passwor
                   epochs: int = 1) -> subprocess.CompletedProcess:
     """The real ``afm-ray train`` CLI on the quickstart config, 12 molecules, 32 × 32 px, in a fresh process."""
     environment = clean_environment(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
-    argv = [str(BIN / "afm-ray"), "train", "--config", str(CONFIGS / "quickstart.yaml"),
-            f"data.database={database}", *TINY_TRAINING, f"data.fixed_set_dir={folder / 'fixed'}",
-            f"run.storage_path={folder / 'runs'}", f"run.epochs={epochs}", "run.name=auth",
-            f"mlflow.tracking_uri={uri}", f"mlflow.registered_model_name={MODEL_NAME}"]
-    return subprocess.run(argv, env=environment, cwd=folder, capture_output=True, text=True, timeout=600)
+    arguments = ["--config", str(CONFIGS / "quickstart.yaml"), f"data.database={database}", *TINY_TRAINING,
+                 f"data.fixed_set_dir={folder / 'fixed'}", f"run.storage_path={folder / 'runs'}",
+                 f"run.epochs={epochs}", "run.name=auth", f"mlflow.tracking_uri={uri}",
+                 f"mlflow.registered_model_name={MODEL_NAME}"]
+    return afm_ray_train_process(arguments, folder, environment)
 
 
 def test_job_credentials_train_and_register(bootstrapped, login, tiny_database, tmp_path):

@@ -193,8 +193,7 @@ def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trial
     assert len(versions) == 1 and str(client.get_model_version_by_alias("afm-xyz", "champion").version) == "1"
 
     # Both answered before any cluster work, so they run in this process (same environment and folder).
-    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_OVERRIDE_RESOURCES"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     for name in ("MLFLOW_TRACKING_URI", "RAY_OVERRIDE_RESOURCES"):
         monkeypatch.setenv(name, environment[name])
     monkeypatch.chdir(tmp_path)
