@@ -39,6 +39,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "test_descriptors": CHEAP,
     "test_descriptors_vs_ppafm": CHEAP,                 # but the full Height + ES comparison: slow below
     "test_device_maps": CHEAP,
+    "test_dispatch": CHEAP,
     "test_elements": CHEAP,
     "test_job_submit": RAY_SLOW,                        # `ray start` head + `ray job submit` of a training
     "test_k8s": frozenset({"k8s"}),                     # pure manifest checks: also unit

@@ -2,18 +2,25 @@
 
 import os
 import signal
+import sys
 import threading
 import time
 
 import pytest
+import ray.cloudpickle
 import torch
 from mlflow import MlflowClient
 
 from afm_ray.errors import InputError
+from afm_ray.pipeline.actors import SimulationActor
 from afm_ray.train.loop import load_checkpoint_model
 from afm_ray.train.trainer import run_training
 
 from conftest import CONFIGS
+
+
+# the fault-injecting actors below live in this test module: workers get them by value
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def metric_steps(client, run_id, key):
@@ -151,3 +158,56 @@ def test_train_console_shows_only_afm_ray_lines(cli_trained_dsh):
     assert not [line for line in lines if not line.startswith(AFM_RAY_LINES)], lines
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"], lines
     assert sum(line.startswith("Ray dashboard: http") for line in lines) == 1
+
+
+class SlowSimulationActor(SimulationActor):
+    """A real simulation actor on a slow node: every batch takes half a second longer."""
+
+    def make_batch(self, spec):
+        time.sleep(0.5)
+        return super().make_batch(spec)
+
+
+class HungSimulationActor(SimulationActor):
+    """A real simulation actor that starts, then never answers a batch (a wedged GPU driver)."""
+
+    def make_batch(self, spec):
+        time.sleep(3600)
+
+
+def test_two_ddp_ranks_finish_past_a_slow_and_a_hung_actor_within_the_wait_bound(ray_session, tiny_config,
+                                                                                 monkeypatch):
+    """2 gloo ranks on 4 actors: two sound, one slow, one hung. The pool hedges or times out the hung
+    actor's calls and passes it over; the run finishes, no rank waits longer for a batch than
+    ``max_attempts_per_batch × batch_timeout_s``, and every planned sample is trained or skipped once."""
+    import afm_ray.train.trainer as trainer
+    from afm_ray.pipeline.actors import actor_options
+
+    def uneven_pool(settings, pipeline, name_prefix):
+        kinds = [SimulationActor, SimulationActor, SlowSimulationActor, HungSimulationActor]
+        actors = [ray.remote(kind).options(**actor_options(pipeline), name=f"{name_prefix}-{index}")
+                  .remote(settings.model_dump_json(), pipeline.opencl_device) for index, kind in enumerate(kinds)]
+        ray.get([actor.describe.remote() for actor in actors])
+        return actors
+
+    monkeypatch.setattr(trainer, "create_simulation_actors", uneven_pool)
+
+    def changed(section, **values):
+        return getattr(tiny_config, section).model_copy(update=values)
+
+    config = tiny_config.model_copy(update={
+        "scaling": changed("scaling", num_workers=2, cpus_per_worker=1.0),
+        "pipeline": changed("pipeline", num_sim_actors=4, sim_num_cpus=0.5, batch_timeout_s=4.0,
+                            batch_timeout_floor_s=2.0, max_attempts_per_batch=3),
+        "run": changed("run", epochs=2, name="uneven")})
+    outcome = run_training(config, progress=False)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    history = {key: [m.value for m in sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)]
+               for key in ("samples_trained", "samples_skipped", "batches_dropped", "data_max_wait_seconds",
+                           "sim_actor_3_share", "sim_actor_0_share", "sim_actor_1_share", "sim_actor_2_share")}
+    assert [t + s for t, s in zip(history["samples_trained"], history["samples_skipped"])] == [24, 24]
+    assert history["batches_dropped"] == [0, 0]
+    assert max(history["data_max_wait_seconds"]) <= config.pipeline.retry_budget_s
+    assert history["sim_actor_3_share"] == [0.0, 0.0]  # the hung one made none
+    shares = [history[f"sim_actor_{actor}_share"] for actor in range(3)]
+    assert [sum(epoch) for epoch in zip(*shares)] == pytest.approx([1.0, 1.0])  # every batch by a sound or slow actor

@@ -111,9 +111,21 @@ def test_settings_each_trial_applies_itself_may_be_searched(sweep_file):
 
     sweep = load_sweep_config(sweep_file)
     check_space(read_yaml(sweep.train_config), sweep.train_overrides, {
-        "pipeline.batch_timeout_s": Dimension(choice=[60.0, 120.0]),
+        "pipeline.max_attempts_per_batch": Dimension(choice=[2, 3]),
         "pipeline.max_in_flight_per_worker": Dimension(randint=(2, 8)),
+        "pipeline.object_store_budget_mib_per_worker": Dimension(choice=[512.0, 4096.0]),
         "data.fixed_set_cache_mib": Dimension(choice=[0.0, 512.0])})
+
+
+def test_the_pools_own_limits_may_not_be_searched(sweep_file):
+    from afm_ray.config import read_yaml
+    from afm_ray.sweep.config import Dimension
+    from afm_ray.sweep.space import check_space
+
+    sweep = load_sweep_config(sweep_file)
+    with pytest.raises(InputError, match="pipeline.batch_timeout_s"):  # one dispatcher serves every trial
+        check_space(read_yaml(sweep.train_config), sweep.train_overrides,
+                    {"pipeline.batch_timeout_s": Dimension(choice=[60.0, 120.0])})
 
 
 def test_thesis_sweeps_load_and_name_their_training_config():

@@ -3,8 +3,8 @@
 For each actor count in ``--actors`` (default 1,2,4) the benchmark starts that many
 :class:`~afm_ray.pipeline.actors.SimulationActor` s from ``--config`` (CPU OpenCL here, GPUs where
 ``pipeline.sim_num_gpus`` asks for them), then runs one training consumer exactly as a Ray Train
-rank does — a :class:`~afm_ray.pipeline.BatchStream` with ``pipeline.max_in_flight_per_worker``
-pending calls feeding forward, loss, backward and optimiser steps of the configured model — for
+rank does — a :class:`~afm_ray.pipeline.BatchStream` within ``pipeline.object_store_budget_mib_per_worker``
+feeding forward, loss, backward and optimiser steps of the configured model — for
 ``--batches`` batches after ``--warmup`` untimed ones. It prints per actor count:
 
 * training samples/s and the scaling efficiency against one actor
@@ -12,13 +12,15 @@ pending calls feeding forward, loss, backward and optimiser steps of the configu
 * the fraction of step time the trainer waited for data;
 * the simulation rate one actor sustains while producing (stacks/s, all tips);
 * the object-store high-water mark, polled every 0.1 s from Ray's memory summary, next to the
-  bound the stream guarantees: ``(max_in_flight + 1) × batch bytes`` (the pending calls' results
-  plus the batch being trained on; reached only when the actors keep up).
+  bound the stream guarantees: the budget (or ``max_in_flight × batch bytes`` if smaller) plus the
+  batch being trained on (reached only when the actors keep up).
 
 * how idle the actors are while the trainer validates, with and without requesting the next
   epoch's batches first (``pipeline.prefetch_next_epoch``): after the timed batches the consumer
-  runs ``--validation-batches`` forward passes (a validation), then pulls the next epoch. Idle is
-  the share of actor-seconds in that window with no batch being made (from the actors' own clocks).
+  runs ``--validation-batches`` forward passes, repeated for at least ``--validation-seconds`` (a
+  validation), then pulls the next epoch. Idle is the share of actor-seconds in that window with
+  no batch being made (from the actors' own clocks); with prefetch the pool keeps making the next
+  epoch within the budget, so a validation of many batches' time leaves the actors busy.
 
 On a machine with fewer cores than actors + trainer the figures show contention, not scaling:
 read them with ``os.cpu_count()`` (printed). Compare ratios within one run.
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from afm_ray.bench.synthetic_stream import CASES, DEFAULT_LAYOUTS
 from afm_ray.errors import InputError
 
 PLASMA_LINE = re.compile(r"Plasma memory usage (\d+) MiB")
@@ -55,15 +58,15 @@ def register(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
     parser.add_argument("--validation-batches", type=int, default=8,
                         help="forward passes of the pause between epochs (default 8)")
+    parser.add_argument("--validation-seconds", type=float, default=0.0,
+                        help="repeat the validation's passes for at least this long (default 0: once)")
     parser.add_argument("--synthetic", action="store_true",
                         help="fixed-latency actors (no CPU), many consumers: is every actor busy? (see below)")
-    parser.add_argument("--layouts", default="32x8,64x4,4x8",
-                        help="--synthetic: ACTORSxCONSUMERS layouts (default 32x8,64x4,4x8)")
+    parser.add_argument("--layouts", default=DEFAULT_LAYOUTS,
+                        help="--synthetic: ACTORSxCONSUMERS[xTRIALS][:CASE] layouts, CASE one of "
+                             f"{', '.join(CASES)} (default {DEFAULT_LAYOUTS})")
     parser.add_argument("--latency", type=float, default=0.2, help="--synthetic: seconds per batch (default 0.2)")
-    parser.add_argument("--rounds", type=int, default=40, help="--synthetic: batches per actor (default 40)")
-    parser.add_argument("--in-flight", type=int, default=None,
-                        help="--synthetic: batches in flight per consumer (default: the stream's own, "
-                             "max(4, 2 × ⌈actors / consumers⌉))")
+    parser.add_argument("--rounds", type=int, default=30, help="--synthetic: batches per actor (default 30)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs of the local Ray instance (default: all); ignored with RAY_ADDRESS")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, as for `afm-ray train`")
@@ -119,7 +122,7 @@ def idle_fraction(intervals: list[tuple[int, float, float]], n_actors: int, wind
 
 
 def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: int, n_train: int,
-            gcs_address: str, prefetch: bool) -> dict:
+            gcs_address: str, prefetch: bool, validation_seconds: float = 0.0) -> dict:
     """One row of the table: a consumer training on ``n_batches`` batches from ``n_actors`` actors, then validating."""
     import torch
 
@@ -139,8 +142,9 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
             specs += plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch)
             epoch += 1
         specs = specs[:n_warmup + n_batches]
-        stream = BatchStream(actors, max_in_flight=pipeline.max_in_flight_per_worker)
-        following = plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch + 1)[:stream.max_in_flight]
+        stream = BatchStream(actors, max_in_flight=pipeline.max_in_flight_per_worker,
+                             budget_mib=pipeline.object_store_budget_mib_per_worker)
+        following = plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch + 1)
         stream.request(specs)
         if prefetch:
             stream.request(following)
@@ -167,16 +171,26 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
             produced = stream.stats.samples - produced_from
             validation_started = time.time()
             with torch.no_grad():
-                for _ in range(n_validation):
-                    model(tensors["x"])  # the last batch, as a stand-in validation set
+                while True:
+                    for _ in range(n_validation):
+                        model(tensors["x"])  # the last batch, as a stand-in validation set
+                    if time.time() - validation_started >= validation_seconds:
+                        break
             validation = (validation_started, time.time())
-            intervals += [batch["made_by"] for _, batch in stream.results(following)]
+            after = 0  # batches begun after the validation: once every actor has begun two, the window is covered
+            for _, batch in stream.results(following):
+                intervals.append(batch["made_by"])
+                after += batch["made_by"][1] >= validation[1]
+                if after >= 2 * n_actors:
+                    break
+        stream.close()
         return {
             "actors": n_actors, "samples_per_s": samples / elapsed, "prefetch": prefetch,
             "wait_fraction": waited / elapsed,
             "sim_stacks_per_s_per_actor": produced * len(config.model.spec.tips) / max(produce_seconds, 1e-9),
             "store_peak_mib": peak.peak_mib if peak.available else None,
-            "store_bound_mib": (stream.max_in_flight + 1) * largest_batch / 2**20,
+            "store_bound_mib": (min(pipeline.object_store_budget_mib_per_worker * 2**20,
+                                    (stream.max_in_flight or np.inf) * largest_batch) + largest_batch) / 2**20,
             "validation_s": validation[1] - validation[0],
             "idle_in_validation": idle_fraction(intervals, n_actors, validation),
         }
@@ -193,15 +207,18 @@ def run(args: argparse.Namespace) -> int:
     from afm_ray.train.run_state import with_absolute_paths
 
     if args.synthetic:
-        from afm_ray.bench.synthetic_stream import run_synthetic
+        from afm_ray.bench.synthetic_stream import parse_layout, run_synthetic
 
-        try:
-            layouts = [tuple(int(n) for n in part.lower().split("x")) for part in args.layouts.split(",")]
-        except ValueError:
-            raise InputError("--layouts", f"expected ACTORSxCONSUMERS,… e.g. 32x8,64x4, got {args.layouts!r}") from None
-        if any(len(layout) != 2 or min(layout) < 1 for layout in layouts) or args.latency <= 0 or args.rounds < 1:
-            raise InputError("bench pipeline --synthetic", "layouts need two counts ≥ 1, --latency > 0, --rounds ≥ 1")
-        return run_synthetic(layouts, args.latency, args.rounds, args.in_flight, args.num_cpus)
+        layouts = args.layouts.split(",")
+        for layout in layouts:
+            try:
+                parse_layout(layout)
+            except ValueError:
+                raise InputError("--layouts", f"expected ACTORSxCONSUMERS[xTRIALS][:CASE] with counts ≥ 1 and CASE one "
+                                              f"of {', '.join(CASES)}, got {layout!r}") from None
+        if args.latency <= 0 or args.rounds < 1:
+            raise InputError("bench pipeline --synthetic", "needs --latency > 0 and --rounds ≥ 1")
+        return run_synthetic(layouts, args.latency, args.rounds, args.num_cpus)
     try:
         actor_counts = [int(part) for part in args.actors.split(",")]
     except ValueError:
@@ -214,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     gcs_address = ray.get_runtime_context().gcs_address
     print(f"model {config.model.name}, scan {config.sim.scan_pixels[0]}×{config.sim.scan_pixels[1]} px × "
           f"{config.sim.num_slices} slices, batch {config.run.batch_size}, "
-          f"{config.pipeline.max_in_flight_per_worker or 'max(4, 2 × actors)'} batches in flight, "
+          f"object-store budget {config.pipeline.object_store_budget_mib_per_worker:g} MiB"
+          f"{f', at most {config.pipeline.max_in_flight_per_worker} batches' if config.pipeline.max_in_flight_per_worker else ''}, "
           f"{os.cpu_count()} CPUs on this machine, "
           f"Ray cluster {ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU")
     print(f"{'actors':>6} {'prefetch':>8} {'samples/s':>10} {'efficiency':>10} {'data wait':>9} "
@@ -225,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         for n_actors in actor_counts:
             for prefetch in (False, True):
                 row = measure(config, n_actors, args.batches, args.warmup, args.validation_batches, n_train,
-                              gcs_address, prefetch)
+                              gcs_address, prefetch, args.validation_seconds)
                 baseline = baseline or row["samples_per_s"] / row["actors"]
                 peak = "n/a" if row["store_peak_mib"] is None else f"{row['store_peak_mib']:d}"
                 print(f"{row['actors']:>6d} {'on' if prefetch else 'off':>8} {row['samples_per_s']:>10.1f} "

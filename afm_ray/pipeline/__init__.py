@@ -4,44 +4,46 @@ Training data is simulated on the fly: every epoch re-simulates the training spl
 tilts, heights and noise. The expensive part of a simulator is its set-up (OpenCL context,
 kernel compilation, device buffers), so it must live as long as the run.
 
-Design: our own stream, measured against Ray Data
--------------------------------------------------
+Design: one pool with one dispatcher, measured against static actor sets and Ray Data
+-----------------------------------------------------------------------------------
 afm-ray uses long-lived **simulation actors** (:mod:`afm_ray.pipeline.actors`), each pinned by
 ``num_gpus`` (fractional allowed) and/or a custom resource to a simulation GPU (CPU OpenCL where
-there is none), and each training worker **pulls** its own batches with a bounded number of
-in-flight ``make_batch`` calls (:class:`~afm_ray.pipeline.stream.BatchStream`). Consumer ``c`` of
-``W`` sends work to its own actors ``c, c + W, …`` (balanced by their true load, which only it
-creates), falls back to the others when those fail, and keeps ``max(4, 2⌈N/W⌉)`` batches in
-flight, so every actor has a batch queued behind the one it makes. The results are ordinary task
-returns owned by the consumer (they survive the actor), and a consumer never holds more than its
-in-flight bound of them (backpressure by construction). Failed or overdue calls are re-sent to
-another actor a bounded number of times, then dropped and reported (see the stream's module doc).
+there is none). They form one **pool** served by one **dispatcher**
+(:mod:`afm_ray.pipeline.dispatcher`, an async Ray actor; its rules in
+:mod:`afm_ray.pipeline.dispatch`): every training worker, of every run or Tune trial sharing the
+pool, queues its batches there through a :class:`~afm_ray.pipeline.stream.BatchStream`, and
+whichever actor frees up makes the next batch, for any worker. The dispatcher makes the calls, so
+it owns the results: a batch survives the death of the actor that made it, and the worker fetches
+it straight from the actor's node. Failed, slow (hedged) and overdue calls are tried elsewhere a
+bounded number of times, then dropped and reported.
 
-Both designs were measured in one session with fixed-latency actors (0.2 s per batch, no CPU),
-real Ray 2.60 and real consumer processes on a 2-core machine (``afm-ray bench pipeline
---synthetic``, 40 batches per actor; ``benchmarks/ray_data_stream.py``, 20), as batches/s against
-the ideal, ``min(actors, consumers × in-flight) / latency`` for the streams and ``actors / latency``
-for Ray Data (which has no in-flight bound):
+Three designs were compared with the real Ray 2.60 and lock-step consumers (a round ends when every
+consumer has its batch, as DDP ranks step), batches/s as a share of the pool's capacity (the summed
+rate of the live actors):
 
-==================  =====================  =====================  ====================  ==================
-actors × consumers  before: each consumer  afm-ray stream now     Ray Data              Ray Data, rows
-                    balanced by own count  (home actors)          ``streaming_split``   materialised first
-==================  =====================  =====================  ====================  ==================
-32 × 8              12 %, 4 of 32 actors   92–94 %, 32 of 32      11 %, 17 of 32        37 %, 32 of 32
-64 × 4              6 %, 4 of 64 actors    94–97 %, 64 of 64      5 %, 18 of 64         19 %, 64 of 64
-4 × 8               97 %                   95–98 %                55 %                  79 %
-==================  =====================  =====================  ====================  ==================
+* **static home actors** (afm-ray 0.1): consumer ``c`` of ``W`` sent to actors ``c, c + W, …`` and
+  left them only when all had failed. Every actor busy when actors are alike; but DDP ranks step
+  together, so the job ran at the pace of the slowest home set.
+* **work stealing between the consumers' queues** was rejected without building it: a consumer
+  only sees the load it creates, so stealing needs each actor's true queue, which costs a round
+  trip per decision to every actor (or a shared board, i.e. a dispatcher), and fair shares between
+  concurrent trials need a global view anyway.
+* **one dispatcher** (now): a central queue, so an actor is given a batch only when it has a free
+  slot, which is work-conserving by construction; fair shares and cancellation of a stopped
+  trial's work are one decision in one place; its policy is plain Python, tested under a virtual
+  clock (``tests/test_dispatch.py``). Its cost is one more hop per batch (a few ms, not the batch's
+  bytes) and a single actor, restarted after a crash, whose consumers then re-request what they
+  had not received.
 
-("before" is the rate against all actors' 1 / latency each, with its default in-flight of 4. Now
-every actor makes exactly the mean share of the batches, and each batch arrives exactly once.)
-Ray Data (``map_batches`` over an ``ActorPoolStrategy`` pool, ``streaming_split(W, equal=True)``)
-is limited on this machine by its own per-task scheduling (about 60 batches/s through
-``streaming_split`` whatever the pool size), and it **recreated the whole actor pool for the
-second epoch** (no actor process of epoch 1 made a row of epoch 2; 46 s between epochs, almost all
-of it pool start-up), which for us would mean rebuilding every OpenCL context and kernel each
-epoch. It also targets bounded datasets rather than an endless stream. A Ray queue of object refs
-was rejected earlier: it is one actor (a single point of failure), and refs ``ray.put`` by a
-producer die with it. So the stream stays ours: about 300 lines.
+DISPATCH_TABLE
+
+Earlier, with alike actors, Ray Data (``map_batches`` over an ``ActorPoolStrategy`` pool,
+``streaming_split(W, equal=True)``; ``benchmarks/ray_data_stream.py``) reached 11 % of the ideal at
+32 × 8 and 5 % at 64 × 4: it was limited by its own per-task scheduling (about 60 batches/s through
+``streaming_split`` whatever the pool size) and it **recreated the whole actor pool for the second
+epoch** (46 s between epochs, almost all of it pool start-up), which for us would mean rebuilding
+every OpenCL context and kernel each epoch. A Ray queue of object refs was rejected earlier: refs
+``ray.put`` by a producer die with it.
 
 Work is planned deterministically (:mod:`afm_ray.plan`): ``(run seed, epoch, batch)`` fixes every
 random draw, so the next epoch's batches can be requested while this one validates and

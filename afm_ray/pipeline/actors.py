@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
 
 import ray
 from ray.exceptions import GetTimeoutError
 
 from afm_ray.errors import InputError
+from afm_ray.pipeline.dispatch import BatchMaker
 from afm_ray.pipeline.settings import PipelineSettings, SampleSettings
 from afm_ray.plan import BatchSpec
 
 
-class SimulationActor:
+class SimulationActor(BatchMaker):
     """Makes batches for any subset of the run's split; created once, reused every epoch."""
 
     def __init__(self, settings_json: str, opencl_device: str = "auto"):
@@ -25,10 +25,7 @@ class SimulationActor:
                                     load_split_samples(settings), device=opencl_device)
 
     def make_batch(self, spec: BatchSpec) -> dict:
-        started = time.time()
-        batch = self.factory.make_batch(spec)
-        batch["made_by"] = (os.getpid(), started, time.time())  # wall clock: a benchmark sees when actors idle
-        return batch
+        return self.factory.make_batch(spec)
 
     def describe(self) -> dict:
         """Where this actor runs: OpenCL device, Ray node, assigned GPUs, process id."""
@@ -41,8 +38,9 @@ class SimulationActor:
 def actor_options(pipeline: PipelineSettings) -> dict:
     """Ray options of a simulation actor: its placement, and restarts after a crash.
 
-    Calls are not retried by Ray (``max_task_retries=0``): the :class:`~afm_ray.pipeline.BatchStream`
-    re-sends a failed call itself, to another actor and a bounded number of times.
+    Calls are not retried by Ray (``max_task_retries=0``): the pool's dispatcher
+    (:mod:`afm_ray.pipeline.dispatch`) re-sends a failed call itself, to another actor and a bounded
+    number of times.
     """
     return {"num_cpus": pipeline.sim_num_cpus, "num_gpus": pipeline.sim_num_gpus,
             "resources": dict(pipeline.sim_resources), "max_restarts": -1, "max_task_retries": 0}
@@ -54,7 +52,8 @@ def create_simulation_actors(settings: SampleSettings, pipeline: PipelineSetting
 
     Waits until every actor has built its simulator, at most ``pipeline.actor_startup_timeout_s``;
     then fails with an error that says how many started and what they need. ``actor_class`` and
-    ``args`` replace :class:`SimulationActor` and its arguments (benchmarks and fault tests).
+    ``args`` replace :class:`SimulationActor` and its arguments (benchmarks and fault tests; a
+    :class:`BatchMaker`).
     """
     check_cluster_fits({"CPU": pipeline.sim_num_cpus, "GPU": pipeline.sim_num_gpus, **pipeline.sim_resources},
                        "pipeline: each simulation actor")

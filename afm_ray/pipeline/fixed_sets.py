@@ -87,9 +87,12 @@ def table_to_batch(table: pa.Table) -> dict[str, np.ndarray]:
     return batch
 
 
-def materialize(settings: SampleSettings, subset: str, n_samples: int, seed: int, actors: list,
-                progress: bool = True, batch_timeout_s: float = 600.0, max_attempts: int = 3) -> Path:
-    """Simulate ``subset`` once with ``actors`` unless it is stored already; returns the shard folder.
+def materialize(settings: SampleSettings, subset: str, n_samples: int, seed: int, pool,
+                progress: bool = True, batch_timeout_s: float = 300.0, max_attempts: int = 3) -> Path:
+    """Simulate ``subset`` once with ``pool`` unless it is stored already; returns the shard folder.
+
+    ``pool``: the simulation pool's dispatcher, or a list of simulation actors (then
+    ``batch_timeout_s`` caps a call's time, see :class:`~afm_ray.pipeline.stream.BatchStream`).
 
     Samples the actors skip are left out (and logged); a batch dropped after ``max_attempts`` fails
     the build, since a fixed set must be complete.
@@ -102,7 +105,8 @@ def materialize(settings: SampleSettings, subset: str, n_samples: int, seed: int
     temporary.mkdir()
     try:
         specs = plan_epoch(n_samples, FIXED_SET_BATCH_SIZE, seed, 0, split=subset, shuffle=False, drop_last=False)
-        stream = BatchStream(actors, specs, batch_timeout_s=batch_timeout_s, max_attempts=max_attempts)
+        stream = BatchStream(pool, specs, tenant=f"fixed-{subset}-{uuid.uuid4().hex[:8]}",
+                             batch_timeout_s=batch_timeout_s, max_attempts=max_attempts)
         stored = 0
         with tqdm(total=n_samples, desc=f"simulating {subset} set", unit="sample", disable=not progress) as bar:
             for spec, batch in stream:
@@ -114,6 +118,7 @@ def materialize(settings: SampleSettings, subset: str, n_samples: int, seed: int
                 bar.update(len(spec.samples))
         if stored == 0:
             raise RuntimeError(f"{subset} set: every one of its {n_samples} samples was skipped; see the log")
+        stream.close()
         (temporary / "_SUCCESS").write_text(json.dumps({"samples": stored, "batches": len(specs),
                                                         "samples_skipped": stream.stats.samples_skipped}))
         _publish(temporary, path)

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from afm_ray.augment import AugmentConfig
 from afm_ray.config import StrictModel
 from afm_ray.models import ModelSpec, get_model_spec, validated_model_spec
+from afm_ray.pipeline.dispatch import DispatchLimits
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.sim.config import SimConfig
 
@@ -39,7 +40,9 @@ class DataSettings(StrictModel):
 
 
 class PipelineSettings(StrictModel):
-    """Simulation actors: how many, where, how much work each consumer keeps in flight, and when to give up."""
+    """Simulation actors: how many, where, how much work each consumer keeps in flight, and when to give up.
+
+    The dispatch rules behind these fields are in :mod:`afm_ray.pipeline.dispatch`."""
 
     num_sim_actors: int = Field(2, ge=1, description="simulation actors (each owns one OpenCL simulator)")
     sim_num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractional allowed: 0.5 = two actors per GPU, "
@@ -48,9 +51,15 @@ class PipelineSettings(StrictModel):
     sim_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per actor, e.g. {sim_gpu: 1} (KubeRay worker groups)")
     max_in_flight_per_worker: int | None = Field(
-        None, ge=1, description="batches requested ahead by each train worker (object-store memory: this many "
-                                "batches per worker); None = max(4, 2 × ⌈actors / workers⌉), so each of a "
-                                "worker's own actors has one batch queued behind the one it makes")
+        None, ge=1, description="at most this many batches made or being made for each train worker; None = bounded "
+                                "by object_store_budget_mib_per_worker alone")
+    object_store_budget_mib_per_worker: float = Field(
+        2048.0, gt=0, description="object store (MiB) each train worker's batches may take, made or being made: the "
+                                  "pool keeps making them while the worker validates or checkpoints (2 GiB ≈ 44 DSH "
+                                  "batches of 32 in float32)")
+    actor_queue_depth: int = Field(
+        2, ge=1, description="calls an actor holds at once (one being made, one queued behind it so that it never "
+                             "waits for the dispatcher); the rest wait in the pool's queue for whichever actor frees")
     opencl_device: str = Field("auto", description="auto | cpu | gpu | ray (the GPU Ray assigned) | index | name")
     augment_on: Literal["auto", "actor", "trainer"] = Field(
         "auto", description="where training batches are augmented: trainer = in torch on each training worker's device "
@@ -63,19 +72,42 @@ class PipelineSettings(StrictModel):
     prefetch_next_epoch: bool = Field(
         True, description="request the next epoch's batches while the current one ends, validates and checkpoints")
     batch_timeout_s: float = Field(
-        600.0, gt=0, description="seconds a batch may take (queued + made) before it is re-sent to another actor, "
-                                 "with a warning naming the actor and the batch")
+        300.0, gt=0, description="the most seconds a call to an actor may take (sent → result) before the batch is "
+                                 "tried on another actor; the adaptive limit is timeout_p95_factor × the p95 of "
+                                 "recent calls, at least batch_timeout_floor_s, at most this")
+    batch_timeout_floor_s: float = Field(
+        30.0, gt=0, description="the adaptive call timeout is never below this many seconds, nor batch_timeout_s "
+                                "(and a slow call is hedged after at least half of it)")
+    timeout_p95_factor: float = Field(8.0, gt=1, description="adaptive call timeout = this × p95 of recent calls (s)")
+    hedge_p95_factor: float = Field(
+        3.0, gt=1, description="a call slower than this × p95 of recent calls is sent to a second actor too (first "
+                               "result wins; counts as an attempt)")
     max_attempts_per_batch: int = Field(
         3, ge=1, description="tries of a batch (each on another actor where there is one) before it is dropped "
-                             "and reported")
+                             "and reported; a rank waits at most max_attempts_per_batch × batch_timeout_s for a batch")
+    consumer_lease_s: float = Field(
+        60.0, gt=0, description="a train worker silent this many seconds (a stopped trial) loses its queued batches")
     actor_startup_timeout_s: float = Field(
         900.0, gt=0, description="seconds to wait for all simulation actors to be placed and build their simulator")
 
 
+    @property
+    def retry_budget_s(self) -> float:
+        """The longest a train worker can wait for one batch before it is dropped (s)."""
+        return self.max_attempts_per_batch * self.batch_timeout_s
+
+    def dispatch_limits(self) -> DispatchLimits:
+        return DispatchLimits(actor_queue_depth=self.actor_queue_depth,
+                              timeout_floor_s=min(self.batch_timeout_floor_s, self.batch_timeout_s),
+                              timeout_cap_s=self.batch_timeout_s, timeout_factor=self.timeout_p95_factor,
+                              hedge_factor=self.hedge_p95_factor, lease_s=self.consumer_lease_s)
+
     def actor_identity(self) -> dict:
-        """The fields the simulation actors are started with (the rest is each consumer's own)."""
+        """The fields the simulation pool (actors and dispatcher) is started with (the rest is each consumer's own)."""
         return self.model_dump(mode="json", include={"num_sim_actors", "sim_num_gpus", "sim_num_cpus",
-                                                     "sim_resources", "opencl_device"})
+                                                     "sim_resources", "opencl_device", "actor_queue_depth",
+                                                     "batch_timeout_s", "batch_timeout_floor_s", "timeout_p95_factor",
+                                                     "hedge_p95_factor", "consumer_lease_s"})
 
 
 class SampleSettings(StrictModel):

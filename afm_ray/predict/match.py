@@ -58,6 +58,7 @@ from afm_ray.predict.inputs import AfmStack
 from afm_ray.predict.predictor import Predictor
 from afm_ray.predict.preprocess import PreparedStack, PrepareSettings, prepare_stack
 from afm_ray.sim import ScanParams, SimConfig
+from afm_ray.pipeline.dispatch import BatchMaker
 from afm_ray.pipeline.settings import PipelineSettings
 
 MATCH_OUTPUT = "vdw_spheres"
@@ -175,7 +176,7 @@ def matching_sim_config(sim: SimConfig) -> SimConfig:
     return sim.without_randomness()
 
 
-class RotationSimulator:
+class RotationSimulator(BatchMaker):
     """Simulates rotations of one molecule, untilted: the body of a local simulator or a Ray actor.
 
     Args:

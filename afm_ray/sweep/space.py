@@ -75,9 +75,9 @@ def check_space(base: dict, train_overrides: dict, search: dict[str, Dimension])
     All trials of a sweep share one pool of simulation actors and one pair of fixed validation /
     test sets, built from the base config; a dimension that would change what they make (``sim.*``,
     ``augment.*``, ``data.*``, ``descriptors.*``, the model's name or element classes, the actors'
-    ``pipeline.*`` placement) is refused here rather than silently ignored by the trials; settings each
-    trial's workers apply themselves (in-flight, timeouts, prefetch, caches) may be searched. Raises
-    :class:`InputError`.
+    ``pipeline.*`` placement and the pool's dispatch limits) is refused here rather than silently
+    ignored by the trials; settings each trial's workers apply themselves (object-store budget,
+    in-flight, attempts, prefetch, caches) may be searched. Raises :class:`InputError`.
     """
     reference = trial_config(base, train_overrides, {})
     for path, dimension in search.items():

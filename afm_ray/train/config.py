@@ -58,6 +58,10 @@ class ScalingSettings(StrictModel):
     num_workers: int = Field(1, ge=1, description="DDP ranks")
     use_gpu: bool = Field(False, description="one whole GPU per rank")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per rank (Ray logical CPUs; sets its torch threads)")
+    collective_timeout_s: float = Field(
+        1800.0, gt=0, description="seconds a DDP collective (all-reduce) waits for every rank before the run fails "
+                                  "(TorchConfig.timeout_s); at least twice pipeline.max_attempts_per_batch × "
+                                  "pipeline.batch_timeout_s, so a rank gives up on a batch long before its peers do")
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per rank, e.g. {train_gpu: 1}")
 
@@ -157,6 +161,11 @@ class TrainConfig(StrictModel):
         if spec.input_slices is not None and self.input_slices != spec.input_slices:
             raise ValueError(f"the {spec.name} network reads {spec.input_slices} slices, this config gives it "
                              f"{self.input_slices} (sim.num_slices, augment.scan_height)")
+        if self.scaling.collective_timeout_s < 2 * self.pipeline.retry_budget_s:
+            raise ValueError(f"scaling.collective_timeout_s ({self.scaling.collective_timeout_s:g} s) must be at least "
+                             f"twice pipeline.max_attempts_per_batch × pipeline.batch_timeout_s "
+                             f"({self.pipeline.max_attempts_per_batch} × {self.pipeline.batch_timeout_s:g} s): a rank "
+                             f"waiting that long for a batch would let its peers' all-reduce time out first")
         if spec.check_config is not None:
             spec.check_config(self)
         return self

@@ -57,10 +57,10 @@ def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: Fi
     return evaluation
 
 
-def summed_over_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Every DDP rank's ``values`` added up (a collective call)."""
+def summed(shares: list[dict[str, float]]) -> dict[str, float]:
+    """Every rank's share of the epoch's figures added up."""
     total: dict[str, float] = {}
-    for share in gathered_from_ranks(values):
+    for share in shares:
         for name, value in share.items():
             total[name] = total.get(name, 0.0) + value
     return total
@@ -68,16 +68,53 @@ def summed_over_ranks(values: dict[str, float]) -> dict[str, float]:
 
 def _stats_since(stats: StreamStats, before: StreamStats) -> dict[str, float]:
     delta = {name: getattr(stats, name) - getattr(before, name)
-             for name in ("wait_seconds", "samples", "produce_seconds", "resent", "timed_out", "dropped_batches",
-                          "samples_skipped")}
+             for name in ("wait_seconds", "samples", "produce_seconds", "resent", "timed_out", "hedged",
+                          "dropped_batches", "samples_skipped")}
     delta.update({f"actor_{actor}": count - before.per_actor_batches.get(actor, 0)
                   for actor, count in stats.per_actor_batches.items()})
+    delta.update({f"actor_seconds_{actor}": seconds - before.per_actor_seconds.get(actor, 0.0)
+                  for actor, seconds in stats.per_actor_seconds.items()})
     return delta
+
+
+def data_metrics(shares: list[dict[str, float]], n_actors: int) -> dict[str, float]:
+    """Epoch figures of the data pipeline from every rank's ``shares`` (``wait_seconds``, ``elapsed``, per-actor counts).
+
+    ``data_wait_fraction`` is the largest rank's: in lock-step the ranks that do not wait spend that
+    time inside the all-reduce, waiting for the one that does, so the mean hides a starved job (it is
+    kept as ``data_wait_fraction_mean``). ``step_time_over_compute``: how much longer a step took than
+    its compute (the starved rank's time less its wait), 1 when data never held a step back;
+    ``data_max_wait_seconds``: the longest any rank waited for one batch (at most
+    ``pipeline.max_attempts_per_batch × pipeline.batch_timeout_s``, then the batch is dropped). Per
+    actor ``a`` of ``n_actors``: ``sim_actor_{a}_share`` of the epoch's batches and
+    ``sim_actor_{a}_batches_per_s`` while making them, so a slow node shows in MLflow.
+    """
+    fractions = [share["wait_seconds"] / max(share["elapsed"], 1e-9) for share in shares]
+    starved = max(range(len(shares)), key=lambda rank: fractions[rank])
+    compute = shares[starved]["elapsed"] - shares[starved]["wait_seconds"]
+    metrics = {"data_wait_fraction": fractions[starved], "data_wait_fraction_mean": sum(fractions) / len(fractions),
+               "step_time_over_compute": shares[starved]["elapsed"] / max(compute, 1e-9),
+               "data_max_wait_seconds": max(share["max_wait_seconds"] for share in shares)}
+    batches: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for share in shares:
+        for name, value in share.items():
+            if name.startswith("actor_seconds_"):
+                actor = name.removeprefix("actor_seconds_")
+                seconds[actor] = seconds.get(actor, 0.0) + value
+            elif name.startswith("actor_"):
+                actor = name.removeprefix("actor_")
+                batches[actor] = batches.get(actor, 0.0) + value
+    total = sum(batches.values())
+    for actor in map(str, range(n_actors)):
+        metrics[f"sim_actor_{actor}_share"] = batches.get(actor, 0.0) / max(total, 1e-9)
+        metrics[f"sim_actor_{actor}_batches_per_s"] = batches.get(actor, 0.0) / max(seconds.get(actor, 0.0), 1e-9)
+    metrics["sim_actors_used"] = float(sum(1 for count in batches.values() if count > 0))
+    return metrics
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     config = TrainConfig.model_validate_json(loop_config["config_json"])
-    actors = loop_config["actors"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.run.seed)
@@ -105,8 +142,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     n_train = loop_config["n_train_samples"]
     n_tips = len(config.model.spec.tips)
     pipeline = config.pipeline
-    stream = BatchStream(actors, max_in_flight=pipeline.max_in_flight_per_worker, consumer=rank,
-                         consumers=world_size, batch_timeout_s=pipeline.batch_timeout_s,
+    stream = BatchStream(loop_config["pool"], max_in_flight=pipeline.max_in_flight_per_worker, consumer=rank,
+                         consumers=world_size, tenant=loop_config["tenant"],
+                         budget_mib=pipeline.object_store_budget_mib_per_worker,
                          max_attempts=pipeline.max_attempts_per_batch, seed=config.run.seed)
 
     raw_df = pipeline.augment_on == "trainer" or (pipeline.augment_on == "auto" and config.scaling.use_gpu)
@@ -127,7 +165,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stream.request(specs)
         if pipeline.prefetch_next_epoch and epoch + 1 < config.run.epochs:
             stream.request(rank_plan(epoch + 1))  # queued behind this epoch: actors stay busy while we validate
-        before = dataclasses.replace(stream.stats, per_actor_batches=dict(stream.stats.per_actor_batches))
+        stream.stats.max_wait_seconds = 0.0  # this epoch's longest wait for one batch
+        before = stream.stats.copy()
         model.train()
         started = time.perf_counter()
         local = {"loss": 0.0, "steps": 0.0}
@@ -149,8 +188,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     local[key] = local.get(key, 0.0) + value
             local["steps"] += 1
         elapsed = time.perf_counter() - started
-        local.update(_stats_since(stream.stats, before), elapsed=elapsed)
-        total = summed_over_ranks(local)
+        local.update(_stats_since(stream.stats, before), elapsed=elapsed, max_wait_seconds=stream.stats.max_wait_seconds)
+        shares = gathered_from_ranks(local)
+        total = summed(shares)
         if total["steps"] == 0:
             raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, batch "
                                f"size {config.run.batch_size}, {world_size} ranks); see the log for dropped batches")
@@ -160,12 +200,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "epoch": epoch, "epochs_completed": epoch + 1, "train_loss": total["loss"] / total["steps"],
             **{f"train_{name}": value / total["steps"] for name, value in total.items() if name.startswith("loss_")},
             "train_samples_per_s": total["samples"] * world_size / total["elapsed"],
-            "data_wait_fraction": total["wait_seconds"] / total["elapsed"],
+            **data_metrics(shares, pipeline.num_sim_actors),
             # what one actor sustains while producing (stacks of all tips per second of its work)
             "sim_stacks_per_s_per_actor": total["samples"] * n_tips / max(total["produce_seconds"], 1e-9),
             "samples_trained": total["samples"],
-            "sim_actors_used": sum(1 for name, count in total.items() if name.startswith("actor_") and count > 0),
-            "batches_resent": total["resent"], "batches_timed_out": total["timed_out"],
+            "batches_resent": total["resent"], "batches_timed_out": total["timed_out"], "batches_hedged": total["hedged"],
             "batches_dropped": total["dropped_batches"], "samples_skipped": total["samples_skipped"],
             "learning_rate": scheduler.get_last_lr()[0], "epoch_seconds": total["elapsed"] / world_size,
             **evaluation.result("val"),
@@ -185,6 +224,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         "config_json": loop_config["config_json"]}, Path(folder) / CHECKPOINT_FILE)
             (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
             ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=Checkpoint.from_directory(folder))
+    stream.close()
 
 
 def _blank_input(config: TrainConfig, n_tips: int, device) -> torch.Tensor:

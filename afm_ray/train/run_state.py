@@ -82,8 +82,10 @@ RESUMABLE_FIELDS = (
     # augmented with the same draws on actor or trainer, so the batches do not depend on these
     "pipeline.num_sim_actors", "pipeline.sim_num_gpus", "pipeline.sim_num_cpus", "pipeline.sim_resources",
     "pipeline.opencl_device", "pipeline.augment_on", "pipeline.max_in_flight_per_worker",
-    "pipeline.prefetch_next_epoch", "pipeline.batch_timeout_s", "pipeline.max_attempts_per_batch",
-    "pipeline.actor_startup_timeout_s", "data.fixed_set_cache_mib",
+    "pipeline.object_store_budget_mib_per_worker", "pipeline.actor_queue_depth", "pipeline.prefetch_next_epoch",
+    "pipeline.batch_timeout_s", "pipeline.batch_timeout_floor_s", "pipeline.timeout_p95_factor",
+    "pipeline.hedge_p95_factor", "pipeline.max_attempts_per_batch", "pipeline.consumer_lease_s",
+    "pipeline.actor_startup_timeout_s", "scaling.collective_timeout_s", "data.fixed_set_cache_mib",
 )
 """Config fields (or sections) that may differ when a run resumes: none changes what the checkpoint's
 epochs mean. Any other difference needs a new ``run.name`` or ``--allow-changed``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,13 @@ import requests
 import torch
 from mlflow.exceptions import MlflowException
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 
 from afm_ray.console import quiet_mlflow_notices
 from afm_ray.errors import TrackingUnavailableError
 from afm_ray.metric_figures import write_xyz_figures
 from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
+from afm_ray.pipeline.dispatcher import start_dispatcher
 from afm_ray.pipeline.fixed_sets import FixedSet, materialize
 from afm_ray.pipeline.sources import load_split_samples
 from afm_ray.ray_cluster import ensure_ray, require_shared_paths
@@ -59,15 +61,16 @@ class TrainingOutcome:
 
 @dataclass
 class Pipeline:
-    """A running simulation pipeline: actors and the fixed evaluation sets they simulated."""
+    """A running simulation pool (actors and their dispatcher) and the fixed evaluation sets it simulated."""
 
     actors: list
+    dispatcher: object
     counts: dict[str, int]
     val_path: Path
     test_path: Path
 
     def stop(self) -> None:
-        stop_actors(self.actors)
+        stop_actors([*self.actors, self.dispatcher])
 
 
 def resolve_paths(config: TrainConfig, storage_field: str = "run.storage_path") -> TrainConfig:
@@ -107,17 +110,20 @@ def prepare(config: TrainConfig, workers_at_once: int = 1, driver_cpus: float = 
 def start_pipeline(config: TrainConfig, counts: dict[str, int], progress: bool = True) -> Pipeline:
     """Start the simulation actors and make sure the fixed validation and test sets exist."""
     settings, pipeline = config.sample_settings, config.pipeline
-    actors = create_simulation_actors(settings, pipeline)
+    prefix = f"afm-ray-sim-{uuid.uuid4().hex[:12]}"
+    actors = create_simulation_actors(settings, pipeline, name_prefix=prefix)
     for index, place in enumerate(ray.get([actor.describe.remote() for actor in actors])):
         print(f"simulation actor {index}: OpenCL {place['device']} on node {place['node_id'][:12]}, "
               f"pid {place['pid']}, resources {place['resources']}", flush=True)
+    dispatcher = start_dispatcher([f"{prefix}-{index}" for index in range(len(actors))], pipeline.dispatch_limits(),
+                                  config.run.seed)
     try:
-        paths = [materialize(settings, subset, counts[subset], config.run.seed, actors, progress,
-                             pipeline.batch_timeout_s, pipeline.max_attempts_per_batch) for subset in ("val", "test")]
+        paths = [materialize(settings, subset, counts[subset], config.run.seed, dispatcher, progress,
+                             max_attempts=pipeline.max_attempts_per_batch) for subset in ("val", "test")]
     except BaseException:
-        stop_actors(actors)
+        stop_actors([*actors, dispatcher])
         raise
-    return Pipeline(actors, counts, *paths)
+    return Pipeline(actors, dispatcher, counts, *paths)
 
 
 def build_trainer(config: TrainConfig, pipeline: Pipeline, tracking_uri: str, run_id: str, storage_path: Path,
@@ -127,8 +133,9 @@ def build_trainer(config: TrainConfig, pipeline: Pipeline, tracking_uri: str, ru
     scaling = config.scaling
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config_json": config.model_dump_json(), "actors": pipeline.actors,
+        train_loop_config={"config_json": config.model_dump_json(), "pool": pipeline.dispatcher, "tenant": name,
                            "val_path": str(pipeline.val_path), "n_train_samples": pipeline.counts["train"]},
+        torch_config=TorchConfig(timeout_s=int(scaling.collective_timeout_s)),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker={"CPU": scaling.cpus_per_worker,
                                                            **scaling.resources_per_worker}),
