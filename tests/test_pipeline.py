@@ -40,6 +40,23 @@ def test_plan_is_deterministic_disjoint_and_equal_per_rank():
     assert not set(b.index for b in ranks[0]) & set(b.index for b in ranks[1])
 
 
+def test_a_global_batch_is_cut_into_the_same_pieces_for_any_ranks_times_micro_batches():
+    from afm_ray.plan import micro_batches_for_rank
+
+    plan = plan_epoch(40, 7, run_seed=1, epoch=0)  # 5 global batches of 7
+    one_rank = micro_batches_for_rank(plan, 0, 1, micro_batches=2)
+    two_ranks = [micro_batches_for_rank(plan, rank, 2) for rank in range(2)]
+    for step, (alone, *shared) in enumerate(zip(one_rank, *two_ranks)):
+        assert [(p.index, p.seed, p.samples.tolist()) for p in alone] == \
+            [(p.index, p.seed, p.samples.tolist()) for part in shared for p in part]
+        assert [len(p.samples) for p in alone] == [4, 3]  # sizes differ by at most one
+        assert np.concatenate([p.samples for p in alone]).tolist() == plan[step].samples.tolist()
+        assert [p.seed for p in alone] == [(*plan[step].seed, 0), (*plan[step].seed, 1)]
+    # one piece per step keeps the plan's batch; pieces beyond the batch's samples are left out
+    assert micro_batches_for_rank(plan, 0, 1) == [[batch] for batch in plan]
+    assert [[len(p.samples) for p in step] for step in micro_batches_for_rank(plan, 3, 4, 2)] == [[1]] * 5  # 7 in 8
+
+
 @pytest.mark.parametrize("n_actors, consumers", [(32, 8), (64, 4), (6, 4), (4, 8), (1, 3)])
 def test_every_actor_is_some_consumers_and_every_consumer_has_as_many(n_actors, consumers):
     homes = [home_actors(n_actors, consumer, consumers) for consumer in range(consumers)]

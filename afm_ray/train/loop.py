@@ -13,11 +13,13 @@ A restarted worker group resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pickle
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray.train
@@ -27,8 +29,9 @@ from ray.train import Checkpoint
 from afm_ray.augment_torch import augment_batch
 from afm_ray.errors import InputError
 from afm_ray.models.memory_format import channels_last, to_channels_last
-from afm_ray.optim import build_optimizer, restore_optimizer
-from afm_ray.pipeline import BatchStream, StreamStats, batches_for_rank, plan_epoch
+from afm_ray.optim import SampleSchedule, build_optimizer, restore_optimizer
+from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
+from afm_ray.plan import micro_batches_for_rank
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for,
@@ -75,9 +78,130 @@ def _stats_since(stats: StreamStats, before: StreamStats) -> dict[str, float]:
     return delta
 
 
+class LossSums:
+    """Sample-weighted sums of the training loss and its terms, kept on the device (no sync per step).
+
+    :meth:`read` turns them into plain floats once per logging interval (the epoch):
+    ``{"loss": Σ n·total, "loss_<term>": Σ n·term, "loss_samples": Σ n}``.
+    """
+
+    def __init__(self):
+        self._sums: dict[str, torch.Tensor] = {}
+        self.samples = 0
+
+    def add(self, loss, n_samples: int) -> None:
+        for name, value in (("loss", loss.total), *((f"loss_{k}", v) for k, v in loss.terms.items())):
+            weighted = value.detach().float() * n_samples
+            self._sums[name] = self._sums[name] + weighted if name in self._sums else weighted
+        self.samples += n_samples
+
+    def read(self) -> dict[str, float]:
+        names = list(self._sums)
+        values = torch.stack([self._sums[name] for name in names]).tolist() if names else []
+        return {**dict(zip(names, values)), "loss_samples": float(self.samples)}
+
+
+@dataclass
+class StepRunner:
+    """One optimiser step of a global batch on this rank: its micro batches' gradients added up, then one update.
+
+    A micro batch of ``n`` samples back-propagates ``loss × n × W / G`` (G the global batch, W the ranks):
+    DDP averages the ranks' gradients (÷ W), so the update follows the mean loss of the global batch
+    whatever W and the cut into micro batches. Only the last micro batch synchronises the ranks
+    (the others run under DDP's ``no_sync``). A rank left without data keeps the ranks in step with a
+    zero-loss pass; the learning rate advances by the global batch in any case (per sample seen).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: SampleSchedule
+    loss_fn: torch.nn.Module
+    config: TrainConfig
+    device: torch.device
+    world_size: int
+    sums: LossSums = field(default_factory=LossSums)
+
+    def run(self, micro_batches: list[tuple[BatchSpec, dict | None]]) -> int:
+        """Train on ``(spec, batch)`` pairs (``batch`` None or empty when dropped); returns the samples trained."""
+        present = [(spec, batch) for spec, batch in micro_batches if batch is not None and len(batch["samples"])]
+        self.optimizer.zero_grad(set_to_none=True)
+        if not present and self.world_size == 1:
+            self.schedule.step()
+            return 0
+        if not present:  # every rank must run the same number of synchronised backward passes
+            outputs = self.model(_blank_input(self.config, self.device))
+            (sum(o.sum() for o in outputs) * 0.0).backward()
+        scale = self.world_size / self.config.run.batch_size
+        for position, (spec, batch) in enumerate(present):
+            last = position == len(present) - 1
+            with contextlib.nullcontext() if last else getattr(self.model, "no_sync", contextlib.nullcontext)():
+                loss = self._loss(spec, batch)
+                (loss.total * (len(batch["samples"]) * scale)).backward()
+            self.sums.add(loss, len(batch["samples"]))
+        self.optimizer.step()
+        self.schedule.step()
+        return sum(len(batch["samples"]) for _, batch in present)
+
+    def _loss(self, spec: BatchSpec, batch: dict):
+        tensors = to_tensors(batch, self.device)
+        if "df" in tensors:  # raw Δf: augmented here, on this worker's device, with the actor's draws
+            tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, self.config.augment)
+        x = channels_last(tensors["x"]) if self.config.run.channels_last else tensors["x"]
+        return compute_loss(self.config.model.spec, self.loss_fn, self.model(x), tensors)
+
+
+def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: SampleSchedule,
+           config: TrainConfig, device) -> tuple[int, list[dict]]:
+    """(first epoch to train, history) from Ray Train's latest checkpoint, whose state is loaded into
+    model, optimiser and schedule; ``(0, [])`` when there is none."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as folder:
+        state = read_checkpoint_state(folder, device)
+        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+    unwrap(model).load_state_dict(state["model"])
+    restore_optimizer(optimizer, schedule, state["optimizer"], state["scheduler"],
+                      (config.optimizer.beta1, config.optimizer.beta2))
+    return state["epoch"] + 1, history
+
+
+def write_checkpoint(model: torch.nn.Module, optimizer, schedule: SampleSchedule, epoch: int, config_json: str,
+                     history: list[dict], metrics: dict[str, float]) -> None:
+    """Rank 0's report of an epoch with its checkpoint: state dicts and plain values only, read back with
+    ``weights_only=True`` (:func:`read_checkpoint_state`)."""
+    with tempfile.TemporaryDirectory(prefix="afm-ray-checkpoint-") as folder:
+        torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": schedule.state_dict(), "epoch": epoch, "config_json": config_json},
+                   Path(folder) / CHECKPOINT_FILE)
+        (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+
+def epoch_metrics(total: dict[str, float], config: TrainConfig, epoch: int, world_size: int,
+                  schedule: SampleSchedule) -> dict[str, float]:
+    """The training figures of an epoch from ``total``, this epoch's sums over all ranks."""
+    n_tips = len(config.model.spec.tips)
+    samples = max(total["loss_samples"], 1.0)
+    return {
+        "epoch": epoch, "epochs_completed": epoch + 1, "train_loss": total["loss"] / samples,
+        **{f"train_{name}": value / samples for name, value in total.items()
+           if name.startswith("loss_") and name != "loss_samples"},
+        "train_samples_per_s": total["samples"] * world_size / total["elapsed"],
+        "data_wait_fraction": total["wait_seconds"] / total["elapsed"],
+        # what one actor sustains while producing (stacks of all tips per second of its work)
+        "sim_stacks_per_s_per_actor": total["samples"] * n_tips / max(total["produce_seconds"], 1e-9),
+        "samples_trained": total["samples"],
+        "sim_actors_used": sum(1 for name, count in total.items() if name.startswith("actor_") and count > 0),
+        "batches_resent": total["resent"], "batches_timed_out": total["timed_out"],
+        "batches_dropped": total["dropped_batches"], "samples_skipped": total["samples_skipped"],
+        "learning_rate": schedule.get_last_lr()[0], "samples_seen": schedule.samples_seen,
+        "global_batch_size": config.run.batch_size, "epoch_seconds": total["elapsed"] / world_size,
+    }
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     config = TrainConfig.model_validate_json(loop_config["config_json"])
-    actors = loop_config["actors"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.run.seed)
@@ -86,110 +210,67 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(to_channels_last(network) if config.run.channels_last else network)
     device = ray.train.torch.get_device()
     loss_fn = build_loss(config)
-    optimizer, scheduler = build_optimizer(model.parameters(), config.optimizer.learning_rate,
-                                           config.optimizer.decay, (config.optimizer.beta1, config.optimizer.beta2))
+    settings = config.optimizer
+    optimizer, schedule = build_optimizer(
+        model.parameters(), settings.learning_rate, settings.decay, (settings.beta1, settings.beta2),
+        global_batch_size=config.run.batch_size, reference_batch_size=settings.reference_batch_size,
+        warmup_samples=settings.warmup_samples, batch_scaling=settings.batch_scaling)
     objective_name, objective_mode = objective(config)
-    history: list[dict] = []
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = read_checkpoint_state(folder, device)
-            history = json.loads((Path(folder) / HISTORY_FILE).read_text())
-        unwrap(model).load_state_dict(state["model"])
-        restore_optimizer(optimizer, scheduler, state["optimizer"], state["scheduler"], config.optimizer.learning_rate,
-                          config.optimizer.decay, (config.optimizer.beta1, config.optimizer.beta2))
-        start_epoch = state["epoch"] + 1
+    start_epoch, history = resume(model, optimizer, schedule, config, device)
 
     val_set = FixedSet(loop_config["val_path"], cache_mib=config.data.fixed_set_cache_mib)
     n_train = loop_config["n_train_samples"]
-    n_tips = len(config.model.spec.tips)
     pipeline = config.pipeline
-    stream = BatchStream(actors, max_in_flight=pipeline.max_in_flight_per_worker, consumer=rank,
+    stream = BatchStream(loop_config["actors"], max_in_flight=pipeline.max_in_flight_per_worker, consumer=rank,
                          consumers=world_size, batch_timeout_s=pipeline.batch_timeout_s,
                          max_attempts=pipeline.max_attempts_per_batch, seed=config.run.seed)
-
     raw_df = pipeline.augment_on == "trainer" or (pipeline.augment_on == "auto" and config.scaling.use_gpu)
 
-    def rank_plan(epoch: int):
-        specs = batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank, world_size)
-        return ([dataclasses.replace(spec, raw_df=True, raw_df_dtype=pipeline.raw_df_dtype) for spec in specs]
-                if raw_df else specs)
+    def rank_steps(epoch: int) -> list[list[BatchSpec]]:
+        steps = micro_batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank,
+                                       world_size, config.micro_batches_per_step)
+        return ([[dataclasses.replace(spec, raw_df=True, raw_df_dtype=pipeline.raw_df_dtype) for spec in step]
+                 for step in steps] if raw_df else steps)
 
-    def step(loss_total) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss_total.backward()
-        optimizer.step()
-        scheduler.step()
-
+    runner = StepRunner(model, optimizer, schedule, loss_fn, config, device, world_size)
     for epoch in range(start_epoch, config.run.epochs):
-        specs = rank_plan(epoch)
-        stream.request(specs)
+        steps = rank_steps(epoch)
+        stream.request([spec for step in steps for spec in step])
         if pipeline.prefetch_next_epoch and epoch + 1 < config.run.epochs:
-            stream.request(rank_plan(epoch + 1))  # queued behind this epoch: actors stay busy while we validate
+            # queued behind this epoch: actors stay busy while we validate
+            stream.request([spec for step in rank_steps(epoch + 1) for spec in step])
         before = dataclasses.replace(stream.stats, per_actor_batches=dict(stream.stats.per_actor_batches))
         model.train()
+        runner.sums = LossSums()
         started = time.perf_counter()
-        local = {"loss": 0.0, "steps": 0.0}
-        for spec, batch in stream.results(specs):
-            if batch is None or len(batch["samples"]) == 0:
-                if world_size > 1:  # every rank must run the same number of DDP steps: a step of zero loss
-                    outputs = model(_blank_input(config, n_tips, device))
-                    step(sum(o.sum() for o in outputs) * 0.0)
-                continue
-            tensors = to_tensors(batch, device)
-            if "df" in tensors:  # raw Δf: augmented here, on this worker's device, with the actor's draws
-                tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, config.augment)
-            outputs = model(channels_last(tensors["x"]) if config.run.channels_last else tensors["x"])
-            loss = compute_loss(config.model.spec, loss_fn, outputs, tensors)
-            step(loss.total)
-            for name, value in loss.detached().items():
-                if name != "n_samples":
-                    key = "loss" if name == "total" else f"loss_{name}"
-                    local[key] = local.get(key, 0.0) + value
-            local["steps"] += 1
-        elapsed = time.perf_counter() - started
-        local.update(_stats_since(stream.stats, before), elapsed=elapsed)
+        trained = 0
+        # in plan order, so that the ranks' pieces of one global batch meet in one synchronised step; batches
+        # that arrive early wait in the stream and count against its in-flight bound
+        for step in steps:
+            trained += runner.run(list(stream.results(step)) if step else [])
+        local = {**runner.sums.read(), "trained": float(trained), **_stats_since(stream.stats, before),
+                 "elapsed": time.perf_counter() - started}
         total = summed_over_ranks(local)
-        if total["steps"] == 0:
-            raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, batch "
-                               f"size {config.run.batch_size}, {world_size} ranks); see the log for dropped batches")
+        if total["trained"] == 0:
+            raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, global "
+                               f"batch {config.run.batch_size}, {world_size} ranks); see the log for dropped batches")
         validation_started = time.perf_counter()
         evaluation = evaluate(model, loss_fn, config, val_set, device, rank, world_size).combined_over_ranks()
-        metrics = {
-            "epoch": epoch, "epochs_completed": epoch + 1, "train_loss": total["loss"] / total["steps"],
-            **{f"train_{name}": value / total["steps"] for name, value in total.items() if name.startswith("loss_")},
-            "train_samples_per_s": total["samples"] * world_size / total["elapsed"],
-            "data_wait_fraction": total["wait_seconds"] / total["elapsed"],
-            # what one actor sustains while producing (stacks of all tips per second of its work)
-            "sim_stacks_per_s_per_actor": total["samples"] * n_tips / max(total["produce_seconds"], 1e-9),
-            "samples_trained": total["samples"],
-            "sim_actors_used": sum(1 for name, count in total.items() if name.startswith("actor_") and count > 0),
-            "batches_resent": total["resent"], "batches_timed_out": total["timed_out"],
-            "batches_dropped": total["dropped_batches"], "samples_skipped": total["samples_skipped"],
-            "learning_rate": scheduler.get_last_lr()[0], "epoch_seconds": total["elapsed"] / world_size,
-            **evaluation.result("val"),
-            "validation_seconds": time.perf_counter() - validation_started,
-        }
+        metrics = {**epoch_metrics(total, config, epoch, world_size, schedule), **evaluation.result("val"),
+                   "validation_seconds": time.perf_counter() - validation_started}
         history.append({k: float(v) for k, v in metrics.items()})
         best = [h[objective_name] for h in history]
         metrics["is_best"] = float(metrics[objective_name] == (max(best) if objective_mode == "max" else min(best)))
-        if rank != 0:
-            ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=None)
-            continue
-        with tempfile.TemporaryDirectory(prefix="afm-ray-checkpoint-") as folder:
-            # state dicts and plain values only (the scheduler's factor saves as {"decay": …}):
-            # read back with weights_only=True (read_checkpoint_state)
-            torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch,
-                        "config_json": loop_config["config_json"]}, Path(folder) / CHECKPOINT_FILE)
-            (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
-            ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=Checkpoint.from_directory(folder))
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if rank == 0:
+            write_checkpoint(model, optimizer, schedule, epoch, loop_config["config_json"], history, metrics)
+        else:
+            ray.train.report(metrics, checkpoint=None)
 
 
-def _blank_input(config: TrainConfig, n_tips: int, device) -> torch.Tensor:
+def _blank_input(config: TrainConfig, device) -> torch.Tensor:
     """One all-zero input sample, (1, tips, nx, ny, slices)."""
-    x = torch.zeros(1, n_tips, *config.sim.scan_pixels, config.input_slices, device=device)
+    x = torch.zeros(1, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices, device=device)
     return channels_last(x) if config.run.channels_last else x
 
 

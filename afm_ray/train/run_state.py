@@ -84,6 +84,9 @@ RESUMABLE_FIELDS = (
     "pipeline.opencl_device", "pipeline.augment_on", "pipeline.max_in_flight_per_worker",
     "pipeline.prefetch_next_epoch", "pipeline.batch_timeout_s", "pipeline.max_attempts_per_batch",
     "pipeline.actor_startup_timeout_s", "data.fixed_set_cache_mib",
+    # how many ranks share the global batch, and in how many micro batches: the same samples per step at the
+    # same learning rate per sample seen (only the per-piece draws of noise, tilts and shifts differ)
+    "scaling", "run.micro_batch_size",
 )
 """Config fields (or sections) that may differ when a run resumes: none changes what the checkpoint's
 epochs mean. Any other difference needs a new ``run.name`` or ``--allow-changed``."""
