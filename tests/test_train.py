@@ -143,7 +143,7 @@ def test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_
     def variant(name, workers, micro_batch_size, epochs=1):
         return tiny_config.model_copy(update={
             "scaling": tiny_config.scaling.model_copy(update={"num_workers": workers, "cpus_per_worker": 1.0}),
-            "run": tiny_config.run.model_copy(update={"epochs": epochs, "name": name,
+            "run": tiny_config.run.model_copy(update={"epochs": epochs, "name": name, "channels_last": True,
                                                       "micro_batch_size": micro_batch_size})})
 
     one = run_training(variant("one", 1, 3), progress=False)
@@ -166,6 +166,18 @@ def test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_
     _, _, history = load_checkpoint_model(resumed.checkpoint_path)
     assert [h["samples_seen"] for h in history] == [24, 48]
     assert history[-1]["learning_rate"] == pytest.approx(1e-3 / (1 + 1e-5 * 48 / 30), rel=1e-12)
+
+
+def test_bf16_autocast_trains_to_the_validation_loss_of_fp32(trained_dsh, tiny_database, model_store):
+    """The session's DSH (fp32, 3 epochs) trained again with ``run.precision=bf16``: the same batches and
+    validation set, a validation loss within 5 %."""
+    from conftest import _train_tiny
+
+    fp32_config, fp32 = trained_dsh
+    config, bf16 = _train_tiny(tiny_database, model_store, "bf16", ["run.epochs=3", "run.precision=bf16"])
+    assert (config.run.precision, fp32_config.run.precision) == ("bf16", "fp32")
+    assert bf16.metrics["val_loss"] == pytest.approx(fp32.metrics["val_loss"], rel=0.05)
+    assert bf16.metrics["val_loss"] != fp32.metrics["val_loss"]  # bf16 did run
 
 
 # -- the console of `afm-ray train` ----------------------------------------------------------------------

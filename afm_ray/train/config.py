@@ -124,8 +124,14 @@ class RunSettings(StrictModel):
     seed: int = Field(0, description="seeds molecules order, tilts, heights, noise: the run is reproducible")
     max_failures: int = Field(3, ge=-1, description="worker failures to recover from (−1: forever)")
     num_figure_samples: int = Field(4, ge=0, description="fixed validation samples drawn in prediction figures")
-    channels_last: bool = Field(True, description="channels-last weights and inputs (same values; 1.3–1.4× faster "
-                                                   "on CPU, `afm-ray bench models --channels-last`)")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="channels-last weights and inputs (same values, other strides): true, false, or auto = "
+                            "each worker times a few training passes both ways on its device and takes the faster "
+                            "(CPU: 1.3–1.4× for channels-last, `afm-ray bench models --channels-last`)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="forward pass in float32, or bf16 autocast (bfloat16 matmuls and convolutions; weights, "
+                            "gradients, optimiser and losses stay float32)")
+    compile: bool = Field(False, description="torch.compile the network (compiled once per worker at its first step)")
 
 
 class TrainConfig(StrictModel):

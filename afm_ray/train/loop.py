@@ -28,13 +28,13 @@ from ray.train import Checkpoint
 
 from afm_ray.augment_torch import augment_batch
 from afm_ray.errors import InputError
-from afm_ray.models.memory_format import channels_last, to_channels_last
+from afm_ray.models.memory_format import channels_last, channels_last_is_faster, to_channels_last
 from afm_ray.optim import SampleSchedule, build_optimizer, restore_optimizer
 from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
 from afm_ray.plan import micro_batches_for_rank
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig
-from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for,
+from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
                                  gathered_from_ranks, objective, to_tensors)
 
 CHECKPOINT_FILE = "state.pt"
@@ -42,7 +42,23 @@ HISTORY_FILE = "history.json"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside torch.compile's and DDP's wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if hasattr(model, "module") else model
+
+
+def prepare_network(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, bool]:
+    """(the model to train: the network on ``device``, DDP-wrapped where there are ranks, compiled where
+    ``run.compile``; whether it is channels-last). ``run.channels_last: auto`` measures this device."""
+    last = config.run.channels_last
+    if last == "auto":  # rank 0's measurement for all: DDP needs the same parameter strides on every rank
+        sample = torch.randn(2, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices,
+                             device=device)
+        last = gathered_from_ranks(channels_last_is_faster(lambda: build_model(config), sample))[0]
+    torch.manual_seed(config.run.seed)  # the same initial weights whatever the measurement drew
+    network = build_model(config)
+    model = ray.train.torch.prepare_model(to_channels_last(network) if last else network)
+    return (torch.compile(model) if config.run.compile else model), last
 
 
 def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet, device,
@@ -54,7 +70,7 @@ def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: Fi
     with torch.no_grad():
         for batch in fixed_set.batches(rank, world_size):
             tensors = to_tensors(batch, device)
-            outputs = network(tensors["x"])
+            outputs = forward(network, tensors["x"], config)
             evaluation.update(outputs, tensors, compute_loss(config.model.spec, loss_fn, outputs, tensors))
     network.train()
     return evaluation
@@ -119,6 +135,7 @@ class StepRunner:
     config: TrainConfig
     device: torch.device
     world_size: int
+    channels_last: bool = False
     sums: LossSums = field(default_factory=LossSums)
 
     def run(self, micro_batches: list[tuple[BatchSpec, dict | None]]) -> int:
@@ -129,7 +146,7 @@ class StepRunner:
             self.schedule.step()
             return 0
         if not present:  # every rank must run the same number of synchronised backward passes
-            outputs = self.model(_blank_input(self.config, self.device))
+            outputs = forward(self.model, self._memory_format(_blank_input(self.config, self.device)), self.config)
             (sum(o.sum() for o in outputs) * 0.0).backward()
         scale = self.world_size / self.config.run.batch_size
         for position, (spec, batch) in enumerate(present):
@@ -146,8 +163,11 @@ class StepRunner:
         tensors = to_tensors(batch, self.device)
         if "df" in tensors:  # raw Δf: augmented here, on this worker's device, with the actor's draws
             tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, self.config.augment)
-        x = channels_last(tensors["x"]) if self.config.run.channels_last else tensors["x"]
-        return compute_loss(self.config.model.spec, self.loss_fn, self.model(x), tensors)
+        outputs = forward(self.model, self._memory_format(tensors["x"]), self.config)
+        return compute_loss(self.config.model.spec, self.loss_fn, outputs, tensors)
+
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return channels_last(x) if self.channels_last else x
 
 
 def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: SampleSchedule,
@@ -204,11 +224,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     config = TrainConfig.model_validate_json(loop_config["config_json"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(config.run.seed)
 
-    network = build_model(config)
-    model = ray.train.torch.prepare_model(to_channels_last(network) if config.run.channels_last else network)
     device = ray.train.torch.get_device()
+    model, memory_channels_last = prepare_network(config, device)
     loss_fn = build_loss(config)
     settings = config.optimizer
     optimizer, schedule = build_optimizer(
@@ -232,7 +250,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return ([[dataclasses.replace(spec, raw_df=True, raw_df_dtype=pipeline.raw_df_dtype) for spec in step]
                  for step in steps] if raw_df else steps)
 
-    runner = StepRunner(model, optimizer, schedule, loss_fn, config, device, world_size)
+    runner = StepRunner(model, optimizer, schedule, loss_fn, config, device, world_size, memory_channels_last)
     for epoch in range(start_epoch, config.run.epochs):
         steps = rank_steps(epoch)
         stream.request([spec for step in steps for spec in step])
@@ -270,8 +288,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def _blank_input(config: TrainConfig, device) -> torch.Tensor:
     """One all-zero input sample, (1, tips, nx, ny, slices)."""
-    x = torch.zeros(1, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices, device=device)
-    return channels_last(x) if config.run.channels_last else x
+    return torch.zeros(1, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices, device=device)
 
 
 def read_checkpoint_state(checkpoint_path: str | Path, map_location="cpu") -> dict:

@@ -35,6 +35,17 @@ def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
             for name, value in batch.items() if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
 
 
+def forward(model: nn.Module, x: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, ...]:
+    """The network's outputs for ``x`` (B, C, nx, ny, K) under ``run.precision``, as float32 tensors.
+
+    bf16 runs the forward pass in autocast (bfloat16 convolutions); the outputs are promoted, so losses,
+    metrics and gradients into the float32 weights are computed as in fp32.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.run.precision == "bf16"):
+        outputs = model(x)
+    return tuple(output.float() for output in outputs)
+
+
 def compute_loss(spec: ModelSpec, loss_fn: nn.Module, outputs, tensors: dict[str, torch.Tensor]) -> LossOutput:
     """Loss of ``outputs`` (the model's forward result) against the batch's targets of ``spec``."""
     return loss_fn(list(outputs), [tensors[name] for name in spec.targets])
