@@ -62,6 +62,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "test_splits_rotations": CHEAP,
     "test_tracking": CHEAP,                             # RunTracker on a sqlite file store
     "test_train": CHEAP,                                # ray_session users: ray, and the slow ones below
+    "test_train_steps": CHEAP,
     "test_tune": CHEAP,                                 # ray_session users: ray, slow below
 }
 
