@@ -132,6 +132,9 @@ class RunSettings(StrictModel):
         "fp32", description="forward pass in float32, or bf16 autocast (bfloat16 matmuls and convolutions; weights, "
                             "gradients, optimiser and losses stay float32)")
     compile: bool = Field(False, description="torch.compile the network (compiled once per worker at its first step)")
+    loader_depth: int = Field(2, ge=0, description="optimiser steps of batches a background thread keeps received, "
+                                                   "copied to the device and augmented ahead of training (0: prepared "
+                                                   "in the loop, in series)")
 
 
 class TrainConfig(StrictModel):

@@ -26,7 +26,6 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
-from afm_ray.augment_torch import augment_batch
 from afm_ray.errors import InputError
 from afm_ray.models.memory_format import channels_last, channels_last_is_faster, to_channels_last
 from afm_ray.optim import SampleSchedule, build_optimizer, restore_optimizer
@@ -34,6 +33,7 @@ from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
 from afm_ray.plan import micro_batches_for_rank
 from afm_ray.pipeline.fixed_sets import FixedSet
 from afm_ray.train.config import TrainConfig
+from afm_ray.train.loader import DeviceBatch, StepLoader
 from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
                                  gathered_from_ranks, objective, to_tensors)
 
@@ -126,6 +126,8 @@ class StepRunner:
     whatever W and the cut into micro batches. Only the last micro batch synchronises the ranks
     (the others run under DDP's ``no_sync``). A rank left without data keeps the ranks in step with a
     zero-loss pass; the learning rate advances by the global batch in any case (per sample seen).
+    ``synchronize``: wait for the device after each stage, so that :attr:`seconds` splits the step
+    truly on a GPU (benchmarks only).
     """
 
     model: torch.nn.Module
@@ -136,11 +138,14 @@ class StepRunner:
     device: torch.device
     world_size: int
     channels_last: bool = False
+    synchronize: bool = False
     sums: LossSums = field(default_factory=LossSums)
+    seconds: dict[str, float] = field(default_factory=lambda: {"forward_backward": 0.0, "optimizer": 0.0})
 
-    def run(self, micro_batches: list[tuple[BatchSpec, dict | None]]) -> int:
-        """Train on ``(spec, batch)`` pairs (``batch`` None or empty when dropped); returns the samples trained."""
-        present = [(spec, batch) for spec, batch in micro_batches if batch is not None and len(batch["samples"])]
+    def run(self, micro_batches: list[DeviceBatch | None]) -> int:
+        """Train on one step's micro batches (None where dropped); returns the samples trained."""
+        present = [batch for batch in micro_batches if batch is not None]
+        started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         if not present and self.world_size == 1:
             self.schedule.step()
@@ -149,22 +154,25 @@ class StepRunner:
             outputs = forward(self.model, self._memory_format(_blank_input(self.config, self.device)), self.config)
             (sum(o.sum() for o in outputs) * 0.0).backward()
         scale = self.world_size / self.config.run.batch_size
-        for position, (spec, batch) in enumerate(present):
+        for position, batch in enumerate(present):
             last = position == len(present) - 1
             with contextlib.nullcontext() if last else getattr(self.model, "no_sync", contextlib.nullcontext)():
-                loss = self._loss(spec, batch)
-                (loss.total * (len(batch["samples"]) * scale)).backward()
-            self.sums.add(loss, len(batch["samples"]))
+                outputs = forward(self.model, self._memory_format(batch.tensors["x"]), self.config)
+                loss = compute_loss(self.config.model.spec, self.loss_fn, outputs, batch.tensors)
+                (loss.total * (batch.n_samples * scale)).backward()
+            self.sums.add(loss, batch.n_samples)
+        stepped = self._lap(started, "forward_backward")
         self.optimizer.step()
         self.schedule.step()
-        return sum(len(batch["samples"]) for _, batch in present)
+        self._lap(stepped, "optimizer")
+        return sum(batch.n_samples for batch in present)
 
-    def _loss(self, spec: BatchSpec, batch: dict):
-        tensors = to_tensors(batch, self.device)
-        if "df" in tensors:  # raw Δf: augmented here, on this worker's device, with the actor's draws
-            tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, self.config.augment)
-        outputs = forward(self.model, self._memory_format(tensors["x"]), self.config)
-        return compute_loss(self.config.model.spec, self.loss_fn, outputs, tensors)
+    def _lap(self, started: float, stage: str) -> float:
+        if self.synchronize and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[stage] += now - started
+        return now
 
     def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
         return channels_last(x) if self.channels_last else x
@@ -208,7 +216,9 @@ def epoch_metrics(total: dict[str, float], config: TrainConfig, epoch: int, worl
         **{f"train_{name}": value / samples for name, value in total.items()
            if name.startswith("loss_") and name != "loss_samples"},
         "train_samples_per_s": total["samples"] * world_size / total["elapsed"],
-        "data_wait_fraction": total["wait_seconds"] / total["elapsed"],
+        # the training loop's own wait for prepared batches; the stream's wait runs in the loader thread
+        "data_wait_fraction": total["loader_wait_seconds"] / total["elapsed"],
+        "stream_wait_fraction": total["wait_seconds"] / total["elapsed"],
         # what one actor sustains while producing (stacks of all tips per second of its work)
         "sim_stacks_per_s_per_actor": total["samples"] * n_tips / max(total["produce_seconds"], 1e-9),
         "samples_trained": total["samples"],
@@ -264,10 +274,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         trained = 0
         # in plan order, so that the ranks' pieces of one global batch meet in one synchronised step; batches
         # that arrive early wait in the stream and count against its in-flight bound
-        for step in steps:
-            trained += runner.run(list(stream.results(step)) if step else [])
+        loader = StepLoader(stream.results, steps, device, config.augment, depth=config.run.loader_depth)
+        for micro_batches in loader:
+            trained += runner.run(micro_batches)
         local = {**runner.sums.read(), "trained": float(trained), **_stats_since(stream.stats, before),
-                 "elapsed": time.perf_counter() - started}
+                 "loader_wait_seconds": loader.times.wait_seconds, "elapsed": time.perf_counter() - started}
         total = summed_over_ranks(local)
         if total["trained"] == 0:
             raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, global "

@@ -157,7 +157,7 @@ def objective(config: TrainConfig) -> tuple[str, str]:
 
 EPOCH_METRICS = ("epochs_completed", "train_loss", "train_samples_per_s", "data_wait_fraction",
                  "sim_stacks_per_s_per_actor", "samples_trained", "sim_actors_used", "batches_resent",
-                 "batches_timed_out", "batches_dropped", "samples_skipped", "learning_rate", "samples_seen",
+                 "batches_timed_out", "batches_dropped", "samples_skipped", "learning_rate", "samples_seen", "stream_wait_fraction",
                  "global_batch_size", "epoch_seconds", "validation_seconds")
 
 
