@@ -28,7 +28,7 @@ same batch bit for bit, and switching one step off does not change the draws of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -206,17 +206,32 @@ def tip_seeds(batch_seed: Sequence[int], n_tips: int) -> tuple[list[np.random.Se
 
 
 def draw_batch(shape: tuple[int, ...], batch_seed: Sequence[int], config: AugmentConfig,
-               noise_on_device: bool = False) -> list[AugmentationDraws]:
+               noise_on_device: bool = False, simulated_slices: int | None = None) -> list[AugmentationDraws]:
     """The draws of every tip of a (B, C, nx, ny, nz) training batch: each tip its own, all at the first
     tip's slices (the ES model's CO and Xe stacks are taken at the same heights); ``noise_on_device`` as
-    in :func:`draw_augmentation`."""
+    in :func:`draw_augmentation`. ``simulated_slices``: the stacks hold only the slices :func:`read_slices`
+    kept of that many simulated ones; the draws are those of the simulated stacks, the slice choice
+    already made (every slice taken, in order)."""
     batch, n_tips, nx, ny, nz = shape
     draws: list[AugmentationDraws] = []
     for seed in tip_seeds(batch_seed, n_tips)[1]:
         first = draws[0].slice_indices if draws else None
-        draws.append(draw_augmentation((batch, nx, ny, nz), seed, config, slice_indices=first,
+        draws.append(draw_augmentation((batch, nx, ny, simulated_slices or nz), seed, config, slice_indices=first,
                                        noise_on_device=noise_on_device))
+    if simulated_slices is not None:
+        taken = np.broadcast_to(np.arange(nz), (batch, nz))
+        draws = [replace(tip_draws, slice_indices=taken) for tip_draws in draws]
     return draws
+
+
+def read_slices(df: np.ndarray, batch_seed: Sequence[int], config: AugmentConfig) -> np.ndarray:
+    """(B, C, nx, ny, nz) raw Δf → (B, C, nx, ny, K): only the slices this batch's augmentation reads (its
+    seeded scan-height choice, in order), what a simulation actor ships to a trainer that augments; the
+    trainer then draws with ``simulated_slices=nz``. Without scan-height randomisation: ``df`` itself."""
+    if not config.scan_height.enabled:
+        return df
+    chosen = draw_batch(df.shape, batch_seed, config, noise_on_device=True)[0].slice_indices
+    return np.take_along_axis(df, chosen[:, None, None, None, :], axis=4)
 
 
 def augment_batch(df: np.ndarray, batch_seed: Sequence[int], config: AugmentConfig) -> np.ndarray:

@@ -24,11 +24,13 @@ from afm_ray.augment import AugmentationDraws, AugmentConfig, draw_batch
 
 
 def augment_batch(df: torch.Tensor, batch_seed: Sequence[int], config: AugmentConfig,
-                  noise_on_device: bool = True) -> torch.Tensor:
+                  noise_on_device: bool = True, simulated_slices: int | None = None) -> torch.Tensor:
     """(B, C, nx, ny, nz) raw Δf on any device → (B, C, nx, ny, K) float32 network input on that device.
 
-    ``noise_on_device=False`` adds the actor's NumPy noise field instead (bitwise the actor's batch)."""
-    draws = draw_batch(tuple(df.shape), batch_seed, config, noise_on_device=noise_on_device)
+    ``noise_on_device=False`` adds the actor's NumPy noise field instead (bitwise the actor's batch).
+    ``simulated_slices``: ``df`` holds only the slices :func:`afm_ray.augment.read_slices` kept of that many."""
+    draws = draw_batch(tuple(df.shape), batch_seed, config, noise_on_device=noise_on_device,
+                       simulated_slices=simulated_slices)
     return torch.stack([apply_augmentation(df[:, tip], tip_draws, config) for tip, tip_draws in enumerate(draws)],
                        dim=1)
 

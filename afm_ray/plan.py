@@ -31,6 +31,8 @@ class BatchSpec:
         raw_df: ship the raw Δf of every simulated slice (``df``) instead of the augmented input
             (``x``); the consumer augments it with the same draws (:mod:`afm_ray.augment_torch`).
         raw_df_dtype: ``float32`` or ``float16`` (half the bytes) for ``df``.
+        raw_df_read_slices: ship in ``df`` only the slices the augmentation reads (the seeded scan-height
+            choice, :func:`afm_ray.augment.read_slices`) rather than every simulated one.
     """
 
     split: str
@@ -40,6 +42,7 @@ class BatchSpec:
     seed: tuple[int, ...]
     raw_df: bool = False
     raw_df_dtype: str = "float32"
+    raw_df_read_slices: bool = False
 
     @property
     def key(self) -> tuple[str, int, int]:

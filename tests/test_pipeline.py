@@ -298,7 +298,8 @@ def test_fixed_set_hash_covers_only_what_changes_its_samples(tiny_config, tmp_pa
 
 
 def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_config):
-    """``BatchSpec.raw_df``: the actor ships every simulated slice; augmenting it on the trainer gives its batch."""
+    """``BatchSpec.raw_df``: the actor ships every simulated slice, or only those the augmentation reads
+    (``raw_df_read_slices``, half of them here); augmenting either on the trainer gives the actor's batch."""
     import dataclasses
 
     import torch
@@ -316,13 +317,23 @@ def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_
             made = factory.make_batch(spec)
             raw = factory.make_batch(dataclasses.replace(spec, raw_df=True))
             half = factory.make_batch(dataclasses.replace(spec, raw_df=True, raw_df_dtype="float16"))
+            slim = factory.make_batch(dataclasses.replace(spec, raw_df=True, raw_df_read_slices=True))
         finally:
             factory.close()
         assert "x" not in raw and raw["df"].shape == (6, len(task_of(settings).tips), 32, 32, settings.sim.num_slices)
         for name in (*task_of(settings).targets, "samples"):
             np.testing.assert_array_equal(raw[name], made[name])
-        augmented = augment_batch(torch.from_numpy(raw["df"]), spec.seed, settings.augment).numpy()
-        np.testing.assert_allclose(augmented, made["x"], rtol=0, atol=1e-6)
+        augmented = augment_batch(torch.from_numpy(raw["df"]), spec.seed, settings.augment, noise_on_device=False)
+        np.testing.assert_allclose(augmented.numpy(), made["x"], rtol=0, atol=1e-6)
         assert half["df"].dtype == np.float16 and half["df"].nbytes == raw["df"].nbytes // 2
-        from_half = augment_batch(torch.from_numpy(half["df"]).float(), spec.seed, settings.augment).numpy()
+        from_half = augment_batch(torch.from_numpy(half["df"]).float(), spec.seed, settings.augment,
+                                  noise_on_device=False).numpy()
         np.testing.assert_allclose(from_half, made["x"], rtol=0, atol=2e-2)  # normalised values, Δf rounded to 11 bits
+        kept = settings.augment.scan_height.kept_slices
+        assert slim["df"].shape == (*raw["df"].shape[:4], kept) and slim["df"].nbytes * 2 == raw["df"].nbytes
+        from_slim = augment_batch(torch.from_numpy(slim["df"]), spec.seed, settings.augment, noise_on_device=False,
+                                  simulated_slices=settings.sim.num_slices)
+        np.testing.assert_array_equal(from_slim.numpy(), augmented.numpy())
+        with_device_noise = [augment_batch(torch.from_numpy(df), spec.seed, settings.augment, simulated_slices=nz)
+                             for df, nz in ((raw["df"], None), (slim["df"], settings.sim.num_slices))]
+        np.testing.assert_array_equal(*[x.numpy() for x in with_device_noise])  # the same noise seed

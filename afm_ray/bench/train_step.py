@@ -41,21 +41,26 @@ def register(subparsers) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds per loader setting, interleaved (default 2)")
     parser.add_argument("--depth", type=int, default=2, help="steps the overlapped loader prepares ahead (default 2)")
     parser.add_argument("--distinct", type=int, default=2, help="real batches the actor makes and replays (default 2)")
+    parser.add_argument("--raw-df-slices", choices=("read", "all"), default="read",
+                        help="pipeline.raw_df_slices: the actor ships the slices augmentation reads (default) or all")
+    parser.add_argument("--raw-df-dtype", choices=("float32", "float16"), default="float32",
+                        help="pipeline.raw_df_dtype (default float32)")
     parser.set_defaults(handler=run)
 
 
 class ReplayActor:
     """A simulation actor that makes ``distinct`` real raw-Δf batches once, then answers each call at once."""
 
-    def __init__(self, model: str, batch_size: int, size: int, distinct: int):
+    def __init__(self, model: str, batch_size: int, size: int, distinct: int, slim: dict):
         from afm_ray.bench.batch import make_factory
         from afm_ray.plan import BatchSpec
 
         factory = make_factory(model, batch_size, size, "auto")
-        self.batches = [factory.make_batch(BatchSpec("bench", 0, index, np.arange(batch_size), (0, index), raw_df=True))
+        self.batches = [factory.make_batch(BatchSpec("bench", 0, index, np.arange(batch_size), (0, index), **slim))
                         for index in range(distinct)]
 
     def make_batch(self, spec) -> dict:
+        """The replayed batch made with the seed ``(0, spec.index % distinct)``: augmented with that seed."""
         return self.batches[spec.index % len(self.batches)]
 
     def describe(self) -> dict:
@@ -73,18 +78,19 @@ def _config(args):
                                           "compile": args.compile, "channels_last": last}}, "bench train-step")
 
 
-def _round(actor, runner, config, device, depth: int, n_steps: int, first_index: int) -> dict[str, float]:
+def _round(actor, runner, config, device, depth: int, n_steps: int, first_index: int, slim: dict,
+           distinct: int) -> dict[str, float]:
     """Per-step seconds of one round of ``n_steps`` steps through a fresh stream."""
     from afm_ray.pipeline import BatchStream
     from afm_ray.plan import BatchSpec
     from afm_ray.train.loader import StepLoader
 
     samples = np.arange(config.run.batch_size)
-    steps = [[BatchSpec("bench", 0, first_index + index, samples, (0, first_index + index), raw_df=True)]
+    steps = [[BatchSpec("bench", 0, first_index + index, samples, (0, (first_index + index) % distinct), **slim)]
              for index in range(n_steps)]
     stream = BatchStream([actor], max_in_flight=max(4, depth + 2))
     stream.request([spec for step in steps for spec in step])
-    loader = StepLoader(stream.results, steps, device, config.augment, depth=depth)
+    loader = StepLoader(stream.results, steps, device, config.augment, config.sim.num_slices, depth=depth)
     runner.seconds = dict.fromkeys(runner.seconds, 0.0)
     started = time.perf_counter()
     for micro_batches in loader:
@@ -126,11 +132,13 @@ def run(args: argparse.Namespace) -> int:
                         channels_last=last, synchronize=True)
 
     ensure_ray(quiet=True)
-    actor = ray.remote(num_cpus=0)(ReplayActor).remote(args.model, args.batch_size, args.size, args.distinct)
+    slim = {"raw_df": True, "raw_df_dtype": args.raw_df_dtype, "raw_df_read_slices": args.raw_df_slices == "read"}
+    actor = ray.remote(num_cpus=0)(ReplayActor).remote(args.model, args.batch_size, args.size, args.distinct, slim)
     made = ray.get(actor.describe.remote())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"train-step: {args.model}, batch {args.batch_size} at {args.size}×{args.size} px, raw Δf "
-          f"{made['bytes_per_batch'] / 2**20:.1f} MiB per batch from a saturated stream (1 replay actor); "
+          f"({args.raw_df_slices} slices, {args.raw_df_dtype}): {made['bytes_per_batch'] / 2**20:.1f} MiB per batch "
+          f"in the object store, from a saturated stream (1 replay actor); "
           f"{device} {name}, precision {args.precision}, compile={args.compile}, channels_last={last}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps per setting, mean ms per step", flush=True)
     rows: dict[int, list[dict[str, float]]] = {0: [], args.depth: []}
@@ -138,9 +146,9 @@ def run(args: argparse.Namespace) -> int:
     for _ in range(args.rounds):
         for depth in rows:
             if args.warmup:
-                _round(actor, runner, config, device, depth, args.warmup, index)
+                _round(actor, runner, config, device, depth, args.warmup, index, slim, args.distinct)
                 index += args.warmup
-            rows[depth].append(_round(actor, runner, config, device, depth, args.steps, index))
+            rows[depth].append(_round(actor, runner, config, device, depth, args.steps, index, slim, args.distinct))
             index += args.steps
     stages = list(rows[0][0])
     labels = {0: "in series (depth 0)", args.depth: f"overlapped (depth {args.depth})"}

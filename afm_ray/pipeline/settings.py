@@ -60,6 +60,10 @@ class PipelineSettings(StrictModel):
     raw_df_dtype: Literal["float32", "float16"] = Field(
         "float32", description="dtype of the raw Δf (Hz) the actors ship when the trainer augments: float16 halves "
                                "the bytes (README: its effect on a short training run)")
+    raw_df_slices: Literal["read", "all"] = Field(
+        "read", description="which raw Δf slices the actors ship when the trainer augments: read = only those its "
+                            "augmentation reads (the batch's seeded scan-height choice: K of nz, e.g. 10 of 20), all = "
+                            "every simulated slice")
     prefetch_next_epoch: bool = Field(
         True, description="request the next epoch's batches while the current one ends, validates and checkpoints")
     batch_timeout_s: float = Field(

@@ -80,9 +80,11 @@ def _to_device(array: np.ndarray, device: torch.device, pinned: bool) -> torch.T
 
 
 def prepare_batch(spec: BatchSpec, batch: dict | None, device: torch.device, augment_config: AugmentConfig,
-                  side_stream: torch.cuda.Stream | None = None, times: LoaderTimes | None = None) -> DeviceBatch | None:
+                  simulated_slices: int | None = None, side_stream: torch.cuda.Stream | None = None,
+                  times: LoaderTimes | None = None) -> DeviceBatch | None:
     """The float arrays of an actor's batch as device tensors, raw Δf (``df``) augmented into ``x`` with the
-    batch's seed; None for a dropped or empty batch."""
+    batch's seed (``simulated_slices``: the slices simulated, when the actor shipped only those read,
+    ``spec.raw_df_read_slices``); None for a dropped or empty batch."""
     if batch is None or len(batch["samples"]) == 0:
         return None
     times = times if times is not None else LoaderTimes()
@@ -92,7 +94,8 @@ def prepare_batch(spec: BatchSpec, batch: dict | None, device: torch.device, aug
                    if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
         copied = time.perf_counter()
         if "df" in tensors:
-            tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, augment_config)
+            tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, augment_config,
+                                         simulated_slices=simulated_slices if spec.raw_df_read_slices else None)
         ready = None
         if side_stream is not None:
             ready = torch.cuda.Event()
@@ -107,13 +110,15 @@ class StepLoader:
     """Iterates the prepared micro batches of ``steps`` (one list per optimiser step, in plan order).
 
     ``fetch(step)`` returns the ``(spec, batch)`` pairs of one step's specs in any order (the stream's
-    ``results``); ``depth`` steps are prepared ahead by a background thread (0: in the loop).
+    ``results``); ``depth`` steps are prepared ahead by a background thread (0: in the loop);
+    ``simulated_slices`` as in :func:`prepare_batch`.
     """
 
     fetch: Callable[[list[BatchSpec]], Iterator[tuple[BatchSpec, dict | None]]]
     steps: list[list[BatchSpec]]
     device: torch.device
     augment_config: AugmentConfig
+    simulated_slices: int | None = None
     depth: int = 2
     times: LoaderTimes = field(default_factory=LoaderTimes)
 
@@ -170,5 +175,5 @@ class StepLoader:
         started = time.perf_counter()
         arrived = {spec.key: batch for spec, batch in (self.fetch(step) if step else [])}
         self.times.receive_seconds += time.perf_counter() - started
-        return [prepare_batch(spec, arrived[spec.key], self.device, self.augment_config, side_stream, self.times)
-                for spec in step]
+        return [prepare_batch(spec, arrived[spec.key], self.device, self.augment_config, self.simulated_slices,
+                              side_stream, self.times) for spec in step]

@@ -257,8 +257,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def rank_steps(epoch: int) -> list[list[BatchSpec]]:
         steps = micro_batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank,
                                        world_size, config.micro_batches_per_step)
-        return ([[dataclasses.replace(spec, raw_df=True, raw_df_dtype=pipeline.raw_df_dtype) for spec in step]
-                 for step in steps] if raw_df else steps)
+        slim = {"raw_df": True, "raw_df_dtype": pipeline.raw_df_dtype,
+                "raw_df_read_slices": pipeline.raw_df_slices == "read"}
+        return [[dataclasses.replace(spec, **slim) for spec in step] for step in steps] if raw_df else steps
 
     runner = StepRunner(model, optimizer, schedule, loss_fn, config, device, world_size, memory_channels_last)
     for epoch in range(start_epoch, config.run.epochs):
@@ -274,7 +275,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         trained = 0
         # in plan order, so that the ranks' pieces of one global batch meet in one synchronised step; batches
         # that arrive early wait in the stream and count against its in-flight bound
-        loader = StepLoader(stream.results, steps, device, config.augment, depth=config.run.loader_depth)
+        loader = StepLoader(stream.results, steps, device, config.augment, config.sim.num_slices,
+                            depth=config.run.loader_depth)
         for micro_batches in loader:
             trained += runner.run(micro_batches)
         local = {**runner.sums.read(), "trained": float(trained), **_stats_since(stream.stats, before),

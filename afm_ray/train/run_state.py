@@ -81,7 +81,7 @@ RESUMABLE_FIELDS = (
     # where and how fast batches are made: every sample is seeded by (run seed, epoch, sample) and
     # augmented with the same draws on actor or trainer, so the batches do not depend on these
     "pipeline.num_sim_actors", "pipeline.sim_num_gpus", "pipeline.sim_num_cpus", "pipeline.sim_resources",
-    "pipeline.opencl_device", "pipeline.augment_on", "pipeline.max_in_flight_per_worker",
+    "pipeline.opencl_device", "pipeline.augment_on", "pipeline.raw_df_slices", "pipeline.max_in_flight_per_worker",
     "pipeline.prefetch_next_epoch", "pipeline.batch_timeout_s", "pipeline.max_attempts_per_batch",
     "pipeline.actor_startup_timeout_s", "data.fixed_set_cache_mib",
     # how many ranks share the global batch, and in how many micro batches: the same samples per step at the
