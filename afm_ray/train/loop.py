@@ -1,7 +1,11 @@
 """The per-worker training loop run by Ray Train (one process per DDP rank).
 
-Each rank pulls its share of every epoch's batches from the simulation actors through one
-:class:`~afm_ray.pipeline.BatchStream` that lasts the whole run, so the next epoch's batches are
+Each optimiser step trains one *global* batch (``run.batch_size`` samples, all ranks together): each
+rank trains its pieces of it (:func:`~afm_ray.plan.micro_batches_for_rank`, :class:`StepRunner`), so the
+recipe, and the learning rate per sample seen (:class:`~afm_ray.optim.SampleSchedule`), do not depend
+on the number of ranks. Each rank pulls its pieces from the simulation actors through one
+:class:`~afm_ray.pipeline.BatchStream` that lasts the whole run, via a background loader that prepares
+them on the device ahead of the step (:mod:`afm_ray.train.loader`); the next epoch's batches are
 requested while this epoch ends, validates and checkpoints (``pipeline.prefetch_next_epoch``).
 Every rank then validates its shard of the fixed validation set; the shares are combined into
 one evaluation equal to a single-rank one, and training figures are summed over all ranks. Rank 0
