@@ -150,6 +150,7 @@ class BatchFactory:
                     df = read_slices(batch["df"], spec.seed, self.augment_config) if spec.raw_df_read_slices \
                         else batch["df"]
                     batch["df"] = df.astype(spec.raw_df_dtype, copy=False)
+                    batch.update({name: batch[name].astype(spec.target_dtype, copy=False) for name in self.task.targets})
                 break
             except InputError as error:
                 culprit = self._culprit(split, remaining, spec.seed, error)

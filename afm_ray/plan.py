@@ -33,6 +33,7 @@ class BatchSpec:
         raw_df_dtype: ``float32`` or ``float16`` (half the bytes) for ``df``.
         raw_df_read_slices: ship in ``df`` only the slices the augmentation reads (the seeded scan-height
             choice, :func:`afm_ray.augment.read_slices`) rather than every simulated one.
+        target_dtype: ``float32`` or ``float16`` for the targets that come with raw Δf.
     """
 
     split: str
@@ -43,6 +44,7 @@ class BatchSpec:
     raw_df: bool = False
     raw_df_dtype: str = "float32"
     raw_df_read_slices: bool = False
+    target_dtype: str = "float32"
 
     @property
     def key(self) -> tuple[str, int, int]:

@@ -318,6 +318,7 @@ def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_
             raw = factory.make_batch(dataclasses.replace(spec, raw_df=True))
             half = factory.make_batch(dataclasses.replace(spec, raw_df=True, raw_df_dtype="float16"))
             slim = factory.make_batch(dataclasses.replace(spec, raw_df=True, raw_df_read_slices=True))
+            half_targets = factory.make_batch(dataclasses.replace(spec, raw_df=True, target_dtype="float16"))
         finally:
             factory.close()
         assert "x" not in raw and raw["df"].shape == (6, len(task_of(settings).tips), 32, 32, settings.sim.num_slices)
@@ -337,3 +338,6 @@ def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_
         with_device_noise = [augment_batch(torch.from_numpy(df), spec.seed, settings.augment, simulated_slices=nz)
                              for df, nz in ((raw["df"], None), (slim["df"], settings.sim.num_slices))]
         np.testing.assert_array_equal(*[x.numpy() for x in with_device_noise])  # the same noise seed
+        for name in task_of(settings).targets:
+            assert half_targets[name].dtype == np.float16
+            np.testing.assert_allclose(half_targets[name], made[name], rtol=1e-3, atol=1e-4)

@@ -45,6 +45,8 @@ def register(subparsers) -> None:
                         help="pipeline.raw_df_slices: the actor ships the slices augmentation reads (default) or all")
     parser.add_argument("--raw-df-dtype", choices=("float32", "float16"), default="float32",
                         help="pipeline.raw_df_dtype (default float32)")
+    parser.add_argument("--target-dtype", choices=("float32", "float16"), default="float32",
+                        help="pipeline.target_dtype (default float32)")
     parser.set_defaults(handler=run)
 
 
@@ -132,12 +134,14 @@ def run(args: argparse.Namespace) -> int:
                         channels_last=last, synchronize=True)
 
     ensure_ray(quiet=True)
-    slim = {"raw_df": True, "raw_df_dtype": args.raw_df_dtype, "raw_df_read_slices": args.raw_df_slices == "read"}
+    slim = {"raw_df": True, "raw_df_dtype": args.raw_df_dtype, "target_dtype": args.target_dtype,
+            "raw_df_read_slices": args.raw_df_slices == "read"}
     actor = ray.remote(num_cpus=0)(ReplayActor).remote(args.model, args.batch_size, args.size, args.distinct, slim)
     made = ray.get(actor.describe.remote())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"train-step: {args.model}, batch {args.batch_size} at {args.size}×{args.size} px, raw Δf "
-          f"({args.raw_df_slices} slices, {args.raw_df_dtype}): {made['bytes_per_batch'] / 2**20:.1f} MiB per batch "
+          f"({args.raw_df_slices} slices, {args.raw_df_dtype}; targets {args.target_dtype}): "
+          f"{made['bytes_per_batch'] / 2**20:.1f} MiB per batch "
           f"in the object store, from a saturated stream (1 replay actor); "
           f"{device} {name}, precision {args.precision}, compile={args.compile}, channels_last={last}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps per setting, mean ms per step", flush=True)

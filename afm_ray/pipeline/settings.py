@@ -64,6 +64,9 @@ class PipelineSettings(StrictModel):
         "read", description="which raw Δf slices the actors ship when the trainer augments: read = only those its "
                             "augmentation reads (the batch's seeded scan-height choice: K of nz, e.g. 10 of 20), all = "
                             "every simulated slice")
+    target_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="dtype of the targets (Å, V; xyz classes and offsets in Å) shipped with raw Δf; the "
+                               "trainer computes in float32 either way")
     prefetch_next_epoch: bool = Field(
         True, description="request the next epoch's batches while the current one ends, validates and checkpoints")
     batch_timeout_s: float = Field(

@@ -90,11 +90,11 @@ def prepare_batch(spec: BatchSpec, batch: dict | None, device: torch.device, aug
     times = times if times is not None else LoaderTimes()
     started = time.perf_counter()
     with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
-        tensors = {name: _to_device(value, device, side_stream is not None) for name, value in batch.items()
+        tensors = {name: _to_device(value, device, side_stream is not None).float() for name, value in batch.items()
                    if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
         copied = time.perf_counter()
         if "df" in tensors:
-            tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, augment_config,
+            tensors["x"] = augment_batch(tensors.pop("df"), spec.seed, augment_config,
                                          simulated_slices=simulated_slices if spec.raw_df_read_slices else None)
         ready = None
         if side_stream is not None:

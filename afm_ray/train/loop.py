@@ -261,7 +261,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     def rank_steps(epoch: int) -> list[list[BatchSpec]]:
         steps = micro_batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank,
                                        world_size, config.micro_batches_per_step)
-        slim = {"raw_df": True, "raw_df_dtype": pipeline.raw_df_dtype,
+        slim = {"raw_df": True, "raw_df_dtype": pipeline.raw_df_dtype, "target_dtype": pipeline.target_dtype,
                 "raw_df_read_slices": pipeline.raw_df_slices == "read"}
         return [[dataclasses.replace(spec, **slim) for spec in step] for step in steps] if raw_df else steps
 
