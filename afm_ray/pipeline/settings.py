@@ -33,9 +33,11 @@ class DataSettings(StrictModel):
     rotation_beta_per_angstrom: float = Field(1.0, gt=0, description="β of the rotation score S (thesis 1 Å⁻¹)")
     fixed_set_dir: Path = Field(Path("data/fixed_sets"),
                                 description="where simulated val/test sets are stored as Parquet shards")
-    fixed_set_cache_mib: float = Field(
-        1024.0, ge=0, description="decoded validation shards each training rank keeps in memory after the first "
-                                  "epoch, MiB (a rank holds 1/W of the set; beyond the bound shards are re-read)")
+    fixed_set_cache_mib: float | None = Field(
+        None, ge=0, description="decoded validation shards each training rank keeps in memory after the first "
+                                "epoch, MiB (a rank holds 1/W of the set; beyond the bound shards are re-read); "
+                                "None = half the memory available when the rank starts, shared by the ranks of its "
+                                "node (fixed_sets.cache_budget_mib)")
 
 
 class PipelineSettings(StrictModel):
