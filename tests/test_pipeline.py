@@ -240,10 +240,11 @@ def test_samples_that_cannot_be_simulated_are_skipped_with_their_molecule(tiny_c
 # -- fixed sets ----------------------------------------------------------------------------------------
 
 def test_the_validation_cache_takes_half_the_free_memory_shared_by_the_ranks_of_a_node():
-    from afm_ray.pipeline.fixed_sets import cache_budget_mib
+    from afm_ray.pipeline.fixed_sets import available_memory_bytes, cache_budget_mib
 
     assert cache_budget_mib(16 * 2**30, ranks_on_node=2) == 4096.0  # 16 GiB free, 2 ranks: 4 GiB each
     assert cache_budget_mib(16 * 2**30, ranks_on_node=1) == 8192.0
+    assert 0 < available_memory_bytes() < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_fixed_sets_are_materialised_once_and_read_back(ray_session, tiny_config):

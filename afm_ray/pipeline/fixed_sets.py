@@ -151,6 +151,18 @@ def _publish(temporary: Path, path: Path) -> None:
             raise
 
 
+def available_memory_bytes() -> int:
+    """Memory this node can give without swapping: Linux' MemAvailable (page cache included), else the free pages."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def cache_budget_mib(available_bytes: int, ranks_on_node: int) -> float:
     """``data.fixed_set_cache_mib: None``: half of ``available_bytes`` (memory available when the training ranks
     start) shared by the ``ranks_on_node`` ranks of a node, in MiB. A rank caches only its 1/W of the set, so

@@ -60,14 +60,15 @@ class PipelineSettings(StrictModel):
                             "CPU); actor = NumPy on the simulation actor; auto = trainer when the workers have GPUs. "
                             "Same draws either way: the batches are equal")
     raw_df_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="dtype of the raw Δf (Hz) the actors ship when the trainer augments: float16 halves "
-                               "the bytes (README: its effect on a short training run)")
+        "float16", description="dtype of the raw Δf (Hz) the actors ship when the trainer augments: float16 halves "
+                               "the bytes, with no effect on training beyond run-to-run noise (README: quickstart and "
+                               "a short xyz run, float32 vs float16)")
     raw_df_slices: Literal["read", "all"] = Field(
         "read", description="which raw Δf slices the actors ship when the trainer augments: read = only those its "
                             "augmentation reads (the batch's seeded scan-height choice: K of nz, e.g. 10 of 20), all = "
                             "every simulated slice")
     target_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="dtype of the targets (Å, V; xyz classes and offsets in Å) shipped with raw Δf; the "
+        "float16", description="dtype of the targets (Å, V; xyz classes and offsets in Å) shipped with raw Δf; the "
                                "trainer computes in float32 either way")
     prefetch_next_epoch: bool = Field(
         True, description="request the next epoch's batches while the current one ends, validates and checkpoints")

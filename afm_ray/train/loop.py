@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import ray.train
 import torch
 from ray.train import Checkpoint
@@ -36,7 +35,7 @@ from afm_ray.models.memory_format import channels_last, channels_last_is_faster,
 from afm_ray.optim import SampleSchedule, build_optimizer, restore_optimizer
 from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
 from afm_ray.plan import micro_batches_for_rank
-from afm_ray.pipeline.fixed_sets import FixedSet, cache_budget_mib
+from afm_ray.pipeline.fixed_sets import FixedSet, available_memory_bytes, cache_budget_mib
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.loader import DeviceBatch, StepLoader
 from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
@@ -253,7 +252,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     cache_mib = config.data.fixed_set_cache_mib
     if cache_mib is None:
-        cache_mib = cache_budget_mib(psutil.virtual_memory().available, context.get_local_world_size())
+        cache_mib = cache_budget_mib(available_memory_bytes(), context.get_local_world_size())
     val_set = FixedSet(loop_config["val_path"], cache_mib=cache_mib)
     n_train = loop_config["n_train_samples"]
     pipeline = config.pipeline
