@@ -219,7 +219,7 @@ def draw_batch(shape: tuple[int, ...], batch_seed: Sequence[int], config: Augmen
         draws.append(draw_augmentation((batch, nx, ny, simulated_slices or nz), seed, config, slice_indices=first,
                                        noise_on_device=noise_on_device))
     if simulated_slices is not None:
-        taken = np.broadcast_to(np.arange(nz), (batch, nz))
+        taken = np.repeat(np.arange(nz, dtype=np.int64)[None], batch, axis=0)
         draws = [replace(tip_draws, slice_indices=taken) for tip_draws in draws]
     return draws
 
