@@ -43,10 +43,10 @@ def register(subparsers) -> None:
     parser.add_argument("--distinct", type=int, default=2, help="real batches the actor makes and replays (default 2)")
     parser.add_argument("--raw-df-slices", choices=("read", "all"), default="read",
                         help="pipeline.raw_df_slices: the actor ships the slices augmentation reads (default) or all")
-    parser.add_argument("--raw-df-dtype", choices=("float32", "float16"), default="float32",
-                        help="pipeline.raw_df_dtype (default float32)")
-    parser.add_argument("--target-dtype", choices=("float32", "float16"), default="float32",
-                        help="pipeline.target_dtype (default float32)")
+    parser.add_argument("--raw-df-dtype", choices=("float32", "float16"), default="float16",
+                        help="pipeline.raw_df_dtype (default float16)")
+    parser.add_argument("--target-dtype", choices=("float32", "float16"), default="float16",
+                        help="pipeline.target_dtype (default float16)")
     parser.set_defaults(handler=run)
 
 
