@@ -28,7 +28,7 @@ same batch bit for bit, and switching one step off does not change the draws of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -108,7 +108,7 @@ class AugmentationDraws:
 
     Attributes:
         slice_indices: (B, K) int64 indices into the input z axis, increasing along K.
-        unit_noise: (B, nx, ny, K) float32 uniform in [0, 1), or None when noise is off.
+        unit_noise: (B, nx, ny, K) float32 uniform in [0, 1), or None when noise is off or drawn on the device.
         shifts: (B, K, 2) int64 (sx, sy) in px: output[i, j] = input[i − sx, j − sy] (mirrored at
             the border); zeros when shifting is off.
         cutouts: (M, 6) int64 rows ``(sample, slice, x_start, x_stop, y_start, y_stop)`` (half-open
@@ -119,6 +119,9 @@ class AugmentationDraws:
     unit_noise: np.ndarray | None
     shifts: np.ndarray
     cutouts: np.ndarray
+    noise_seed: int | None = None
+    """Seed of the noise field that :mod:`afm_ray.augment_torch` draws on the device (``noise_on_device``):
+    the same uniform distribution, not the same numbers."""
 
 
 @dataclass(frozen=True)
@@ -163,12 +166,14 @@ def augment(stacks: np.ndarray, seed: SeedLike, config: AugmentConfig | None = N
 
 
 def draw_augmentation(shape: tuple[int, ...], seed: SeedLike, config: AugmentConfig | None = None,
-                      slice_indices: np.ndarray | None = None) -> AugmentationDraws:
+                      slice_indices: np.ndarray | None = None, noise_on_device: bool = False) -> AugmentationDraws:
     """The random choices :func:`augment` makes for stacks of ``shape`` (B, nx, ny, nz) with ``seed``.
 
     One generator per step, spawned from ``seed`` in the order scan height, noise, shifts,
     cutouts: switching a step off does not change the others' draws. ``slice_indices`` (B, K)
-    replaces the scan-height draw (a second tip at the first tip's heights).
+    replaces the scan-height draw (a second tip at the first tip's heights). ``noise_on_device``:
+    draw only a seed for the noise field (``noise_seed``), which the torch chain expands where it
+    trains, instead of the (B, nx, ny, K) field itself.
     """
     config = config or AugmentConfig()
     batch, nx, ny, nz = shape
@@ -179,8 +184,10 @@ def draw_augmentation(shape: tuple[int, ...], seed: SeedLike, config: AugmentCon
     elif slice_indices.shape[0] != batch or slice_indices.max(initial=0) >= nz:
         raise InputError("augment", f"slice_indices {slice_indices.shape} do not fit stacks {tuple(shape)}")
     out_shape = (batch, nx, ny, slice_indices.shape[1])
-    unit_noise = None
-    if config.noise.enabled and config.noise.relative_amplitude > 0:
+    unit_noise = noise_seed = None
+    if config.noise.enabled and config.noise.relative_amplitude > 0 and noise_on_device:
+        noise_seed = int(noise_rng.integers(2**63 - 1))
+    elif config.noise.enabled and config.noise.relative_amplitude > 0:
         unit_noise = noise_rng.random(out_shape, dtype=np.float32)
     shifts = np.zeros((batch, out_shape[3], 2), dtype=np.int64)
     if config.shift.enabled and config.shift.max_shift_px > 0:
@@ -189,7 +196,7 @@ def draw_augmentation(shape: tuple[int, ...], seed: SeedLike, config: AugmentCon
     cutouts = np.zeros((0, 6), dtype=np.int64)
     if config.cutout.enabled and config.cutout.attempts_per_slice > 0:
         cutouts = _draw_cutouts(out_shape, config.cutout, cutout_rng)
-    return AugmentationDraws(slice_indices, unit_noise, shifts, cutouts)
+    return AugmentationDraws(slice_indices, unit_noise, shifts, cutouts, noise_seed)
 
 
 def tip_seeds(batch_seed: Sequence[int], n_tips: int) -> tuple[list[np.random.SeedSequence], list[np.random.SeedSequence]]:
@@ -198,15 +205,33 @@ def tip_seeds(batch_seed: Sequence[int], n_tips: int) -> tuple[list[np.random.Se
     return children[0::2], children[1::2]
 
 
-def draw_batch(shape: tuple[int, ...], batch_seed: Sequence[int], config: AugmentConfig) -> list[AugmentationDraws]:
+def draw_batch(shape: tuple[int, ...], batch_seed: Sequence[int], config: AugmentConfig,
+               noise_on_device: bool = False, simulated_slices: int | None = None) -> list[AugmentationDraws]:
     """The draws of every tip of a (B, C, nx, ny, nz) training batch: each tip its own, all at the first
-    tip's slices (the ES model's CO and Xe stacks are taken at the same heights)."""
+    tip's slices (the ES model's CO and Xe stacks are taken at the same heights); ``noise_on_device`` as
+    in :func:`draw_augmentation`. ``simulated_slices``: the stacks hold only the slices :func:`read_slices`
+    kept of that many simulated ones; the draws are those of the simulated stacks, the slice choice
+    already made (every slice taken, in order)."""
     batch, n_tips, nx, ny, nz = shape
     draws: list[AugmentationDraws] = []
     for seed in tip_seeds(batch_seed, n_tips)[1]:
         first = draws[0].slice_indices if draws else None
-        draws.append(draw_augmentation((batch, nx, ny, nz), seed, config, slice_indices=first))
+        draws.append(draw_augmentation((batch, nx, ny, simulated_slices or nz), seed, config, slice_indices=first,
+                                       noise_on_device=noise_on_device))
+    if simulated_slices is not None:
+        taken = np.repeat(np.arange(nz, dtype=np.int64)[None], batch, axis=0)
+        draws = [replace(tip_draws, slice_indices=taken) for tip_draws in draws]
     return draws
+
+
+def read_slices(df: np.ndarray, batch_seed: Sequence[int], config: AugmentConfig) -> np.ndarray:
+    """(B, C, nx, ny, nz) raw Δf → (B, C, nx, ny, K): only the slices this batch's augmentation reads (its
+    seeded scan-height choice, in order), what a simulation actor ships to a trainer that augments; the
+    trainer then draws with ``simulated_slices=nz``. Without scan-height randomisation: ``df`` itself."""
+    if not config.scan_height.enabled:
+        return df
+    chosen = draw_batch(df.shape, batch_seed, config, noise_on_device=True)[0].slice_indices
+    return np.take_along_axis(df, chosen[:, None, None, None, :], axis=4)
 
 
 def augment_batch(df: np.ndarray, batch_seed: Sequence[int], config: AugmentConfig) -> np.ndarray:
@@ -218,6 +243,8 @@ def augment_batch(df: np.ndarray, batch_seed: Sequence[int], config: AugmentConf
 def apply_augmentation(stacks: np.ndarray, draws: AugmentationDraws, config: AugmentConfig) -> np.ndarray:
     """(B, nx, ny, nz) stacks → (B, nx, ny, K) float32 augmented with ``draws``: the NumPy reference of
     :func:`afm_ray.augment_torch.apply_augmentation`."""
+    if draws.noise_seed is not None:
+        raise ValueError("these draws leave the noise field to the device (noise_on_device): use afm_ray.augment_torch")
     out = np.take_along_axis(stacks, draws.slice_indices[:, None, None, :], axis=3).astype(np.float32)
     if config.normalization.enabled:
         out = normalize_slices(out)

@@ -6,7 +6,9 @@ tenth of a second per batch. The random choices are the NumPy ones: :func:`afm_r
 draws them from the batch's seed exactly as the actor does (one draw per tip, the second tip at
 the first tip's heights), so a batch augmented here equals the
 batch the actor would have made, within float32 rounding (normalisation statistics are summed in
-float64 on both sides). Only the small choices and the uniform noise field travel to the device.
+float64 on both sides), on every deterministic stage. The noise field is drawn on the device from a
+``torch.Generator`` seeded by the batch's draws (``noise_on_device``, the default): uniform in the same
+range as the NumPy field, not the same numbers, and nothing but the small choices crosses to the device.
 
 Tensors: stacks ``(B, nx, ny, nz)`` per tip, batches ``(B, C, nx, ny, nz)`` with C tips; z far →
 close; values Hz before and dimensionless (normalised) after.
@@ -21,9 +23,14 @@ import torch
 from afm_ray.augment import AugmentationDraws, AugmentConfig, draw_batch
 
 
-def augment_batch(df: torch.Tensor, batch_seed: Sequence[int], config: AugmentConfig) -> torch.Tensor:
-    """(B, C, nx, ny, nz) raw Δf on any device → (B, C, nx, ny, K) float32 network input on that device."""
-    draws = draw_batch(tuple(df.shape), batch_seed, config)
+def augment_batch(df: torch.Tensor, batch_seed: Sequence[int], config: AugmentConfig,
+                  noise_on_device: bool = True, simulated_slices: int | None = None) -> torch.Tensor:
+    """(B, C, nx, ny, nz) raw Δf on any device → (B, C, nx, ny, K) float32 network input on that device.
+
+    ``noise_on_device=False`` adds the actor's NumPy noise field instead (bitwise the actor's batch).
+    ``simulated_slices``: ``df`` holds only the slices :func:`afm_ray.augment.read_slices` kept of that many."""
+    draws = draw_batch(tuple(df.shape), batch_seed, config, noise_on_device=noise_on_device,
+                       simulated_slices=simulated_slices)
     return torch.stack([apply_augmentation(df[:, tip], tip_draws, config) for tip, tip_draws in enumerate(draws)],
                        dim=1)
 
@@ -35,8 +42,13 @@ def apply_augmentation(stacks: torch.Tensor, draws: AugmentationDraws, config: A
     out = torch.take_along_dim(stacks, indices[:, None, None, :], dim=3).float()
     if config.normalization.enabled:
         out = normalize_slices(out)
-    if draws.unit_noise is not None:
+    unit = None
+    if draws.noise_seed is not None:
+        generator = torch.Generator(device=device).manual_seed(draws.noise_seed)
+        unit = torch.rand(out.shape, generator=generator, device=device, dtype=torch.float32)
+    elif draws.unit_noise is not None:
         unit = torch.from_numpy(draws.unit_noise).to(device, non_blocking=True)
+    if unit is not None:
         span = out.amax(dim=(1, 2), keepdim=True) - out.amin(dim=(1, 2), keepdim=True)
         out = out + (unit * 2.0 - 1.0) * (0.5 * config.noise.relative_amplitude * span)
     if draws.shifts.any():

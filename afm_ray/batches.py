@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from afm_ray.augment import AugmentConfig, augment_batch, tip_seeds
+from afm_ray.augment import AugmentConfig, augment_batch, read_slices, tip_seeds
 from afm_ray.descriptors import XyzGrid, atomic_disks, height_and_es_maps, vdw_spheres
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.descriptors.device_maps import DeviceMaps
@@ -147,7 +147,10 @@ class BatchFactory:
                 batch = (self._make(split, remaining, spec.seed, spec.raw_df) if remaining
                          else self._empty(spec.raw_df))
                 if spec.raw_df:
-                    batch["df"] = batch["df"].astype(spec.raw_df_dtype, copy=False)
+                    df = read_slices(batch["df"], spec.seed, self.augment_config) if spec.raw_df_read_slices \
+                        else batch["df"]
+                    batch["df"] = df.astype(spec.raw_df_dtype, copy=False)
+                    batch.update({name: batch[name].astype(spec.target_dtype, copy=False) for name in self.task.targets})
                 break
             except InputError as error:
                 culprit = self._culprit(split, remaining, spec.seed, error)

@@ -6,11 +6,14 @@ with ``R`` rotations per molecule. Each epoch shuffles all samples with a genera
 Incomplete batches and the batches that would leave ranks unequal are dropped, so every rank
 runs the same number of steps (DDP would hang otherwise). Plans are pure functions of their
 inputs: a resumed run, a restarted actor or another trial re-creates exactly the same batches.
+
+Training plans *global* batches (``run.batch_size`` samples per optimiser step, all ranks together):
+:func:`micro_batches_for_rank` cuts each into the pieces one rank trains on for that step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -28,6 +31,9 @@ class BatchSpec:
         raw_df: ship the raw Δf of every simulated slice (``df``) instead of the augmented input
             (``x``); the consumer augments it with the same draws (:mod:`afm_ray.augment_torch`).
         raw_df_dtype: ``float32`` or ``float16`` (half the bytes) for ``df``.
+        raw_df_read_slices: ship in ``df`` only the slices the augmentation reads (the seeded scan-height
+            choice, :func:`afm_ray.augment.read_slices`) rather than every simulated one.
+        target_dtype: ``float32`` or ``float16`` for the targets that come with raw Δf.
     """
 
     split: str
@@ -37,6 +43,8 @@ class BatchSpec:
     seed: tuple[int, ...]
     raw_df: bool = False
     raw_df_dtype: str = "float32"
+    raw_df_read_slices: bool = False
+    target_dtype: str = "float32"
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -55,6 +63,28 @@ def plan_epoch(n_samples: int, batch_size: int, run_seed: int, epoch: int, split
     return [BatchSpec(split, epoch, index, order[index * batch_size:(index + 1) * batch_size],
                       (run_seed, epoch, index, _split_code(split)))
             for index in range(n_batches)]
+
+
+def micro_batches_for_rank(batches: list[BatchSpec], rank: int, world_size: int,
+                           micro_batches: int = 1) -> list[list[BatchSpec]]:
+    """Rank ``rank``'s micro batches of every global batch (one optimiser step each).
+
+    Each global batch is cut into ``P = world_size × micro_batches`` pieces of sizes that differ by at most
+    one; rank ``r`` gets pieces ``r·M … r·M + M − 1``. A piece's index is ``batch index × P + piece`` and its
+    seed the batch's with the piece appended, so a piece, and every draw made for it, depends on the plan and
+    ``P`` only: W = 1 with 2 micro batches and W = 2 with one train on identical pieces. Empty pieces (a
+    global batch smaller than ``P``) are left out. ``P = 1`` keeps the batch as planned.
+    """
+    pieces = world_size * micro_batches
+    if pieces == 1:
+        return [[batch] for batch in batches]
+    mine = range(rank * micro_batches, (rank + 1) * micro_batches)
+    steps = []
+    for batch in batches:
+        parts = np.array_split(batch.samples, pieces)
+        steps.append([replace(batch, index=batch.index * pieces + piece, samples=parts[piece], seed=(*batch.seed, piece))
+                      for piece in mine if len(parts[piece])])
+    return steps
 
 
 def batches_for_rank(batches: list[BatchSpec], rank: int, world_size: int) -> list[BatchSpec]:

@@ -6,7 +6,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from afm_ray.augment import AugmentConfig, augment, normalize_slices, shift_slices
+from afm_ray.augment import AugmentConfig, CutoutConfig, ShiftConfig, augment, normalize_slices, shift_slices
 from afm_ray.errors import InputError
 
 B, NX, NY, NZ = 6, 48, 40, 20
@@ -167,6 +167,37 @@ def test_a_batch_of_two_tips_is_augmented_like_the_actor_does(stacks):
     np.testing.assert_array_equal(draws[0].slice_indices, draws[1].slice_indices)  # Xe at CO's heights
     assert not np.array_equal(draws[0].unit_noise, draws[1].unit_noise)  # each tip its own noise
     expected = augment_batch(df, (7, 0, 2, 0), AugmentConfig())
-    result = augment_batch_on_device(torch.from_numpy(df), (7, 0, 2, 0), AugmentConfig())
+    result = augment_batch_on_device(torch.from_numpy(df), (7, 0, 2, 0), AugmentConfig(), noise_on_device=False)
     np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-6)
     assert expected.shape == (B, 2, NX, NY, 10)
+
+
+def test_noise_drawn_on_the_device_is_the_numpy_noise_in_distribution_and_seeded_by_the_batch(stacks):
+    """Every deterministic stage (slices, normalisation, shifts, cutouts) equals the NumPy oracle; what is left
+    is the noise, uniform in [−A, A] per voxel with A = 0.5 · c · (max − min) of the slice, drawn from a
+    torch.Generator seeded by the batch: the same batch seed gives the same field, each tip its own."""
+    import torch
+
+    from afm_ray.augment import augment_batch
+    from afm_ray.augment_torch import augment_batch as augment_batch_on_device
+
+    config = AugmentConfig.model_validate({"noise": {"relative_amplitude": 0.1}, "cutout": {"probability": 0.5}})
+    quiet = config.model_copy(update={"noise": config.noise.model_copy(update={"enabled": False})})
+    df = np.stack([stacks, stacks[::-1] * 2.0], axis=1)  # (B, 2 tips, nx, ny, nz)
+    seed = (7, 0, 2, 0)
+    result = augment_batch_on_device(torch.from_numpy(df), seed, config).numpy()
+    noiseless = augment_batch(df, seed, quiet)  # the same slices, shifts and cutouts
+    np.testing.assert_array_equal(result, augment_batch_on_device(torch.from_numpy(df), seed, config).numpy())
+    assert not np.array_equal(result, augment_batch_on_device(torch.from_numpy(df), (7, 0, 2, 1), config).numpy())
+    cut = noiseless == 0  # cutouts (zero in both); shifts only move pixels within a slice
+    np.testing.assert_array_equal(result[cut], 0)
+    unshifted = augment_batch(df, seed, quiet.model_copy(update={"shift": ShiftConfig(enabled=False),
+                                                                  "cutout": CutoutConfig(enabled=False)}))
+    amplitude = 0.5 * 0.1 * (unshifted.max(axis=(2, 3)) - unshifted.min(axis=(2, 3)))  # (B, tips, K)
+    relative = ((result - noiseless) / amplitude[:, :, None, None, :])[~cut]
+    assert np.abs(relative).max() <= 1 + 1e-3 and np.abs(relative).max() > 0.99  # fills [−A, A]
+    assert abs(relative.mean()) < 0.01 and relative.std() == pytest.approx(1 / np.sqrt(3), abs=0.01)
+    histogram, _ = np.histogram(relative, bins=10, range=(-1, 1))
+    assert histogram.min() > 0.9 * len(relative) / 10  # flat: each tenth of the range within 10 % of its share
+    tip_noise = result - noiseless
+    assert not np.allclose(tip_noise[:, 0], tip_noise[:, 1])  # each tip its own field

@@ -231,8 +231,8 @@ def test_data_wait_is_the_starved_ranks_and_every_actor_has_a_share():
     from afm_ray.train.loop import data_metrics
 
     # rank 1 waited 6 of 10 s; rank 0 none (it waited for rank 1 inside the all-reduce instead)
-    shares = [{"wait_seconds": 0.0, "elapsed": 10.0, "max_wait_seconds": 0.0, "actor_0": 3, "actor_seconds_0": 3.0},
-              {"wait_seconds": 6.0, "elapsed": 10.0, "max_wait_seconds": 2.5, "actor_0": 1, "actor_seconds_0": 1.0,
+    shares = [{"loop_wait_seconds": 0.0, "elapsed": 10.0, "max_wait_seconds": 0.0, "actor_0": 3, "actor_seconds_0": 3.0},
+              {"loop_wait_seconds": 6.0, "elapsed": 10.0, "max_wait_seconds": 2.5, "actor_0": 1, "actor_seconds_0": 1.0,
                "actor_2": 4, "actor_seconds_2": 8.0}]
     metrics = data_metrics(shares, n_actors=3)
     assert metrics["data_wait_fraction"] == pytest.approx(0.6)

@@ -208,9 +208,8 @@ def test_restored_optimizer_keeps_its_state_and_takes_the_new_hyperparameters():
     state = torch.load(buffer, weights_only=True)
 
     resumed = torch.nn.Parameter(parameter.detach().clone())
-    optimizer2, scheduler2 = build_optimizer([resumed])
-    restore_optimizer(optimizer2, scheduler2, state["optimizer"], state["scheduler"], lr=5e-4, decay=1e-3,
-                      betas=(0.8, 0.99))
+    optimizer2, scheduler2 = build_optimizer([resumed], lr=5e-4, decay=1e-3)
+    restore_optimizer(optimizer2, scheduler2, state["optimizer"], state["scheduler"], betas=(0.8, 0.99))
     assert torch.equal(optimizer2.state[resumed]["exp_avg"], optimizer.state[parameter]["exp_avg"])
     assert optimizer2.param_groups[0]["betas"] == (0.8, 0.99)
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(5e-4 / (1 + 1e-3 * 100), rel=1e-12)
@@ -218,3 +217,29 @@ def test_restored_optimizer_keeps_its_state_and_takes_the_new_hyperparameters():
     optimizer2.step()
     scheduler2.step()
     assert optimizer2.param_groups[0]["lr"] == pytest.approx(5e-4 / (1 + 1e-3 * 101), rel=1e-12)
+
+
+def test_learning_rate_follows_the_samples_seen_whatever_the_global_batch_and_warms_up():
+    from afm_ray.optim import SampleSchedule, scaled_learning_rate
+
+    def lr_after(global_batch, samples, **settings):
+        optimizer, schedule = build_optimizer([torch.nn.Parameter(torch.zeros(1))], global_batch_size=global_batch,
+                                              **settings)
+        for _ in range(samples // global_batch):
+            schedule.step()
+        return schedule.get_last_lr()[0], schedule.samples_seen
+
+    # 240 samples seen: 8 steps of 30 or 1 step of 240 give one learning rate (thesis decay per 30 samples)
+    assert lr_after(30, 240) == lr_after(240, 240) == (pytest.approx(1e-3 / (1 + 1e-5 * 8), rel=1e-12), 240)
+    # linear warm-up over 120 samples: the first step of 30 runs at a quarter of the peak
+    _, schedule = build_optimizer([torch.nn.Parameter(torch.zeros(1))], warmup_samples=120)
+    assert schedule.get_last_lr()[0] == pytest.approx(0.25e-3)
+    assert schedule.learning_rate(90) == pytest.approx(1e-3 / (1 + 1e-5 * 3))
+    # the documented scaling rules of the peak with G / B_ref
+    assert scaled_learning_rate(1e-3, 240, 30, "linear") == pytest.approx(8e-3)
+    assert scaled_learning_rate(1e-3, 120, 30, "sqrt") == pytest.approx(2e-3)
+    assert lr_after(120, 0, batch_scaling="sqrt")[0] == pytest.approx(2e-3)
+    # an afm-ray ≤ 0.2 checkpoint's LambdaLR state (steps) continues at its step count × the global batch
+    schedule = SampleSchedule(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]), 1e-3, global_batch_size=16)
+    schedule.load_state_dict({"last_epoch": 10, "base_lrs": [1e-3]})
+    assert schedule.samples_seen == 160

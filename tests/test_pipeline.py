@@ -39,6 +39,23 @@ def test_plan_is_deterministic_disjoint_and_equal_per_rank():
     assert not set(b.index for b in ranks[0]) & set(b.index for b in ranks[1])
 
 
+def test_a_global_batch_is_cut_into_the_same_pieces_for_any_ranks_times_micro_batches():
+    from afm_ray.plan import micro_batches_for_rank
+
+    plan = plan_epoch(40, 7, run_seed=1, epoch=0)  # 5 global batches of 7
+    one_rank = micro_batches_for_rank(plan, 0, 1, micro_batches=2)
+    two_ranks = [micro_batches_for_rank(plan, rank, 2) for rank in range(2)]
+    for step, (alone, *shared) in enumerate(zip(one_rank, *two_ranks)):
+        assert [(p.index, p.seed, p.samples.tolist()) for p in alone] == \
+            [(p.index, p.seed, p.samples.tolist()) for part in shared for p in part]
+        assert [len(p.samples) for p in alone] == [4, 3]  # sizes differ by at most one
+        assert np.concatenate([p.samples for p in alone]).tolist() == plan[step].samples.tolist()
+        assert [p.seed for p in alone] == [(*plan[step].seed, 0), (*plan[step].seed, 1)]
+    # one piece per step keeps the plan's batch; pieces beyond the batch's samples are left out
+    assert micro_batches_for_rank(plan, 0, 1) == [[batch] for batch in plan]
+    assert [[len(p.samples) for p in step] for step in micro_batches_for_rank(plan, 3, 4, 2)] == [[1]] * 5  # 7 in 8
+
+
 def test_importing_the_batch_stages_does_not_import_ray():
     code = "import sys, afm_ray.batches, afm_ray.plan, afm_ray.train.config; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -243,6 +260,14 @@ def test_samples_that_cannot_be_simulated_are_skipped_with_their_molecule(tiny_c
 
 # -- fixed sets ----------------------------------------------------------------------------------------
 
+def test_the_validation_cache_takes_half_the_free_memory_shared_by_the_ranks_of_a_node():
+    from afm_ray.pipeline.fixed_sets import available_memory_bytes, cache_budget_mib
+
+    assert cache_budget_mib(16 * 2**30, ranks_on_node=2) == 4096.0  # 16 GiB free, 2 ranks: 4 GiB each
+    assert cache_budget_mib(16 * 2**30, ranks_on_node=1) == 8192.0
+    assert 0 < available_memory_bytes() < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def test_fixed_sets_are_materialised_once_and_read_back(ray_session, tiny_config):
     settings, seed = tiny_config.sample_settings, tiny_config.run.seed
     actors = create_simulation_actors(settings, tiny_config.pipeline)
@@ -302,7 +327,8 @@ def test_fixed_set_hash_covers_only_what_changes_its_samples(tiny_config, tmp_pa
 
 
 def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_config):
-    """``BatchSpec.raw_df``: the actor ships every simulated slice; augmenting it on the trainer gives its batch."""
+    """``BatchSpec.raw_df``: the actor ships every simulated slice, or only those the augmentation reads
+    (``raw_df_read_slices``, half of them here); augmenting either on the trainer gives the actor's batch."""
     import dataclasses
 
     import torch
@@ -320,13 +346,27 @@ def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_
             made = factory.make_batch(spec)
             raw = factory.make_batch(dataclasses.replace(spec, raw_df=True))
             half = factory.make_batch(dataclasses.replace(spec, raw_df=True, raw_df_dtype="float16"))
+            slim = factory.make_batch(dataclasses.replace(spec, raw_df=True, raw_df_read_slices=True))
+            half_targets = factory.make_batch(dataclasses.replace(spec, raw_df=True, target_dtype="float16"))
         finally:
             factory.close()
         assert "x" not in raw and raw["df"].shape == (6, len(task_of(settings).tips), 32, 32, settings.sim.num_slices)
         for name in (*task_of(settings).targets, "samples"):
             np.testing.assert_array_equal(raw[name], made[name])
-        augmented = augment_batch(torch.from_numpy(raw["df"]), spec.seed, settings.augment).numpy()
-        np.testing.assert_allclose(augmented, made["x"], rtol=0, atol=1e-6)
+        augmented = augment_batch(torch.from_numpy(raw["df"]), spec.seed, settings.augment, noise_on_device=False)
+        np.testing.assert_allclose(augmented.numpy(), made["x"], rtol=0, atol=1e-6)
         assert half["df"].dtype == np.float16 and half["df"].nbytes == raw["df"].nbytes // 2
-        from_half = augment_batch(torch.from_numpy(half["df"]).float(), spec.seed, settings.augment).numpy()
+        from_half = augment_batch(torch.from_numpy(half["df"]).float(), spec.seed, settings.augment,
+                                  noise_on_device=False).numpy()
         np.testing.assert_allclose(from_half, made["x"], rtol=0, atol=2e-2)  # normalised values, Δf rounded to 11 bits
+        kept = settings.augment.scan_height.kept_slices
+        assert slim["df"].shape == (*raw["df"].shape[:4], kept) and slim["df"].nbytes * 2 == raw["df"].nbytes
+        from_slim = augment_batch(torch.from_numpy(slim["df"]), spec.seed, settings.augment, noise_on_device=False,
+                                  simulated_slices=settings.sim.num_slices)
+        np.testing.assert_array_equal(from_slim.numpy(), augmented.numpy())
+        with_device_noise = [augment_batch(torch.from_numpy(df), spec.seed, settings.augment, simulated_slices=nz)
+                             for df, nz in ((raw["df"], None), (slim["df"], settings.sim.num_slices))]
+        np.testing.assert_array_equal(*[x.numpy() for x in with_device_noise])  # the same noise seed
+        for name in task_of(settings).targets:
+            assert half_targets[name].dtype == np.float16
+            np.testing.assert_allclose(half_targets[name], made[name], rtol=1e-3, atol=1e-4)

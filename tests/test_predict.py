@@ -192,7 +192,7 @@ def test_models_list_and_show_describe_the_registry(trained_dsh, trained_xyz, ru
     assert "load with: models:/afm-test-dsh/1  or  models:/afm-test-dsh@current" in out
     assert "input:     CO, 32×32 px over 16×16 Å, 6 slices" in out
     assert "slices:    6 of a random window of 8 (of 12 simulated), dz 0.1 Å" in out
-    assert "training:  3 epochs, batch 6 × 1 workers" in out
+    assert "training:  3 epochs, global batch 6 on 1 workers" in out
     metrics = dict(item.rsplit(" ", 1) for item in out.split("metrics:  ")[1].strip().split(", "))
     assert float(metrics["test_mse_mean"]) == pytest.approx(trained_dsh[1].test_metrics["test_mse_mean"], rel=1e-3)
 

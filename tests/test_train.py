@@ -141,6 +141,52 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_kille
         assert checkpoint_history[-1][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
 
 
+def test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_on_another_count(ray_session,
+                                                                                                  tiny_config):
+    """Global batch 6 (24 samples: 4 steps): one rank in two micro batches of 3, or two gloo ranks with 3 each,
+    train on identical pieces (same samples, same seeds). After one epoch both have seen 24 samples at the same
+    learning rate and hold the same weights (DDP averages what one rank accumulates). The one-rank run then
+    resumes on two ranks without --allow-changed: its schedule continues at 24 samples seen."""
+    def variant(name, workers, micro_batch_size, epochs=1):
+        return tiny_config.model_copy(update={
+            "scaling": tiny_config.scaling.model_copy(update={"num_workers": workers, "cpus_per_worker": 1.0}),
+            "run": tiny_config.run.model_copy(update={"epochs": epochs, "name": name, "channels_last": True,
+                                                      "micro_batch_size": micro_batch_size})})
+
+    one = run_training(variant("one", 1, 3), progress=False)
+    two = run_training(variant("two", 2, None), progress=False)
+    (model_one, _, [first]), (model_two, _, [second]) = map(load_checkpoint_model, (one.checkpoint_path,
+                                                                                    two.checkpoint_path))
+    decayed = 1e-3 / (1 + 1e-5 * 24 / 30)  # thesis decay per 30 samples seen
+    for history in (first, second):
+        assert history["global_batch_size"] == 6 and history["samples_seen"] == 24
+        assert history["learning_rate"] == pytest.approx(decayed, rel=1e-12)
+        assert history["samples_trained"] == 24
+    assert second["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
+    weights_one, weights_two = model_one.state_dict(), model_two.state_dict()
+    assert weights_one.keys() == weights_two.keys()
+    for name, value in weights_one.items():
+        torch.testing.assert_close(weights_two[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+    resumed = run_training(variant("one", 2, None, epochs=2), progress=False)
+    assert resumed.run_id == one.run_id  # the same MLflow run continues: the worker count may change
+    _, _, history = load_checkpoint_model(resumed.checkpoint_path)
+    assert [h["samples_seen"] for h in history] == [24, 48]
+    assert history[-1]["learning_rate"] == pytest.approx(1e-3 / (1 + 1e-5 * 48 / 30), rel=1e-12)
+
+
+def test_bf16_autocast_trains_to_the_validation_loss_of_fp32(trained_dsh, tiny_database, model_store):
+    """The session's DSH (fp32, 3 epochs) trained again with ``run.precision=bf16``: the same batches and
+    validation set, a validation loss within 5 %."""
+    from conftest import _train_tiny
+
+    fp32_config, fp32 = trained_dsh
+    config, bf16 = _train_tiny(tiny_database, model_store, "bf16", ["run.epochs=3", "run.precision=bf16"])
+    assert (config.run.precision, fp32_config.run.precision) == ("bf16", "fp32")
+    assert bf16.metrics["val_loss"] == pytest.approx(fp32.metrics["val_loss"], rel=0.05)
+    assert bf16.metrics["val_loss"] != fp32.metrics["val_loss"]  # bf16 did run
+
+
 # -- the console of `afm-ray train` ----------------------------------------------------------------------
 CONSOLE_NOISE = ("TrainingReport(", "Checkpoint successfully created", "Moving model to device", "PreemptionWatcher",
                  "core_worker", "(RayTrainWorker", "(TrainController", "mlflow.store", "Successfully registered model",

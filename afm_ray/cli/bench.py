@@ -9,7 +9,8 @@ import argparse
 import importlib
 
 BENCHMARK_MODULES: tuple[str, ...] = ("afm_ray.bench.models", "afm_ray.bench.sim", "afm_ray.bench.descriptors",
-                                      "afm_ray.bench.batch", "afm_ray.bench.pipeline", "afm_ray.bench.predict")
+                                      "afm_ray.bench.batch", "afm_ray.bench.pipeline", "afm_ray.bench.predict",
+                                      "afm_ray.bench.train_step")
 
 
 def register(subparsers) -> None:

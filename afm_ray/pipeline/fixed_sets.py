@@ -156,6 +156,27 @@ def _publish(temporary: Path, path: Path) -> None:
             raise
 
 
+def available_memory_bytes() -> int:
+    """Memory this node can give without swapping: Linux' MemAvailable (page cache included), else the free pages."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def cache_budget_mib(available_bytes: int, ranks_on_node: int) -> float:
+    """``data.fixed_set_cache_mib: None``: half of ``available_bytes`` (memory available when the training ranks
+    start) shared by the ``ranks_on_node`` ranks of a node, in MiB. A rank caches only its 1/W of the set, so
+    the whole validation set stays decoded in memory unless that would take more than half the node's free
+    memory (DSH: ~6 GiB, ES ~10 GiB at thesis size; the fixed 1 GiB of afm-ray ≤ 0.2 re-read 5 GiB a
+    single rank every epoch)."""
+    return 0.5 * available_bytes / max(ranks_on_node, 1) / 2**20
+
+
 class FixedSet:
     """Read a materialised fixed set batch by batch (shards in order), optionally one rank's share.
 

@@ -34,9 +34,11 @@ class DataSettings(StrictModel):
     rotation_beta_per_angstrom: float = Field(1.0, gt=0, description="β of the rotation score S (thesis 1 Å⁻¹)")
     fixed_set_dir: Path = Field(Path("data/fixed_sets"),
                                 description="where simulated val/test sets are stored as Parquet shards")
-    fixed_set_cache_mib: float = Field(
-        1024.0, ge=0, description="decoded validation shards each training rank keeps in memory after the first "
-                                  "epoch, MiB (a rank holds 1/W of the set; beyond the bound shards are re-read)")
+    fixed_set_cache_mib: float | None = Field(
+        None, ge=0, description="decoded validation shards each training rank keeps in memory after the first "
+                                "epoch, MiB (a rank holds 1/W of the set; beyond the bound shards are re-read); "
+                                "None = half the memory available when the rank starts, shared by the ranks of its "
+                                "node (fixed_sets.cache_budget_mib)")
 
 
 class PipelineSettings(StrictModel):
@@ -67,8 +69,16 @@ class PipelineSettings(StrictModel):
                             "CPU); actor = NumPy on the simulation actor; auto = trainer when the workers have GPUs. "
                             "Same draws either way: the batches are equal")
     raw_df_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="dtype of the raw Δf (Hz) the actors ship when the trainer augments: float16 halves "
-                               "the bytes (README: its effect on a short training run)")
+        "float16", description="dtype of the raw Δf (Hz) the actors ship when the trainer augments: float16 halves "
+                               "the bytes, with no effect on training beyond run-to-run noise (README: quickstart and "
+                               "a short xyz run, float32 vs float16)")
+    raw_df_slices: Literal["read", "all"] = Field(
+        "read", description="which raw Δf slices the actors ship when the trainer augments: read = only those its "
+                            "augmentation reads (the batch's seeded scan-height choice: K of nz, e.g. 10 of 20), all = "
+                            "every simulated slice")
+    target_dtype: Literal["float32", "float16"] = Field(
+        "float16", description="dtype of the targets (Å, V; xyz classes and offsets in Å) shipped with raw Δf; the "
+                               "trainer computes in float32 either way")
     prefetch_next_epoch: bool = Field(
         True, description="request the next epoch's batches while the current one ends, validates and checkpoints")
     batch_timeout_s: float = Field(

@@ -484,7 +484,7 @@ def config_summary(config: TrainConfig) -> dict[str, str]:
                  f"{sim.scan_size_angstrom[0]:g}×{sim.scan_size_angstrom[1]:g} Å, {config.input_slices} slices",
         "slices": f"{slices}, dz {sim.dz_angstrom:g} Å",
         "data": f"{config.data.database.name} split {config.data.split}, {config.rotations_per_molecule} rotations/molecule",
-        "training": f"{config.run.epochs} epochs, batch {config.run.batch_size} × {config.scaling.num_workers} workers, "
+        "training": f"{config.run.epochs} epochs, global batch {config.run.batch_size} on {config.scaling.num_workers} workers, "
                     f"lr {config.optimizer.learning_rate:g}",
     }
     summary["loss"] = config.model.spec.describe_loss(config)

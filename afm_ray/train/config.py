@@ -69,8 +69,17 @@ class ScalingSettings(StrictModel):
 class OptimizerSettings(StrictModel):
     """Adam with inverse-time decay (thesis 3.3)."""
 
-    learning_rate: float = Field(1e-3, gt=0, description="initial learning rate (per optimiser step)")
-    decay: float = Field(1e-5, ge=0, description="lr / (1 + decay · step), per optimiser step")
+    learning_rate: float = Field(1e-3, gt=0, description="initial learning rate at the reference batch (per "
+                                                          "optimiser step of reference_batch_size samples)")
+    decay: float = Field(1e-5, ge=0, description="lr / (1 + decay · s / reference_batch_size) after s training samples "
+                                                 "seen (all ranks): thesis 1e-5 per step of 30 samples")
+    reference_batch_size: int = Field(30, ge=1, description="the global batch (samples) that learning_rate and decay "
+                                                            "are stated for (thesis 30)")
+    batch_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="learning rate scaled by the global batch: none, linear (× G / reference_batch_size) or "
+                            "sqrt (× √(G / reference_batch_size))")
+    warmup_samples: int = Field(0, ge=0, description="linear learning-rate warm-up over this many training samples "
+                                                     "seen (0: none)")
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam β1 (dimensionless)")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam β2 (dimensionless)")
 
@@ -111,12 +120,25 @@ class RunSettings(StrictModel):
     name: str | None = Field(None, description="run name (default <model>-<split>); same name + storage resumes")
     storage_path: Path = Field(Path("runs"), description="checkpoints and run state (shared storage on a cluster)")
     epochs: int = Field(50, ge=1, description="thesis: ~50")
-    batch_size: int = Field(30, ge=1, description="samples per batch per rank")
+    batch_size: int = Field(30, ge=1, description="the global batch: training samples per optimiser step, all ranks "
+                                                  "together (each rank trains batch_size / num_workers of them)")
+    micro_batch_size: int | None = Field(None, ge=1, description="most samples a rank puts through the network at "
+                                                                 "once: its share of a step is cut into equal micro "
+                                                                 "batches whose gradients add up (None: the whole share)")
     seed: int = Field(0, description="seeds molecules order, tilts, heights, noise: the run is reproducible")
     max_failures: int = Field(3, ge=-1, description="worker failures to recover from (−1: forever)")
     num_figure_samples: int = Field(4, ge=0, description="fixed validation samples drawn in prediction figures")
-    channels_last: bool = Field(True, description="channels-last weights and inputs (same values; 1.3–1.4× faster "
-                                                   "on CPU, `afm-ray bench models --channels-last`)")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="channels-last weights and inputs (same values, other strides): true, false, or auto = "
+                            "each worker times a few training passes both ways on its device and takes the faster "
+                            "(CPU: 1.3–1.4× for channels-last, `afm-ray bench models --channels-last`)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="forward pass in float32, or bf16 autocast (bfloat16 matmuls and convolutions; weights, "
+                            "gradients, optimiser and losses stay float32)")
+    compile: bool = Field(False, description="torch.compile the network (compiled once per worker at its first step)")
+    loader_depth: int = Field(2, ge=0, description="optimiser steps of batches a background thread keeps received, "
+                                                   "copied to the device and augmented ahead of training (0: prepared "
+                                                   "in the loop, in series)")
 
 
 class TrainConfig(StrictModel):
@@ -166,6 +188,9 @@ class TrainConfig(StrictModel):
                              f"twice pipeline.max_attempts_per_batch × pipeline.batch_timeout_s "
                              f"({self.pipeline.max_attempts_per_batch} × {self.pipeline.batch_timeout_s:g} s): a rank "
                              f"waiting that long for a batch would let its peers' all-reduce time out first")
+        if self.run.batch_size < self.scaling.num_workers:
+            raise ValueError(f"run.batch_size ({self.run.batch_size}) is the global batch: it must give each of the "
+                             f"{self.scaling.num_workers} workers (scaling.num_workers) at least one sample")
         if spec.check_config is not None:
             spec.check_config(self)
         return self
@@ -181,6 +206,12 @@ class TrainConfig(StrictModel):
         return SampleSettings(model=self.model.name, model_module=self.model.module, element_classes=self.model.element_classes, data=self.data,
                               train_rotations_per_molecule=self.rotations_per_molecule, sim=self.sim,
                               descriptors=self.descriptors, augment=self.augment)
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro batches per rank and optimiser step: its share ⌈batch_size / num_workers⌉ cut by micro_batch_size."""
+        share = -(-self.run.batch_size // self.scaling.num_workers)
+        return 1 if self.run.micro_batch_size is None else -(-share // self.run.micro_batch_size)
 
     @property
     def input_slices(self) -> int:

@@ -1,10 +1,15 @@
 """The per-worker training loop run by Ray Train (one process per DDP rank).
 
-Each rank pulls its share of every epoch's batches from the simulation actors through one
-:class:`~afm_ray.pipeline.BatchStream` that lasts the whole run, so the next epoch's batches are
+Each optimiser step trains one *global* batch (``run.batch_size`` samples, all ranks together): each
+rank trains its pieces of it (:func:`~afm_ray.plan.micro_batches_for_rank`, :class:`StepRunner`), so the
+recipe, and the learning rate per sample seen (:class:`~afm_ray.optim.SampleSchedule`), do not depend
+on the number of ranks. Each rank pulls its pieces from the simulation actors through one
+:class:`~afm_ray.pipeline.BatchStream` that lasts the whole run, via a background loader that prepares
+them on the device ahead of the step (:mod:`afm_ray.train.loader`); the next epoch's batches are
 requested while this epoch ends, validates and checkpoints (``pipeline.prefetch_next_epoch``).
 Every rank then validates its shard of the fixed validation set; the shares are combined into
-one evaluation equal to a single-rank one, and training figures are summed over all ranks. Rank 0
+one evaluation equal to a single-rank one, training figures are summed over all ranks, and the
+data figures say what the most starved rank saw (:func:`data_metrics`). Rank 0
 writes the checkpoint (state dicts of model, optimiser and scheduler, epoch and config; history as
 JSON; read back with ``weights_only=True``); the controller logs each report to MLflow once the
 checkpoint is saved (:class:`~afm_ray.train.tracking.MlflowReportCallback`).
@@ -13,25 +18,28 @@ A restarted worker group resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pickle
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray.train
 import torch
 from ray.train import Checkpoint
 
-from afm_ray.augment_torch import augment_batch
 from afm_ray.errors import InputError
-from afm_ray.models.memory_format import channels_last, to_channels_last
-from afm_ray.optim import build_optimizer, restore_optimizer
-from afm_ray.pipeline import BatchStream, StreamStats, batches_for_rank, plan_epoch
-from afm_ray.pipeline.fixed_sets import FixedSet
+from afm_ray.models.memory_format import channels_last, channels_last_is_faster, to_channels_last
+from afm_ray.optim import SampleSchedule, build_optimizer, restore_optimizer
+from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
+from afm_ray.plan import micro_batches_for_rank
+from afm_ray.pipeline.fixed_sets import FixedSet, available_memory_bytes, cache_budget_mib
 from afm_ray.train.config import TrainConfig
-from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for,
+from afm_ray.train.loader import DeviceBatch, StepLoader
+from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
                                  gathered_from_ranks, objective, to_tensors)
 
 CHECKPOINT_FILE = "state.pt"
@@ -39,7 +47,23 @@ HISTORY_FILE = "history.json"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside torch.compile's and DDP's wrappers."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if hasattr(model, "module") else model
+
+
+def prepare_network(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, bool]:
+    """(the model to train: the network on ``device``, DDP-wrapped where there are ranks, compiled where
+    ``run.compile``; whether it is channels-last). ``run.channels_last: auto`` measures this device."""
+    last = config.run.channels_last
+    if last == "auto":  # rank 0's measurement for all: DDP needs the same parameter strides on every rank
+        sample = torch.randn(2, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices,
+                             device=device)
+        last = gathered_from_ranks(channels_last_is_faster(lambda: build_model(config), sample))[0]
+    torch.manual_seed(config.run.seed)  # the same initial weights whatever the measurement drew
+    network = build_model(config)
+    model = ray.train.torch.prepare_model(to_channels_last(network) if last else network)
+    return (torch.compile(model) if config.run.compile else model), last
 
 
 def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet, device,
@@ -51,7 +75,7 @@ def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: Fi
     with torch.no_grad():
         for batch in fixed_set.batches(rank, world_size):
             tensors = to_tensors(batch, device)
-            outputs = network(tensors["x"])
+            outputs = forward(network, tensors["x"], config)
             evaluation.update(outputs, tensors, compute_loss(config.model.spec, loss_fn, outputs, tensors))
     network.train()
     return evaluation
@@ -78,7 +102,8 @@ def _stats_since(stats: StreamStats, before: StreamStats) -> dict[str, float]:
 
 
 def data_metrics(shares: list[dict[str, float]], n_actors: int) -> dict[str, float]:
-    """Epoch figures of the data pipeline from every rank's ``shares`` (``wait_seconds``, ``elapsed``, per-actor counts).
+    """Epoch figures of the data pipeline from every rank's ``shares`` (``loop_wait_seconds``: the training
+    loop's own wait for prepared batches, ``max_wait_seconds``, ``elapsed``, per-actor counts).
 
     ``data_wait_fraction`` is the largest rank's: in lock-step the ranks that do not wait spend that
     time inside the all-reduce, waiting for the one that does, so the mean hides a starved job (it is
@@ -89,9 +114,9 @@ def data_metrics(shares: list[dict[str, float]], n_actors: int) -> dict[str, flo
     actor ``a`` of ``n_actors``: ``sim_actor_{a}_share`` of the epoch's batches and
     ``sim_actor_{a}_batches_per_s`` while making them, so a slow node shows in MLflow.
     """
-    fractions = [share["wait_seconds"] / max(share["elapsed"], 1e-9) for share in shares]
+    fractions = [share["loop_wait_seconds"] / max(share["elapsed"], 1e-9) for share in shares]
     starved = max(range(len(shares)), key=lambda rank: fractions[rank])
-    compute = shares[starved]["elapsed"] - shares[starved]["wait_seconds"]
+    compute = shares[starved]["elapsed"] - shares[starved]["loop_wait_seconds"]
     metrics = {"data_wait_fraction": fractions[starved], "data_wait_fraction_mean": sum(fractions) / len(fractions),
                "step_time_over_compute": shares[starved]["elapsed"] / max(compute, 1e-9),
                "data_max_wait_seconds": max(share["max_wait_seconds"] for share in shares)}
@@ -113,124 +138,221 @@ def data_metrics(shares: list[dict[str, float]], n_actors: int) -> dict[str, flo
     return metrics
 
 
+class LossSums:
+    """Sample-weighted sums of the training loss and its terms, kept on the device (no sync per step).
+
+    :meth:`read` turns them into plain floats once per logging interval (the epoch):
+    ``{"loss": Σ n·total, "loss_<term>": Σ n·term, "loss_samples": Σ n}``.
+    """
+
+    def __init__(self):
+        self._sums: dict[str, torch.Tensor] = {}
+        self.samples = 0
+
+    def add(self, loss, n_samples: int) -> None:
+        for name, value in (("loss", loss.total), *((f"loss_{k}", v) for k, v in loss.terms.items())):
+            weighted = value.detach().float() * n_samples
+            self._sums[name] = self._sums[name] + weighted if name in self._sums else weighted
+        self.samples += n_samples
+
+    def read(self) -> dict[str, float]:
+        names = list(self._sums)
+        values = torch.stack([self._sums[name] for name in names]).tolist() if names else []
+        return {**dict(zip(names, values)), "loss_samples": float(self.samples)}
+
+
+@dataclass
+class StepRunner:
+    """One optimiser step of a global batch on this rank: its micro batches' gradients added up, then one update.
+
+    A micro batch of ``n`` samples back-propagates ``loss × n × W / G`` (G the global batch, W the ranks):
+    DDP averages the ranks' gradients (÷ W), so the update follows the mean loss of the global batch
+    whatever W and the cut into micro batches. Only the last micro batch synchronises the ranks
+    (the others run under DDP's ``no_sync``). A rank left without data keeps the ranks in step with a
+    zero-loss pass; the learning rate advances by the global batch in any case (per sample seen).
+    ``synchronize``: wait for the device after each stage, so that :attr:`seconds` splits the step
+    truly on a GPU (benchmarks only).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: SampleSchedule
+    loss_fn: torch.nn.Module
+    config: TrainConfig
+    device: torch.device
+    world_size: int
+    channels_last: bool = False
+    synchronize: bool = False
+    sums: LossSums = field(default_factory=LossSums)
+    seconds: dict[str, float] = field(default_factory=lambda: {"forward_backward": 0.0, "optimizer": 0.0})
+
+    def run(self, micro_batches: list[DeviceBatch | None]) -> int:
+        """Train on one step's micro batches (None where dropped); returns the samples trained."""
+        present = [batch for batch in micro_batches if batch is not None]
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not present and self.world_size == 1:
+            self.schedule.step()
+            return 0
+        if not present:  # every rank must run the same number of synchronised backward passes
+            outputs = forward(self.model, self._memory_format(_blank_input(self.config, self.device)), self.config)
+            (sum(o.sum() for o in outputs) * 0.0).backward()
+        scale = self.world_size / self.config.run.batch_size
+        for position, batch in enumerate(present):
+            last = position == len(present) - 1
+            with contextlib.nullcontext() if last else getattr(self.model, "no_sync", contextlib.nullcontext)():
+                outputs = forward(self.model, self._memory_format(batch.tensors["x"]), self.config)
+                loss = compute_loss(self.config.model.spec, self.loss_fn, outputs, batch.tensors)
+                (loss.total * (batch.n_samples * scale)).backward()
+            self.sums.add(loss, batch.n_samples)
+        stepped = self._lap(started, "forward_backward")
+        self.optimizer.step()
+        self.schedule.step()
+        self._lap(stepped, "optimizer")
+        return sum(batch.n_samples for batch in present)
+
+    def _lap(self, started: float, stage: str) -> float:
+        if self.synchronize and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[stage] += now - started
+        return now
+
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return channels_last(x) if self.channels_last else x
+
+
+def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: SampleSchedule,
+           config: TrainConfig, device) -> tuple[int, list[dict]]:
+    """(first epoch to train, history) from Ray Train's latest checkpoint, whose state is loaded into
+    model, optimiser and schedule; ``(0, [])`` when there is none."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as folder:
+        state = read_checkpoint_state(folder, device)
+        history = json.loads((Path(folder) / HISTORY_FILE).read_text())
+    unwrap(model).load_state_dict(state["model"])
+    restore_optimizer(optimizer, schedule, state["optimizer"], state["scheduler"],
+                      (config.optimizer.beta1, config.optimizer.beta2))
+    return state["epoch"] + 1, history
+
+
+def write_checkpoint(model: torch.nn.Module, optimizer, schedule: SampleSchedule, epoch: int, config_json: str,
+                     history: list[dict], metrics: dict[str, float]) -> None:
+    """Rank 0's report of an epoch with its checkpoint: state dicts and plain values only, read back with
+    ``weights_only=True`` (:func:`read_checkpoint_state`)."""
+    with tempfile.TemporaryDirectory(prefix="afm-ray-checkpoint-") as folder:
+        torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": schedule.state_dict(), "epoch": epoch, "config_json": config_json},
+                   Path(folder) / CHECKPOINT_FILE)
+        (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+
+def epoch_metrics(total: dict[str, float], config: TrainConfig, epoch: int, world_size: int,
+                  schedule: SampleSchedule) -> dict[str, float]:
+    """The training figures of an epoch from ``total``, this epoch's sums over all ranks."""
+    n_tips = len(config.model.spec.tips)
+    samples = max(total["loss_samples"], 1.0)
+    return {
+        "epoch": epoch, "epochs_completed": epoch + 1, "train_loss": total["loss"] / samples,
+        **{f"train_{name}": value / samples for name, value in total.items()
+           if name.startswith("loss_") and name != "loss_samples"},
+        "train_samples_per_s": total["samples"] * world_size / total["elapsed"],
+        # the stream's wait for the pool, in the loader thread (data_metrics: the training loop's own wait)
+        "stream_wait_fraction": total["wait_seconds"] / total["elapsed"],
+        # what one actor sustains while producing (stacks of all tips per second of its work)
+        "sim_stacks_per_s_per_actor": total["samples"] * n_tips / max(total["produce_seconds"], 1e-9),
+        "samples_trained": total["samples"],
+        "batches_resent": total["resent"], "batches_hedged": total["hedged"], "batches_timed_out": total["timed_out"],
+        "batches_dropped": total["dropped_batches"], "samples_skipped": total["samples_skipped"],
+        "learning_rate": schedule.get_last_lr()[0], "samples_seen": schedule.samples_seen,
+        "global_batch_size": config.run.batch_size, "epoch_seconds": total["elapsed"] / world_size,
+    }
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     config = TrainConfig.model_validate_json(loop_config["config_json"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(config.run.seed)
 
-    network = build_model(config)
-    model = ray.train.torch.prepare_model(to_channels_last(network) if config.run.channels_last else network)
     device = ray.train.torch.get_device()
+    model, memory_channels_last = prepare_network(config, device)
     loss_fn = build_loss(config)
-    optimizer, scheduler = build_optimizer(model.parameters(), config.optimizer.learning_rate,
-                                           config.optimizer.decay, (config.optimizer.beta1, config.optimizer.beta2))
+    settings = config.optimizer
+    optimizer, schedule = build_optimizer(
+        model.parameters(), settings.learning_rate, settings.decay, (settings.beta1, settings.beta2),
+        global_batch_size=config.run.batch_size, reference_batch_size=settings.reference_batch_size,
+        warmup_samples=settings.warmup_samples, batch_scaling=settings.batch_scaling)
     objective_name, objective_mode = objective(config)
-    history: list[dict] = []
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = read_checkpoint_state(folder, device)
-            history = json.loads((Path(folder) / HISTORY_FILE).read_text())
-        unwrap(model).load_state_dict(state["model"])
-        restore_optimizer(optimizer, scheduler, state["optimizer"], state["scheduler"], config.optimizer.learning_rate,
-                          config.optimizer.decay, (config.optimizer.beta1, config.optimizer.beta2))
-        start_epoch = state["epoch"] + 1
+    start_epoch, history = resume(model, optimizer, schedule, config, device)
 
-    val_set = FixedSet(loop_config["val_path"], cache_mib=config.data.fixed_set_cache_mib)
+    cache_mib = config.data.fixed_set_cache_mib
+    if cache_mib is None:
+        cache_mib = cache_budget_mib(available_memory_bytes(), context.get_local_world_size())
+    val_set = FixedSet(loop_config["val_path"], cache_mib=cache_mib)
     n_train = loop_config["n_train_samples"]
-    n_tips = len(config.model.spec.tips)
     pipeline = config.pipeline
     stream = BatchStream(loop_config["pool"], max_in_flight=pipeline.max_in_flight_per_worker, consumer=rank,
                          consumers=world_size, tenant=loop_config["tenant"],
                          budget_mib=pipeline.object_store_budget_mib_per_worker,
                          max_attempts=pipeline.max_attempts_per_batch, seed=config.run.seed)
-
     raw_df = pipeline.augment_on == "trainer" or (pipeline.augment_on == "auto" and config.scaling.use_gpu)
 
-    def rank_plan(epoch: int):
-        specs = batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank, world_size)
-        return ([dataclasses.replace(spec, raw_df=True, raw_df_dtype=pipeline.raw_df_dtype) for spec in specs]
-                if raw_df else specs)
+    def rank_steps(epoch: int) -> list[list[BatchSpec]]:
+        steps = micro_batches_for_rank(plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch), rank,
+                                       world_size, config.micro_batches_per_step)
+        slim = {"raw_df": True, "raw_df_dtype": pipeline.raw_df_dtype, "target_dtype": pipeline.target_dtype,
+                "raw_df_read_slices": pipeline.raw_df_slices == "read"}
+        return [[dataclasses.replace(spec, **slim) for spec in step] for step in steps] if raw_df else steps
 
-    def step(loss_total) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss_total.backward()
-        optimizer.step()
-        scheduler.step()
-
+    runner = StepRunner(model, optimizer, schedule, loss_fn, config, device, world_size, memory_channels_last)
     for epoch in range(start_epoch, config.run.epochs):
-        specs = rank_plan(epoch)
-        stream.request(specs)
+        steps = rank_steps(epoch)
+        stream.request([spec for step in steps for spec in step])
         if pipeline.prefetch_next_epoch and epoch + 1 < config.run.epochs:
-            stream.request(rank_plan(epoch + 1))  # queued behind this epoch: actors stay busy while we validate
+            # queued behind this epoch: actors stay busy while we validate
+            stream.request([spec for step in rank_steps(epoch + 1) for spec in step])
         stream.stats.max_wait_seconds = 0.0  # this epoch's longest wait for one batch
         before = stream.stats.copy()
         model.train()
+        runner.sums = LossSums()
         started = time.perf_counter()
-        local = {"loss": 0.0, "steps": 0.0}
-        for spec, batch in stream.results(specs):
-            if batch is None or len(batch["samples"]) == 0:
-                if world_size > 1:  # every rank must run the same number of DDP steps: a step of zero loss
-                    outputs = model(_blank_input(config, n_tips, device))
-                    step(sum(o.sum() for o in outputs) * 0.0)
-                continue
-            tensors = to_tensors(batch, device)
-            if "df" in tensors:  # raw Δf: augmented here, on this worker's device, with the actor's draws
-                tensors["x"] = augment_batch(tensors.pop("df").float(), spec.seed, config.augment)
-            outputs = model(channels_last(tensors["x"]) if config.run.channels_last else tensors["x"])
-            loss = compute_loss(config.model.spec, loss_fn, outputs, tensors)
-            step(loss.total)
-            for name, value in loss.detached().items():
-                if name != "n_samples":
-                    key = "loss" if name == "total" else f"loss_{name}"
-                    local[key] = local.get(key, 0.0) + value
-            local["steps"] += 1
-        elapsed = time.perf_counter() - started
-        local.update(_stats_since(stream.stats, before), elapsed=elapsed, max_wait_seconds=stream.stats.max_wait_seconds)
+        trained = 0
+        # in plan order, so that the ranks' pieces of one global batch meet in one synchronised step; batches
+        # that arrive early wait in the stream and count against its in-flight bound
+        loader = StepLoader(stream.results, steps, device, config.augment, config.sim.num_slices,
+                            depth=config.run.loader_depth)
+        for micro_batches in loader:
+            trained += runner.run(micro_batches)
+        local = {**runner.sums.read(), "trained": float(trained), **_stats_since(stream.stats, before),
+                 "loop_wait_seconds": loader.times.wait_seconds, "max_wait_seconds": stream.stats.max_wait_seconds,
+                 "elapsed": time.perf_counter() - started}
         shares = gathered_from_ranks(local)
         total = summed(shares)
-        if total["steps"] == 0:
-            raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, batch "
-                               f"size {config.run.batch_size}, {world_size} ranks); see the log for dropped batches")
+        if total["trained"] == 0:
+            raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, global "
+                               f"batch {config.run.batch_size}, {world_size} ranks); see the log for dropped batches")
         validation_started = time.perf_counter()
         evaluation = evaluate(model, loss_fn, config, val_set, device, rank, world_size).combined_over_ranks()
-        metrics = {
-            "epoch": epoch, "epochs_completed": epoch + 1, "train_loss": total["loss"] / total["steps"],
-            **{f"train_{name}": value / total["steps"] for name, value in total.items() if name.startswith("loss_")},
-            "train_samples_per_s": total["samples"] * world_size / total["elapsed"],
-            **data_metrics(shares, pipeline.num_sim_actors),
-            # what one actor sustains while producing (stacks of all tips per second of its work)
-            "sim_stacks_per_s_per_actor": total["samples"] * n_tips / max(total["produce_seconds"], 1e-9),
-            "samples_trained": total["samples"],
-            "batches_resent": total["resent"], "batches_timed_out": total["timed_out"], "batches_hedged": total["hedged"],
-            "batches_dropped": total["dropped_batches"], "samples_skipped": total["samples_skipped"],
-            "learning_rate": scheduler.get_last_lr()[0], "epoch_seconds": total["elapsed"] / world_size,
-            **evaluation.result("val"),
-            "validation_seconds": time.perf_counter() - validation_started,
-        }
+        metrics = {**epoch_metrics(total, config, epoch, world_size, schedule),
+                   **data_metrics(shares, pipeline.num_sim_actors), **evaluation.result("val"),
+                   "validation_seconds": time.perf_counter() - validation_started}
         history.append({k: float(v) for k, v in metrics.items()})
         best = [h[objective_name] for h in history]
         metrics["is_best"] = float(metrics[objective_name] == (max(best) if objective_mode == "max" else min(best)))
-        if rank != 0:
-            ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=None)
-            continue
-        with tempfile.TemporaryDirectory(prefix="afm-ray-checkpoint-") as folder:
-            # state dicts and plain values only (the scheduler's factor saves as {"decay": …}):
-            # read back with weights_only=True (read_checkpoint_state)
-            torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch,
-                        "config_json": loop_config["config_json"]}, Path(folder) / CHECKPOINT_FILE)
-            (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
-            ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=Checkpoint.from_directory(folder))
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if rank == 0:
+            write_checkpoint(model, optimizer, schedule, epoch, loop_config["config_json"], history, metrics)
+        else:
+            ray.train.report(metrics, checkpoint=None)
     stream.close()
 
 
-def _blank_input(config: TrainConfig, n_tips: int, device) -> torch.Tensor:
+def _blank_input(config: TrainConfig, device) -> torch.Tensor:
     """One all-zero input sample, (1, tips, nx, ny, slices)."""
-    x = torch.zeros(1, n_tips, *config.sim.scan_pixels, config.input_slices, device=device)
-    return channels_last(x) if config.run.channels_last else x
+    return torch.zeros(1, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices, device=device)
 
 
 def read_checkpoint_state(checkpoint_path: str | Path, map_location="cpu") -> dict:

@@ -13,11 +13,10 @@ from afm_ray.train.config import TrainConfig
 
 
 def check_batch_fills_workers(config: TrainConfig, train_samples: int) -> None:
-    """Every train worker needs at least one full batch of the ``train_samples`` training samples."""
-    workers = config.scaling.num_workers
-    if train_samples < config.run.batch_size * workers:
-        raise InputError("run.batch_size", f"{train_samples} training samples cannot fill one batch of "
-                                           f"{config.run.batch_size} on each of {workers} workers")
+    """The ``train_samples`` training samples must fill at least one global batch (``run.batch_size``)."""
+    if train_samples < config.run.batch_size:
+        raise InputError("run.batch_size", f"{train_samples} training samples cannot fill one global batch of "
+                                           f"{config.run.batch_size} (all {config.scaling.num_workers} workers together)")
 
 
 def check_cluster_holds_training(config: TrainConfig, workers_at_once: int = 1, driver_cpus: float = 0.0) -> None:

@@ -81,11 +81,14 @@ RESUMABLE_FIELDS = (
     # where and how fast batches are made: every sample is seeded by (run seed, epoch, sample) and
     # augmented with the same draws on actor or trainer, so the batches do not depend on these
     "pipeline.num_sim_actors", "pipeline.sim_num_gpus", "pipeline.sim_num_cpus", "pipeline.sim_resources",
-    "pipeline.opencl_device", "pipeline.augment_on", "pipeline.max_in_flight_per_worker",
+    "pipeline.opencl_device", "pipeline.augment_on", "pipeline.raw_df_slices", "pipeline.max_in_flight_per_worker",
     "pipeline.object_store_budget_mib_per_worker", "pipeline.actor_queue_depth", "pipeline.prefetch_next_epoch",
     "pipeline.batch_timeout_s", "pipeline.batch_timeout_floor_s", "pipeline.timeout_p95_factor",
     "pipeline.hedge_p95_factor", "pipeline.max_attempts_per_batch", "pipeline.consumer_lease_s",
-    "pipeline.actor_startup_timeout_s", "scaling.collective_timeout_s", "data.fixed_set_cache_mib",
+    "pipeline.actor_startup_timeout_s", "data.fixed_set_cache_mib",
+    # how many ranks share the global batch, and in how many micro batches: the same samples per step at the
+    # same learning rate per sample seen (only the per-piece draws of noise, tilts and shifts differ)
+    "scaling", "run.micro_batch_size",
 )
 """Config fields (or sections) that may differ when a run resumes: none changes what the checkpoint's
 epochs mean. Any other difference needs a new ``run.name`` or ``--allow-changed``."""

@@ -35,6 +35,17 @@ def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
             for name, value in batch.items() if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
 
 
+def forward(model: nn.Module, x: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, ...]:
+    """The network's outputs for ``x`` (B, C, nx, ny, K) under ``run.precision``, as float32 tensors.
+
+    bf16 runs the forward pass in autocast (bfloat16 convolutions); the outputs are promoted, so losses,
+    metrics and gradients into the float32 weights are computed as in fp32.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=config.run.precision == "bf16"):
+        outputs = model(x)
+    return tuple(output.float() for output in outputs)
+
+
 def compute_loss(spec: ModelSpec, loss_fn: nn.Module, outputs, tensors: dict[str, torch.Tensor]) -> LossOutput:
     """Loss of ``outputs`` (the model's forward result) against the batch's targets of ``spec``."""
     return loss_fn(list(outputs), [tensors[name] for name in spec.targets])
@@ -146,8 +157,8 @@ def objective(config: TrainConfig) -> tuple[str, str]:
 
 EPOCH_METRICS = ("epochs_completed", "train_loss", "train_samples_per_s", "data_wait_fraction",
                  "sim_stacks_per_s_per_actor", "samples_trained", "sim_actors_used", "batches_resent",
-                 "batches_timed_out", "batches_dropped", "samples_skipped", "learning_rate", "epoch_seconds",
-                 "validation_seconds")
+                 "batches_timed_out", "batches_dropped", "samples_skipped", "learning_rate", "samples_seen", "stream_wait_fraction",
+                 "global_batch_size", "epoch_seconds", "validation_seconds")
 
 
 def reported_metrics(config: TrainConfig) -> set[str]:
