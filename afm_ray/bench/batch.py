@@ -137,35 +137,55 @@ def shared_device_rate(args: argparse.Namespace, raw_df: bool, count: int) -> fl
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # a fresh OpenCL runtime per actor, as in a Ray worker
-    ready, results = context.Barrier(count + 1), context.Queue()
-    workers = [context.Process(target=_actor_process, args=(args, raw_df, ready, results), daemon=True)
+    go, messages = context.Event(), context.Queue()
+    workers = [context.Process(target=_actor_process, args=(args, raw_df, go, messages), daemon=True)
                for _ in range(count)]
     for worker in workers:
         worker.start()
-    ready.wait()  # every actor has built its factory and made its warm-up batch
-    started = time.perf_counter()
-    ends = [results.get() for _ in workers]
-    for worker in workers:
-        worker.join()
-    if any(isinstance(end, str) for end in ends):
-        raise RuntimeError(f"an actor process failed: {[end for end in ends if isinstance(end, str)]}")
+    try:
+        _collect(messages, workers, "ready")  # every actor has built its factory and made its warm-up batch
+        go.set()
+        started = time.perf_counter()
+        ends = _collect(messages, workers, "done")
+    finally:
+        for worker in workers:
+            worker.kill()
     return count * args.repeats * args.batch_size / (max(ends) - started)
 
 
-def _actor_process(args: argparse.Namespace, raw_df: bool, ready, results) -> None:
+def _collect(messages, workers: list, kind: str) -> list[float]:
+    """One ``(kind, time)`` message per worker; a worker's error, or its death, raises instead of waiting forever."""
+    import queue
+
+    times = []
+    while len(times) < len(workers):
+        try:
+            message, value = messages.get(timeout=1.0)
+        except queue.Empty:
+            dead = [worker.exitcode for worker in workers if worker.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"an actor process died (exit code {dead[0]})") from None
+            continue
+        if message == "error":
+            raise RuntimeError(f"an actor process failed: {value}")
+        times.append(value)
+    return times
+
+
+def _actor_process(args: argparse.Namespace, raw_df: bool, go, messages) -> None:
     from afm_ray.plan import BatchSpec
 
     try:
         factory = make_factory(args.model, args.batch_size, args.size, args.device, profile=False)
         samples = np.arange(args.batch_size)
         factory.make_batch(BatchSpec("bench", 0, 0, samples, (1, 0), raw_df=raw_df))
-        ready.wait()
+        messages.put(("ready", 0.0))
+        go.wait()
         for index in range(args.repeats):
             factory.make_batch(BatchSpec("bench", 0, index, samples, (1, index), raw_df=raw_df))
-        results.put(time.perf_counter())  # perf_counter is CLOCK_MONOTONIC, shared by the processes of a machine
+        messages.put(("done", time.perf_counter()))  # CLOCK_MONOTONIC: shared by the processes of a machine
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
-        ready.abort()
-        results.put(f"{type(exc).__name__}: {exc}")
+        messages.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def timed_batch(factory, spec, torch_device) -> dict[str, tuple[float, int]]:
