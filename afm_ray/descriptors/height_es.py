@@ -161,14 +161,16 @@ def maps_from_surface(surface: np.ndarray, surface_value: np.ndarray, lowest_pla
         lowest_plane: the lowest height the search visited (Å); the cut plane must lie above it.
         cut_depth: Å below the surface maximum where the Height Map is cut.
     """
-    found = np.isfinite(surface)
-    top = np.max(surface, axis=(1, 2), where=found, initial=-np.inf)  # (B,)
+    surface = np.asarray(surface)
+    top = np.fmax.reduce(surface.reshape(surface.shape[0], -1), axis=1)  # (B,), NaN where no column crossed
     reference = top - cut_depth
     if np.any(np.isfinite(reference) & (reference < lowest_plane - 1e-6)):
         worst = float(np.min(reference[np.isfinite(reference)]))
         raise InputError("height map", f"the scan stops at {lowest_plane:g} Å but the cut plane lies at {worst:.2f} Å: "
                                        f"lower lowest_plane_angstrom")
-    height = np.where(found, np.clip(surface - reference[:, None, None], 0.0, cut_depth), 0.0)
+    height = surface - reference[:, None, None]
+    np.fmax(height, 0.0, out=height)  # clipped below; a NaN (no crossing) becomes 0 too
+    np.minimum(height, cut_depth, out=height)
     es = np.where(height > 0.0, surface_value, ES_MAP_CUT)
     return HeightEsMaps(height.astype(np.float32, copy=False), es.astype(np.float32, copy=False),
                         np.asarray(surface, np.float32))
