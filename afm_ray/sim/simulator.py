@@ -375,6 +375,7 @@ class Simulator:
         scan_params = list(scan_params)
         if len(scan_params) != count:
             raise InputError("scan_params", f"{len(scan_params)} scan parameter sets for {count} molecules")
+        inputs = self._inputs(batch, tip_config.atomic_number)
         probe_rest, tip_z = self._scan_heights(batch, tip_config.atomic_number, scan_params)
         pixel_origin = batch.packed.pixel_origin.copy()
         pixel_origin[:, 2] = tip_z[:, 0]
@@ -388,7 +389,6 @@ class Simulator:
         fz_buffer = self._buffers.at_least("fz", count * n_steps * nxy * 4)
         df_buffer = self._buffers.at_least("df", count * nxy * n_slices * 4)
         positions_buffer = self._buffers.at_least("positions", count * n_steps * nxy * 16 if return_probe_positions else 16)
-        inputs = self._inputs(batch, tip_config.atomic_number)
         unconverged = np.zeros(count, np.int32)
         unconverged_buffer = self._upload("unconverged", unconverged)
         charges, charge_z = tip_config.point_charges()
@@ -569,11 +569,10 @@ class Simulator:
     # -- internals -------------------------------------------------------------------------------
     def _scan_heights(self, batch: LoadedBatch, probe_number: int,
                       scan_params: list[ScanParams]) -> tuple[np.ndarray, np.ndarray]:
-        """Probe rest offsets (B, 4) float32 and tip-anchor heights (B, n_z_steps); rejects scans that come too close."""
+        """Probe rest offsets (B, 4) float32 and tip-anchor heights (B, n_z_steps); rejects scans that come too close.
+        Needs the probe's contact heights, which :meth:`_inputs` sets."""
         config, packed = self.config, batch.packed
-        contact_z = batch.contact_z.get(probe_number)
-        if contact_z is None:
-            contact_z = packed.probe_terms(probe_number)[1]
+        contact_z = batch.contact_z[probe_number]
         tilt = np.array([params.tilt_angstrom for params in scan_params], dtype=np.float64).reshape(-1, 2)
         start = np.array([params.start_distance_angstrom for params in scan_params], dtype=np.float64)
         lateral2 = tilt[:, 0] * tilt[:, 0] + tilt[:, 1] * tilt[:, 1]
