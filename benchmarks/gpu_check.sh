@@ -138,11 +138,11 @@ rates = {int(n): float(r) for n, r in zip(pairs[::2], pairs[1::2])}
 if not one:
     print("DSH: no figures (the bench batch step failed)")
     sys.exit()
-per_device = ", ".join(f"{n} actor{'s' if n > 1 else ''} {r:.0f}" for n, r in sorted(rates.items()))
+per_device = ", ".join(f"{n} actor{'s' if n > 1 else ''} {r:.4g}" for n, r in sorted(rates.items()))
 enough = [n for n, r in sorted(rates.items()) if r >= 1000]
 need = f"{enough[0]} actors per device reach 1,000 samples/s" if enough else (
     f"none of {sorted(rates)} actors per device reaches 1,000 samples/s" if rates else "")
-print(f"DSH: {float(one):.0f} samples/s per actor alone; per device: {per_device or 'not measured'}; {need}")
+print(f"DSH: {float(one):.4g} samples/s per actor alone; per device: {per_device or 'not measured'}; {need}")
 EOF
 }
 
