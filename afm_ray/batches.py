@@ -22,16 +22,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from afm_ray.augment import AugmentConfig, augment_batch, read_slices, tip_seeds
-from afm_ray.descriptors import XyzGrid, atomic_disks, height_and_es_maps, vdw_spheres
+from afm_ray.descriptors import XyzGrid, atomic_disks, vdw_spheres
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.descriptors.device_maps import DeviceMaps
 from afm_ray.descriptors.geometry import ScanWindow
+from afm_ray.descriptors.height_es import enqueue_height_and_es_maps
 from afm_ray.errors import InputError
 from afm_ray.models import ModelSpec, get_model_spec
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import select_rotations
 from afm_ray.plan import BatchSpec
 from afm_ray.sim import ScanParams, SimConfig, Simulator
+from afm_ray.sim.buffers import FRESH, FreshHostArrays, Pending, PinnedHostArrays
+from afm_ray.sim.simulator import LoadedBatch, derived_seeds
 
 
 @dataclass(frozen=True)
@@ -100,20 +103,30 @@ class BatchFactory:
         splits: ``{"train": SplitSamples, "val": …}``.
         device: OpenCL device override (see :func:`afm_ray.sim.device.select_device`).
         profile: time the simulator's device commands (``simulator.profile``, ``afm-ray bench batch``).
+        reuse_host_memory: read the device's results into page-locked host arrays that every batch
+            reuses (full-speed DMA on a GPU, no allocation): the arrays of a returned batch are then
+            overwritten by the next :meth:`make_batch`. For a Ray actor, whose return value is
+            serialised into the object store before its next call runs; plain callers keep False.
 
-    ``stage_seconds`` sums the wall time of the host stages (descriptors, augmentation) since it was
-    last cleared.
+    A batch's device work (the Δf of each tip, the Height / ES search, the sphere and disk maps) is
+    enqueued on the simulator's queue back to back from one upload of its atoms, with one wait.
+    ``stage_seconds`` and ``stage_cpu_seconds`` sum the wall time and the calling thread's CPU time
+    of each host stage since they were last cleared (``wait for the device`` is the wait).
     """
 
     def __init__(self, task: Task, sim_config: SimConfig, augment_config: AugmentConfig,
-                 descriptors: DescriptorsConfig, splits: dict[str, SplitSamples], device=None, profile: bool = False):
+                 descriptors: DescriptorsConfig, splits: dict[str, SplitSamples], device=None, profile: bool = False,
+                 reuse_host_memory: bool = False):
         self.task = task
         self.augment_config = augment_config
         self.descriptors = descriptors
         self.splits = splits
         self.stage_seconds: dict[str, float] = {}
+        self.stage_cpu_seconds: dict[str, float] = {}
         self.simulator = Simulator(sim_config, device=device, profile=profile)
-        self.device_maps = DeviceMaps(self.simulator.context, self.simulator.queue)
+        self.device_maps = DeviceMaps(self.simulator.context, self.simulator.queue, track=self.simulator.track)
+        self.host: FreshHostArrays | PinnedHostArrays = (PinnedHostArrays(self.simulator.queue) if reuse_host_memory
+                                                         else FRESH)
         self.window = ScanWindow.from_sim_config(sim_config)
         self.xyz_grid = (XyzGrid(window=self.window, element_groups=task.element_groups)
                          if "xyz_classes" in task.targets else None)
@@ -166,22 +179,31 @@ class BatchFactory:
 
     def _make(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...], raw_df: bool = False) -> dict:
         started = time.perf_counter()
-        molecules = [split.molecule(sample) for sample in samples]
-        stacks = []
-        for tip, tip_seed in zip(self.task.tips, tip_seeds(seed, len(self.task.tips))[0]):
-            # each sample's tilt and start distance depend on its number, not its place in the batch, so a
-            # sample simulated alone (to find the one a batch failed on) is the sample the batch had
-            scan_params = [ScanParams.draw(self.simulator.config, _sample_seed(tip_seed, sample)) for sample in samples]
-            stacks.append(self.simulator.simulate(molecules, tip=tip, scan_params=scan_params))
-        df = np.stack(stacks, axis=1)
-        sim_seconds = time.perf_counter() - started
+        simulator, tips = self.simulator, self.task.tips
+        with self._stage("rotate molecules"):
+            molecules = [split.molecule(sample) for sample in samples]
+        with self._stage("pack + upload molecules"):
+            loaded = simulator.load(molecules)
+        # (B, C, nx, ny, n_slices): each tip's Δf is read straight to its channel, no stacking afterwards
+        df = self.host.empty("df", (len(samples), len(tips), *simulator.config.scan_pixels, simulator.config.num_slices))
+        with self._stage("scan draws + enqueue Δf"):
+            for channel, (tip, tip_seed) in enumerate(zip(tips, tip_seeds(seed, len(tips))[0])):
+                # each sample's tilt and start distance depend on its number, not its place in the batch, so a
+                # sample simulated alone (to find the one a batch failed on) is the sample the batch had
+                scan_params = ScanParams.draw_many(simulator.config, derived_seeds(tip_seed, samples))
+                simulator.enqueue_run(loaded, tip=tip, scan_params=scan_params, df_out=df, df_channel=channel)
+        targets = self._targets(loaded, molecules)
+        with self._stage("wait for the device"):
+            simulator.finish()
+        sim_seconds = time.perf_counter() - started  # the Δf simulation and the device's descriptors
         if raw_df:
             inputs = {"df": df}
         else:
             with self._stage("augmentation"):
                 inputs = {"x": augment_batch(df, seed, self.augment_config)}
-        return {**inputs, **self._targets(molecules), "samples": np.asarray(samples, dtype=np.int64),
-                "_sim_seconds": sim_seconds}
+        with self._stage("descriptors from the device's results"):
+            targets = targets.result()
+        return {**inputs, **targets, "samples": np.asarray(samples, dtype=np.int64), "_sim_seconds": sim_seconds}
 
     def _culprit(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...],
                  error: InputError) -> tuple[int, str] | None:
@@ -210,27 +232,24 @@ class BatchFactory:
             batch[name] = np.zeros((0, *shape), np.float32)
         return {**batch, "samples": np.zeros(0, np.int64)}
 
-    def _targets(self, molecules: list[Molecule]) -> dict[str, np.ndarray]:
-        return describe(molecules, self.task.targets, self.simulator, self.window, self.descriptors, self.xyz_grid,
-                        self.device_maps, self._stage)
+    def _targets(self, loaded: LoadedBatch, molecules: list[Molecule]) -> Pending[dict[str, np.ndarray]]:
+        return enqueue_targets(loaded, molecules, self.task.targets, self.simulator, self.window, self.descriptors,
+                               self.xyz_grid, self.device_maps, self._stage, self.host)
 
     @contextmanager
     def _stage(self, name: str):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
             self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - started
+            self.stage_cpu_seconds[name] = self.stage_cpu_seconds.get(name, 0.0) + time.thread_time() - cpu_started
 
     def close(self) -> None:
         self.device_maps.release()
         self.simulator.release()
-
-
-def _sample_seed(tip_seed: np.random.SeedSequence, sample: int) -> int:
-    """The scan-parameter seed of sample number ``sample`` under one tip's seed of a batch."""
-    child = np.random.SeedSequence(tip_seed.entropy, spawn_key=(*tip_seed.spawn_key, int(sample)))
-    return int(child.generate_state(1, np.uint64)[0] >> 1)
+        if isinstance(self.host, PinnedHostArrays):
+            self.host.release()
 
 
 def describe(molecules: list, targets: Sequence[str], simulator: Simulator, window: ScanWindow,
@@ -245,15 +264,28 @@ def describe(molecules: list, targets: Sequence[str], simulator: Simulator, wind
     ``device_maps`` when given (same values), else from NumPy. ``stage(name)``, a context manager,
     times each group of descriptors.
     """
+    pending = enqueue_targets(simulator.load(molecules), molecules, targets, simulator, window, descriptors, xyz_grid,
+                              device_maps, stage)
+    simulator.finish()
+    return pending.result()
+
+
+def enqueue_targets(loaded: LoadedBatch, molecules: list, targets: Sequence[str], simulator: Simulator,
+                    window: ScanWindow, descriptors: DescriptorsConfig, xyz_grid: XyzGrid | None = None,
+                    device_maps: DeviceMaps | None = None, stage=None,
+                    host: FreshHostArrays | PinnedHostArrays = FRESH) -> Pending[dict[str, np.ndarray]]:
+    """:func:`describe` for the batch ``simulator`` has loaded (``molecules``, in order): the device's
+    descriptors are enqueued, the host's computed meanwhile; ``.result()`` after ``simulator.finish()``.
+    The device's maps are read into ``host``'s arrays."""
     stage = stage or (lambda name: nullcontext())
     out: dict[str, np.ndarray] = {}
+    waiting: dict[str, Pending] = {}
     radii, disks_mode = descriptors.vdw_spheres.radii, descriptors.atomic_disks.mode
     drawn = [name for name in ("atomic_disks", "vdw_spheres") if name in targets]
     if drawn:
         with stage("vdW Spheres + Atomic Disks"):
             if device_maps is not None:
-                maps = device_maps.maps(molecules, window, radii=radii, disks_mode=disks_mode)
-                out.update({name: maps[name] for name in drawn})
+                waiting["maps"] = device_maps.enqueue_maps(loaded, window, radii=radii, disks_mode=disks_mode, host=host)
             else:
                 if "atomic_disks" in drawn:
                     out["atomic_disks"] = atomic_disks(molecules, window, mode=disks_mode)
@@ -261,13 +293,21 @@ def describe(molecules: list, targets: Sequence[str], simulator: Simulator, wind
                     out["vdw_spheres"] = vdw_spheres(molecules, window, radii=radii)
     if "height_map" in targets or "es_map" in targets:
         with stage("Height + ES Map"):
-            maps = height_and_es_maps(molecules, simulator, descriptors.height_map, descriptors.es_map)
-        if "height_map" in targets:
-            out["height_map"] = maps.height
-        if "es_map" in targets:
-            out["es_map"] = maps.es
+            waiting["height_es"] = enqueue_height_and_es_maps(loaded, simulator, descriptors.height_map,
+                                                              descriptors.es_map, host)
     if "xyz_classes" in targets:
         with stage("xyz encode"):
             encoded = xyz_grid.encode(molecules)
         out["xyz_classes"], out["xyz_offsets"] = encoded.classes, encoded.offsets
-    return out
+
+    def result() -> dict[str, np.ndarray]:
+        if "maps" in waiting:
+            maps = waiting["maps"].result()
+            out.update({name: maps[name] for name in drawn})
+        if "height_es" in waiting:
+            maps = waiting["height_es"].result()
+            out.update({name: value for name, value in (("height_map", maps.height), ("es_map", maps.es))
+                        if name in targets})
+        return out
+
+    return Pending([], result)

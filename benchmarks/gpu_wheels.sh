@@ -2,7 +2,8 @@
 # Fetch, on a machine with pip access, the wheels benchmarks/gpu_check.sh installs on the GPU machine: the packages
 # afm-ray's simulator benchmarks need beyond that machine's image (Python 3.12 with numpy, torch, pyarrow, PyYAML,
 # tqdm, scipy, matplotlib, h5py; nothing can be downloaded there). Versions: those this project is tested with.
-# Ray (~70 MB) does not fit the 64 MiB a device call may carry: gpu_check.sh skips `bench pipeline` without it.
+# Ray and MLflow are not needed: gpu_check.sh's steps (devices, bench sim|batch|models) import neither (Ray's
+# ~70 MB wheel would not fit the 64 MiB a device call may carry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels=(pyopencl==2026.1.4 pytools==2026.1.1 platformdirs==4.14.8 siphash24==1.9 pydantic==2.14.4

@@ -36,11 +36,13 @@ RAY_SLOW = frozenset({"ray", "slow"})
 MODULE_MARKERS: dict[str, frozenset[str]] = {
     "test_asdafm_import": CHEAP,
     "test_augment": CHEAP,
+    "test_batch_host": CHEAP,
     "test_descriptors": CHEAP,
     "test_descriptors_vs_ppafm": CHEAP,                 # but the full Height + ES comparison: slow below
     "test_device_maps": CHEAP,
     "test_dispatch": CHEAP,
     "test_elements": CHEAP,
+    "test_gpu_check": SLOW,                             # benchmarks/gpu_check.sh: quick CPU dry run, broken driver
     "test_job_submit": RAY_SLOW,                        # `ray start` head + `ray job submit` of a training
     "test_k8s": frozenset({"k8s"}),                     # pure manifest checks: also unit
     "test_losses": CHEAP,

@@ -6,19 +6,26 @@ for ``--model`` (DSH: CO Δf, Atomic Disks, vdW Spheres, Height Map; ES: CO + Xe
 Map; xyz: CO Δf, xyz grid). After one warm-up batch, ``--repeats`` batches are made and each
 figure is the median:
 
-* device stages, from OpenCL profiling on the simulator's queue: upload, the relaxation and
-  Giessibl kernels (the Δf simulation), the iso-surface search (Height / ES Map), the device →
-  host reads, with bytes moved;
-* host stages, wall clock on the actor: vdW Spheres + Atomic Disks (one OpenCL kernel, read
-  included), Height + ES Map (its device commands included), xyz encoding, augmentation (NumPy,
-  with ``--augment-on actor``), the batch as Ray serialises it (pickle protocol 5 with out-of-band
-  buffers, what Ray does for NumPy arrays) and everything else the actor does (molecule rotation,
-  packing);
+* device stages, from OpenCL profiling on the simulator's queue: uploads, the relaxation and
+  Giessibl kernels (the Δf simulation), the iso-surface search (Height / ES Map), the sphere and
+  disk maps kernel, the device → host reads, with bytes moved;
+* host stages on the actor's thread, CPU time and wall time: molecule rotation, packing and
+  upload, scan draws and enqueueing, the descriptors enqueued (xyz encoding runs here, while the
+  device works), the one wait for the device, augmentation (NumPy, with ``--augment-on actor``),
+  the descriptors finished from the device's results, and the rest of ``make_batch``. **Host
+  work** is the thread's CPU time outside the wait: what the host adds to each batch when the
+  device is fast;
+* the batch as Ray serialises it (pickle protocol 5 with out-of-band buffers, what Ray does for
+  NumPy arrays: the one copy of the page-locked results the actor reuses);
 * the whole batch: wall ms and samples/s of the actor; with ``--augment-on trainer`` (default)
   the actor ships the raw Δf and the trainer's augmentation is timed on ``--torch-device``.
 
 Then the ratios of issue 14: Height + ES time / Δf time, the actor's work besides the Δf kernels /
 Δf time, and device → host bytes per sample / bytes the actor returns per sample.
+
+``--actors-per-device 1 2 4`` then runs N actors at once on the device (separate processes, each
+its own context and queue, as Ray's actors with ``pipeline.sim_num_gpus = 1/N`` are) and prints
+samples/s per device for each N.
 """
 
 from __future__ import annotations
@@ -48,14 +55,15 @@ def register(subparsers) -> None:
                         help="trainer (default): the actor ships raw Δf, torch augments it on --torch-device; "
                              "actor: NumPy augmentation on the actor")
     parser.add_argument("--torch-device", help="the trainer's torch device (default cuda when available, else cpu)")
-    parser.add_argument("--actors-per-device", type=int, default=1,
-                        help="also make batches with N actors sharing the device (each its own context and queue, "
-                             "in threads): the overlap pipeline.sim_num_gpus = 1/N buys (default 1: skip)")
+    parser.add_argument("--actors-per-device", type=int, nargs="+", default=[],
+                        help="also make batches with N actors sharing the device for each N given (e.g. 1 2 4; each "
+                             "actor a process with its own context and queue, as with pipeline.sim_num_gpus = 1/N) "
+                             "and print samples/s per device (default: skip)")
     parser.set_defaults(handler=run)
 
 
-def make_factory(model: str, batch_size: int, size: int, device: str):
-    """A profiling BatchFactory over ``batch_size`` g2 molecules, one unrotated view each."""
+def make_factory(model: str, batch_size: int, size: int, device: str, profile: bool = True):
+    """A BatchFactory over ``batch_size`` g2 molecules, one unrotated view each, set up as a simulation actor's."""
     from afm_ray.augment import AugmentConfig
     from afm_ray.batches import BatchFactory, SplitSamples, Task
     from afm_ray.bench.sim import benchmark_molecules
@@ -68,7 +76,8 @@ def make_factory(model: str, batch_size: int, size: int, device: str):
     molecules = tuple(pool[index % len(pool)] for index in range(batch_size))
     rotations = np.broadcast_to(np.eye(3), (batch_size, 1, 3, 3))
     return BatchFactory(Task(model), SimConfig(scan_pixels=(size, size)), AugmentConfig(), DescriptorsConfig(),
-                        {"bench": SplitSamples(molecules, rotations)}, device=device, profile=True)
+                        {"bench": SplitSamples(molecules, rotations)}, device=device, profile=profile,
+                        reuse_host_memory=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
 
     from afm_ray.plan import BatchSpec
 
-    if args.batch_size < 1 or args.repeats < 1 or args.size < 16 or args.size % 8:
-        raise InputError("bench batch", "need --batch-size ≥ 1, --repeats ≥ 1 and --size ≥ 16, a multiple of 8")
+    if args.batch_size < 1 or args.repeats < 1 or args.size < 16 or args.size % 8 or min(args.actors_per_device,
+                                                                                          default=1) < 1:
+        raise InputError("bench batch", "need --batch-size ≥ 1, --repeats ≥ 1, --size ≥ 16 (a multiple of 8) and "
+                                        "--actors-per-device ≥ 1")
     factory = make_factory(args.model, args.batch_size, args.size, args.device)
     print(f"{args.model} batch of {args.batch_size} at {args.size}×{args.size} px, {factory.simulator.config.num_slices} "
           f"slices → 10, on {factory.simulator.device_name}; median of {args.repeats}")
@@ -89,74 +100,118 @@ def run(args: argparse.Namespace) -> int:
                for index in range(args.repeats + 1)][1:]
     medians = {stage: statistics.median(record[stage][0] for record in records) for stage in records[0]}
     moved = {stage: records[0][stage][1] for stage in records[0]}
-    for stage, seconds in medians.items():
+    print(f"  {'device stages (OpenCL profiling)':<40} {'ms':>9}")
+    for stage in (stage for stage in medians if stage in factory.simulator.profile.seconds):
         nbytes = f"{moved[stage] / 2**20:9.2f} MiB" if moved[stage] else ""
-        print(f"  {stage:<34} {seconds * 1e3:9.1f} ms  {nbytes}")
+        print(f"  {stage:<40} {medians[stage] * 1e3:9.1f}  {nbytes}")
+    print(f"  {'host stages (the actor thread)':<40} {'CPU ms':>9} {'wall ms':>9}")
+    for stage in (stage for stage in medians if stage.startswith("host: ")):
+        print(f"  {stage[6:]:<40} {medians[stage] * 1e3:9.2f} {medians['wall: ' + stage[6:]] * 1e3:9.1f}")
+    print(f"  {'host work (CPU outside the wait)':<40} {medians['host work'] * 1e3:9.2f}")
+    for stage in ("Ray serialisation (pickle 5)", "whole batch (actor)", "augmentation on the trainer (torch)"):
+        if stage in medians:
+            print(f"  {stage:<40} {medians[stage] * 1e3:9.1f}")
+    print(f"  {'returned arrays':<40} {'':9}  {moved['returned arrays'] / 2**20:9.2f} MiB")
     total = medians["whole batch (actor)"]
     df_seconds = sum(medians.get(stage, 0.0) for stage in DF_STAGES)
     read = sum(moved[stage] for stage in moved if stage.startswith("read"))
-    print(f"actor: {args.batch_size / total:.1f} samples/s")
+    print(f"actor: {args.batch_size / total:.1f} samples/s; host work {medians['host work'] * 1e3:.1f} ms per batch")
     if raw_df:
         trainer = medians["augmentation on the trainer (torch)"]
         print(f"trainer-side augmentation: {args.batch_size / trainer:.0f} samples/s on {torch_device}")
-    if "Height + ES Map" in medians:
-        print(f"Height + ES / Δf simulation:             {medians['Height + ES Map'] / df_seconds:6.1%}")
+    if "iso search kernels" in medians:
+        print(f"Height + ES / Δf simulation (kernels):   {medians['iso search kernels'] / df_seconds:6.1%}")
     print(f"actor work besides the Δf kernels / Δf:  {(total - df_seconds) / df_seconds:6.1%}")
     print(f"device→host bytes / returned bytes:      {read / moved['returned arrays']:6.2f}×")
     factory.close()
-    if args.actors_per_device > 1:
-        rate = shared_device_rate(args, raw_df)
-        print(f"{args.actors_per_device} actors on one device: {rate:.1f} samples/s together "
-              f"({rate * total / args.batch_size:.2f}× one actor)")
+    for count in args.actors_per_device:  # each actor makes --repeats batches after a warm-up one
+        rate = shared_device_rate(args, raw_df, count)
+        print(f"{count} actor{'s' if count > 1 else ''} on one device: {rate:.1f} samples/s per device, "
+              f"{rate / count:.1f} per actor", flush=True)
     return 0
 
 
-def shared_device_rate(args: argparse.Namespace, raw_df: bool) -> float:
-    """Samples/s of ``--actors-per-device`` factories making ``--repeats`` batches each at once (threads: the
-    OpenCL calls and NumPy release the GIL, as separate actor processes would not need to)."""
-    from concurrent.futures import ThreadPoolExecutor
+def shared_device_rate(args: argparse.Namespace, raw_df: bool, count: int) -> float:
+    """Samples/s of ``count`` actor processes on the device, each making ``--repeats`` batches after a warm-up
+    one, all starting together: total samples / (last end − common start)."""
+    import multiprocessing
 
+    context = multiprocessing.get_context("spawn")  # a fresh OpenCL runtime per actor, as in a Ray worker
+    go, messages = context.Event(), context.Queue()
+    workers = [context.Process(target=_actor_process, args=(args, raw_df, go, messages), daemon=True)
+               for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    try:
+        _collect(messages, workers, "ready")  # every actor has built its factory and made its warm-up batch
+        go.set()
+        started = time.perf_counter()
+        ends = _collect(messages, workers, "done")
+    finally:
+        for worker in workers:
+            worker.kill()
+    return count * args.repeats * args.batch_size / (max(ends) - started)
+
+
+def _collect(messages, workers: list, kind: str) -> list[float]:
+    """One ``(kind, time)`` message per worker; a worker's error, or its death, raises instead of waiting forever."""
+    import queue
+
+    times = []
+    while len(times) < len(workers):
+        try:
+            message, value = messages.get(timeout=1.0)
+        except queue.Empty:
+            dead = [worker.exitcode for worker in workers if worker.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"an actor process died (exit code {dead[0]})") from None
+            continue
+        if message == "error":
+            raise RuntimeError(f"an actor process failed: {value}")
+        times.append(value)
+    return times
+
+
+def _actor_process(args: argparse.Namespace, raw_df: bool, go, messages) -> None:
     from afm_ray.plan import BatchSpec
 
-    factories = [make_factory(args.model, args.batch_size, args.size, args.device)
-                 for _ in range(args.actors_per_device)]
-    samples = np.arange(args.batch_size)
-
-    def work(factory, rounds: int) -> None:
-        for index in range(rounds):
+    try:
+        factory = make_factory(args.model, args.batch_size, args.size, args.device, profile=False)
+        samples = np.arange(args.batch_size)
+        factory.make_batch(BatchSpec("bench", 0, 0, samples, (1, 0), raw_df=raw_df))
+        messages.put(("ready", 0.0))
+        go.wait()
+        for index in range(args.repeats):
             factory.make_batch(BatchSpec("bench", 0, index, samples, (1, index), raw_df=raw_df))
-
-    with ThreadPoolExecutor(len(factories)) as pool:
-        list(pool.map(lambda factory: work(factory, 1), factories))  # warm-up
-        started = time.perf_counter()
-        list(pool.map(lambda factory: work(factory, args.repeats), factories))
-        elapsed = time.perf_counter() - started
-    for factory in factories:
-        factory.close()
-    return len(factories) * args.repeats * args.batch_size / elapsed
+        messages.put(("done", time.perf_counter()))  # CLOCK_MONOTONIC: shared by the processes of a machine
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        messages.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def timed_batch(factory, spec, torch_device) -> dict[str, tuple[float, int]]:
-    """``{stage: (seconds, bytes)}`` of one batch: device stages from profiling, host stages by wall clock."""
+    """``{stage: (seconds, bytes)}`` of one batch: device stages from profiling, ``host: STAGE`` the actor thread's
+    CPU time and ``wall: STAGE`` its wall time per host stage, ``host work`` its CPU time outside the wait."""
     import torch
 
     from afm_ray.augment_torch import augment_batch
 
     factory.simulator.profile.reset()
     factory.stage_seconds.clear()
-    started = time.perf_counter()
+    factory.stage_cpu_seconds.clear()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     batch = factory.make_batch(spec)
-    whole = time.perf_counter() - started
+    whole, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
     started = time.perf_counter()
     pickle.dumps(batch, protocol=5, buffer_callback=[].append)
     serialisation = time.perf_counter() - started
     profile = factory.simulator.profile
     record = {stage: (seconds, profile.nbytes.get(stage, 0)) for stage, seconds in profile.seconds.items()}
-    # wall time on the actor; the descriptor stages include their device commands listed above
-    record.update({stage: (seconds, 0) for stage, seconds in factory.stage_seconds.items()})
-    accounted = sum(profile.seconds.get(stage, 0.0) for stage in (*DF_STAGES, "upload", "read Δf")) + sum(
-        factory.stage_seconds.values())
-    record["other host work"] = (max(whole - accounted, 0.0), 0)
+    cpu_stages, wall_stages = dict(factory.stage_cpu_seconds), dict(factory.stage_seconds)
+    cpu_stages["rest of make_batch"] = max(cpu - sum(cpu_stages.values()), 0.0)
+    wall_stages["rest of make_batch"] = max(whole - sum(wall_stages.values()), 0.0)
+    record.update({f"host: {stage}": (seconds, 0) for stage, seconds in cpu_stages.items()})
+    record.update({f"wall: {stage}": (seconds, 0) for stage, seconds in wall_stages.items()})
+    record["host work"] = (cpu - cpu_stages.get("wait for the device", 0.0), 0)
     record["Ray serialisation (pickle 5)"] = (serialisation, 0)
     record["returned arrays"] = (0.0, sum(value.nbytes for value in batch.values() if isinstance(value, np.ndarray)))
     record["whole batch (actor)"] = (whole, 0)

@@ -9,8 +9,9 @@ What runs where: the host validates and pads the molecules (:func:`prepare_atoms
 and works out per-atom sphere radii, cone apexes and cone widths, O(atoms); the device
 (``device_maps.cl``) evaluates every pixel, one work item per pixel, looping over its sample's
 atoms. :meth:`DeviceMaps.maps` gets both maps from one upload, one kernel launch and one wait.
-Each call returns fresh arrays (reusing host storage would save ~3 ms per 32 × 128 × 128 pair, but
-a returned map would then change under its caller).
+Each call returns fresh arrays. :meth:`DeviceMaps.enqueue_maps` only enqueues that work, for a
+batch the simulator has loaded, so that one wait serves the whole batch; it can read the maps into
+reused page-locked host arrays (:class:`afm_ray.sim.buffers.PinnedHostArrays`).
 
 Precision: on devices with ``cl_khr_fp64`` (pocl, NVIDIA) the kernel works in float64 like NumPy;
 measured on the 49-molecule QM9 sample (pocl, 128 × 128 and 32 × 32 px, random rotations) the
@@ -31,10 +32,12 @@ import pyopencl as cl
 import pyopencl.cltypes as cltypes
 
 from afm_ray.descriptors.disks import ATOMIC_DISKS_CUT_DEPTH, CONE_WIDTH_FACTOR, check_disk_arguments, cone_parameters
-from afm_ray.descriptors.geometry import DEFAULT_WINDOW, AtomBatch, ScanWindow, prepare_atoms
+from afm_ray.descriptors.geometry import (DEFAULT_WINDOW, AtomBatch, ScanWindow, centred_on_mean_xy, padded_atom_batch,
+                                         prepare_atoms)
 from afm_ray.descriptors.spheres import VDW_SPHERES_CUT_DEPTH, check_sphere_arguments, sphere_radius_of
 from afm_ray.errors import InputError
-from afm_ray.sim.buffers import LOCAL_SIZE, DeviceBuffers, round_up
+from afm_ray.sim.buffers import FRESH, LOCAL_SIZE, DeviceBuffers, FreshHostArrays, Pending, PinnedHostArrays, round_up
+from afm_ray.sim.simulator import LoadedBatch
 
 _DISK_MODES = {"thesis": 0, "ppafm": 1}  # the kernel's DISKS_MAX, DISKS_SUM
 
@@ -44,10 +47,14 @@ class DeviceMaps:
 
     The program is built once; device buffers are reused across calls and grow when a batch needs
     more room. ``double_precision`` None uses float64 where the device has ``cl_khr_fp64``.
+    ``track(stage, event, nbytes)`` receives every enqueued command (e.g. :meth:`Simulator.track
+    <afm_ray.sim.Simulator.track>`, which times them when profiling).
     """
 
-    def __init__(self, context: cl.Context, queue: cl.CommandQueue, double_precision: bool | None = None):
+    def __init__(self, context: cl.Context, queue: cl.CommandQueue, double_precision: bool | None = None,
+                 track=None):
         self.context, self.queue = context, queue
+        self._track = track or (lambda stage, event, nbytes=0: event)
         has_fp64 = "cl_khr_fp64" in queue.device.extensions.split()
         if double_precision and not has_fp64:
             raise InputError("double_precision", f"{queue.device.name.strip()} has no cl_khr_fp64")
@@ -85,12 +92,28 @@ class DeviceMaps:
         return self._compute(batch, window, spheres=(sphere_radius_of(radii), VDW_SPHERES_CUT_DEPTH),
                              disks=(disks_mode, ATOMIC_DISKS_CUT_DEPTH, CONE_WIDTH_FACTOR))
 
+    def enqueue_maps(self, batch: LoadedBatch, window: ScanWindow = DEFAULT_WINDOW, *, radii: str = "vdw",
+                     disks_mode: str = "thesis", host: FreshHostArrays | PinnedHostArrays = FRESH
+                     ) -> Pending[dict[str, np.ndarray]]:
+        """:meth:`maps` of a batch the simulator has loaded (atoms centred on their mean xy), enqueued on
+        :attr:`queue` without waiting; the maps are read into ``host``'s arrays."""
+        check_disk_arguments(disks_mode, ATOMIC_DISKS_CUT_DEPTH, CONE_WIDTH_FACTOR)
+        atoms = centred_on_mean_xy(padded_atom_batch(*batch.atoms()))
+        return self._enqueue(atoms, window, spheres=(sphere_radius_of(radii), VDW_SPHERES_CUT_DEPTH),
+                             disks=(disks_mode, ATOMIC_DISKS_CUT_DEPTH, CONE_WIDTH_FACTOR), host=host)
+
     def release(self) -> None:
         """Free device buffers now (they are otherwise freed with this object)."""
         self._buffers.release()
 
     def _compute(self, batch: AtomBatch, window: ScanWindow, spheres: tuple | None = None,
                  disks: tuple | None = None) -> dict[str, np.ndarray]:
+        pending = self._enqueue(batch, window, spheres, disks)
+        self.queue.finish()
+        return pending.result()
+
+    def _enqueue(self, batch: AtomBatch, window: ScanWindow, spheres: tuple | None = None, disks: tuple | None = None,
+                 host: FreshHostArrays | PinnedHostArrays = FRESH) -> Pending[dict[str, np.ndarray]]:
         """Maps for ``spheres = (radius_of, cut_depth)`` and/or ``disks = (mode, cut_depth, cone_width_factor)``."""
         columns = np.zeros((*batch.mask.shape, 8))  # the kernel's atoms[i], before dropping padding
         columns[..., :3] = batch.positions
@@ -103,9 +126,10 @@ class DeviceMaps:
         atom_range = np.column_stack([np.cumsum(counts) - counts, counts]).astype(np.int32)
         atoms = np.ascontiguousarray(columns[batch.mask], self._real)
         count, nxy = batch.batch_size, window.nx * window.ny
-        inputs = {"atoms": atoms, "atom_range": atom_range}
-        for name, array in inputs.items():  # not blocking: the arrays live until queue.finish() below
-            cl.enqueue_copy(self.queue, self._buffers.at_least(name, array.nbytes), array, is_blocking=False)
+        # the events hold the host arrays until the copies have run (dropping one would wait for it)
+        events = [self._track("upload", cl.enqueue_copy(self.queue, self._buffers.at_least(name, array.nbytes), array,
+                                                        is_blocking=False), array.nbytes)
+                  for name, array in (("atoms", atoms), ("atom_range", atom_range))]
         wanted = [name for name, request in (("vdw_spheres", spheres), ("atomic_disks", disks)) if request is not None]
         outputs = {name: self._buffers.at_least(name, count * nxy * 4) for name in wanted}
         make_real4 = cltypes.make_double4 if self.double_precision else cltypes.make_float4
@@ -114,9 +138,9 @@ class DeviceMaps:
                               make_real4(window.x_min, window.y_min, dx, dy), np.int32(window.nx), np.int32(window.ny),
                               real(spheres[1] if spheres else 0.0), np.int32(_DISK_MODES[disks[0]] if disks else 0),
                               outputs.get("vdw_spheres"), outputs.get("atomic_disks"))
-        cl.enqueue_nd_range_kernel(self.queue, self._kernel, (round_up(nxy), count), (LOCAL_SIZE, 1))
-        results = {name: np.empty((count, window.nx, window.ny), np.float32) for name in wanted}
-        for name, result in results.items():
-            cl.enqueue_copy(self.queue, result, outputs[name], is_blocking=False)
-        self.queue.finish()
-        return results
+        self._track("maps kernel", cl.enqueue_nd_range_kernel(self.queue, self._kernel, (round_up(nxy), count),
+                                                              (LOCAL_SIZE, 1)))
+        results = {name: host.empty(name, (count, window.nx, window.ny)) for name in wanted}
+        events += [self._track("read maps", cl.enqueue_copy(self.queue, result, outputs[name], is_blocking=False),
+                               result.nbytes) for name, result in results.items()]
+        return Pending(events, lambda: results)

@@ -211,6 +211,19 @@ def as_atom_batch(molecules: Any) -> AtomBatch:
     return AtomBatch(positions, numbers, charges, mask)
 
 
+def padded_atom_batch(numbers: np.ndarray, positions: np.ndarray, charges: np.ndarray, counts: np.ndarray) -> AtomBatch:
+    """The :class:`AtomBatch` of checked atoms concatenated molecule after molecule: ``numbers`` (N,) int,
+    ``positions`` (N, 3) Å, ``charges`` (N,) e, ``counts`` (B,) atoms per molecule (e.g.
+    :meth:`afm_ray.sim.simulator.LoadedBatch.atoms`); the arrays :func:`as_atom_batch` would build."""
+    counts = np.asarray(counts)
+    mask = np.arange(int(counts.max())) < counts[:, None]
+    padded_positions = np.zeros((*mask.shape, 3))
+    padded_numbers = np.zeros(mask.shape, dtype=np.int64)
+    padded_charges = np.zeros(mask.shape)
+    padded_positions[mask], padded_numbers[mask], padded_charges[mask] = positions, numbers, charges
+    return AtomBatch(padded_positions, padded_numbers, padded_charges, mask)
+
+
 def centred_on_mean_xy(batch: AtomBatch) -> AtomBatch:
     """``batch`` with each molecule moved in xy so that its mean atom xy is (0, 0) (as the
     simulator centres its window); z unchanged."""

@@ -46,6 +46,7 @@ from pydantic import Field, model_validator
 from afm_ray.config import StrictModel
 from afm_ray.descriptors.geometry import as_atom_batch
 from afm_ray.errors import InputError
+from afm_ray.sim.buffers import FRESH, FreshHostArrays, Pending, PinnedHostArrays
 
 HEIGHT_MAP_ISO_FORCE = 0.1
 """eV/Å: the Fz iso level of the Height Map (ppafm's default; repulsive, +z)."""
@@ -160,16 +161,19 @@ def maps_from_surface(surface: np.ndarray, surface_value: np.ndarray, lowest_pla
         lowest_plane: the lowest height the search visited (Å); the cut plane must lie above it.
         cut_depth: Å below the surface maximum where the Height Map is cut.
     """
-    found = np.isfinite(surface)
-    top = np.where(found, surface, -np.inf).max(axis=(1, 2))  # (B,)
+    surface = np.asarray(surface)
+    top = np.fmax.reduce(surface.reshape(surface.shape[0], -1), axis=1)  # (B,), NaN where no column crossed
     reference = top - cut_depth
     if np.any(np.isfinite(reference) & (reference < lowest_plane - 1e-6)):
         worst = float(np.min(reference[np.isfinite(reference)]))
         raise InputError("height map", f"the scan stops at {lowest_plane:g} Å but the cut plane lies at {worst:.2f} Å: "
                                        f"lower lowest_plane_angstrom")
-    height = np.where(found, np.clip(surface - reference[:, None, None], 0.0, cut_depth), 0.0)
+    height = surface - reference[:, None, None]
+    np.fmax(height, 0.0, out=height)  # clipped below; a NaN (no crossing) becomes 0 too
+    np.minimum(height, cut_depth, out=height)
     es = np.where(height > 0.0, surface_value, ES_MAP_CUT)
-    return HeightEsMaps(height.astype(np.float32), es.astype(np.float32), np.asarray(surface, np.float32))
+    return HeightEsMaps(height.astype(np.float32, copy=False), es.astype(np.float32, copy=False),
+                        np.asarray(surface, np.float32))
 
 
 @dataclass(frozen=True)
@@ -191,17 +195,29 @@ def height_and_es_maps(molecules: Any, simulator, config: HeightMapConfig | None
         config: iso level, cut and scan planes.
         es_map: the electrostatic quantity (default: the potential).
     """
-    config = config or HeightMapConfig()
-    es_map = es_map or EsMapConfig()
     batch = as_atom_batch(molecules)
     views = []
     for index in range(batch.batch_size):
         positions, numbers, charges = batch.molecule(index)
         views.append(_AtomsView(numbers=numbers, positions=positions, charges=charges))
+    pending = enqueue_height_and_es_maps(simulator.load(views), simulator, config, es_map)
+    simulator.finish()
+    return pending.result()
+
+
+def enqueue_height_and_es_maps(batch, simulator, config: HeightMapConfig | None = None,
+                               es_map: EsMapConfig | None = None,
+                               host: FreshHostArrays | PinnedHostArrays = FRESH) -> Pending[HeightEsMaps]:
+    """:func:`height_and_es_maps` of a batch ``simulator`` has loaded (:meth:`afm_ray.sim.Simulator.load`),
+    enqueued without waiting. The search's two maps are read into ``host``'s arrays (with reused
+    ones, ``surface_z`` of the result is one of them); height and es are new arrays."""
+    config = config or HeightMapConfig()
+    es_map = es_map or EsMapConfig()
     planes = config.planes()
-    surface, value = simulator.iso_surface(views, planes[0], config.dz_angstrom, planes.size,
+    search = simulator.enqueue_iso_surface(batch, planes[0], config.dz_angstrom, planes.size,
                                            config.iso_force_ev_per_angstrom, config.cut_depth_angstrom,
                                            tip=config.tip, electrostatics=es_map.quantity,
                                            stride_planes=config.search_stride_planes,
-                                           refine_margin_ev_per_angstrom=config.search_refine_margin_ev_per_angstrom)
-    return maps_from_surface(surface, value, planes[-1], config.cut_depth_angstrom)
+                                           refine_margin_ev_per_angstrom=config.search_refine_margin_ev_per_angstrom,
+                                           host=host)
+    return Pending([], lambda: maps_from_surface(*search.result(), planes[-1], config.cut_depth_angstrom))

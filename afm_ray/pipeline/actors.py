@@ -21,8 +21,10 @@ class SimulationActor(BatchMaker):
         from afm_ray.pipeline.sources import load_split_samples, task_of
 
         settings = SampleSettings.model_validate_json(settings_json)
+        # a returned batch is serialised into the object store before the next call: its arrays may be
+        # the page-locked host memory the factory reuses
         self.factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.descriptors,
-                                    load_split_samples(settings), device=opencl_device)
+                                    load_split_samples(settings), device=opencl_device, reuse_host_memory=True)
 
     def make_batch(self, spec: BatchSpec) -> dict:
         return self.factory.make_batch(spec)

@@ -48,11 +48,17 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+SAMPLE_DRAWS_VERSION = 2
+"""How a sample's random scan parameters are drawn from its seed (2: one SplitMix64 stream per sample):
+sets stored by an afm-ray that drew them otherwise are other samples, so they are not reused."""
+
+
 def fixed_set_key(settings: SampleSettings, subset: str, n_samples: int, seed: int) -> str:
     """Hash of what determines the samples of a fixed set (see the module doc)."""
     database = Path(settings.data.database)
     stat = database.stat() if database.exists() else None
-    identity = {"subset": subset, "n_samples": n_samples, "seed": seed, **settings.eval_identity(),
+    identity = {"subset": subset, "n_samples": n_samples, "seed": seed, "draws": SAMPLE_DRAWS_VERSION,
+                **settings.eval_identity(),
                 "database": _file_digest(str(database), stat.st_size, stat.st_mtime_ns) if stat else str(database)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return f"{settings.model}-{settings.data.split}-{subset}-{digest}"

@@ -28,8 +28,8 @@ Physics
   Xe with +0.3 e.
 * Probe–tip: lateral springs 0.25, 0.25 N/m about the rest offset and a radial spring 30 N/m of rest
   length 4.0 Å (1 N/m = 0.0624150907 eV/Å²; the published data generators' value, see :mod:`afm_ray.sim.config`). The rest offset (x, y) is drawn per sample uniformly in a
-  disk of ``tilt_radius_angstrom`` (thesis: 1.0 Å) from a numpy Generator; each sample's seed is
-  recorded in its :class:`ScanParams`.
+  disk of ``tilt_radius_angstrom`` (thesis: 1.0 Å) from the SplitMix64 stream of the sample's own
+  seed (a whole batch's draws are a few NumPy operations); the seed is recorded in its :class:`ScanParams`.
 * Scan: the tip anchor starts ``start_distance_angstrom`` (6.0) above the probe–atom contact height
   (see :mod:`afm_ray.sim.config`) and descends ``num_slices + df_steps`` steps of dz = 0.1 Å. At each
   height the probe is relaxed starting from the previous height's displacement (carried down the
@@ -68,11 +68,22 @@ with ``relative_to="absolute"``). ``Simulator.electrostatic_potential_on_surface
 heights (B, nx, ny))`` gives the potential (V) on one surface, e.g. the Height Map.
 ``Simulator.pixel_centres(molecule)`` gives the x, y pixel coordinates (Å).
 
+Several computations on one batch, one wait
+-------------------------------------------
+Each method above is one synchronous call. A simulation actor instead packs and uploads a batch's
+atoms once, ``batch = sim.load(molecules)`` (a :class:`LoadedBatch`), enqueues everything on the
+simulator's queue back to back, ``sim.enqueue_run(batch, "CO", df_out=df, df_channel=0)``,
+``sim.enqueue_iso_surface(batch, …)`` (and :meth:`afm_ray.descriptors.device_maps.DeviceMaps.enqueue_maps`),
+waits once, ``sim.finish()``, and then takes each returned :class:`~afm_ray.sim.buffers.Pending`'s
+``.result()``. ``df_out`` (B, C, nx, ny, n_slices) receives each tip's Δf at its channel straight
+from the device; ``host=PinnedHostArrays(sim.queue)`` reads results into reused page-locked memory.
+
 Devices: ``afm_ray.sim.device.select_device`` (``"auto"``, ``"cpu"``, ``"gpu"``, ``"ray"``, index, name).
 """
 
 from afm_ray.sim.config import SimConfig, TipConfig
-from afm_ray.sim.simulator import (DeviceProfile, ScanParams, SimulationResult, Simulator, draw_scan_params,
+from afm_ray.sim.simulator import (DeviceProfile, LoadedBatch, ScanParams, SimulationResult, Simulator, draw_scan_params,
                                    giessibl_weights)
 
-__all__ = ["DeviceProfile", "SimConfig", "TipConfig", "ScanParams", "SimulationResult", "Simulator", "draw_scan_params", "giessibl_weights"]
+__all__ = ["DeviceProfile", "LoadedBatch", "SimConfig", "TipConfig", "ScanParams", "SimulationResult", "Simulator",
+           "draw_scan_params", "giessibl_weights"]

@@ -18,7 +18,8 @@ import pyopencl.cltypes as cltypes
 
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
-from afm_ray.sim.buffers import LOCAL_SIZE, DeviceBuffers, round_up
+from afm_ray.sim.buffers import (FRESH, LOCAL_SIZE, DeviceBuffers, FreshHostArrays, Pending, PinnedHostArrays,
+                                 round_up)
 from afm_ray.sim.config import EV_PER_ANGSTROM2_PER_N_PER_M, SimConfig
 from afm_ray.sim.device import describe, select_device
 
@@ -41,11 +42,20 @@ class ScanParams:
     @classmethod
     def draw(cls, config: SimConfig, seed: int) -> "ScanParams":
         """Random tilt (uniform in a disk of ``tilt_radius_angstrom``) and start distance (± jitter)."""
-        rng = np.random.default_rng(seed)
-        radius = config.tilt_radius_angstrom * math.sqrt(rng.random())
-        angle = 2.0 * math.pi * rng.random()
-        jitter = config.start_distance_jitter_angstrom * (2.0 * rng.random() - 1.0)
-        return cls((radius * math.cos(angle), radius * math.sin(angle)), config.start_distance_angstrom + jitter, int(seed))
+        return cls.draw_many(config, [seed])[0]
+
+    @classmethod
+    def draw_many(cls, config: SimConfig, seeds) -> list["ScanParams"]:
+        """:meth:`draw` for each of ``seeds`` (ints in [0, 2⁶³)) at once; sample b's draw depends on ``seeds[b]`` alone."""
+        seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1)
+        uniform = seed_uniforms(seeds, 3)
+        radius = (config.tilt_radius_angstrom * np.sqrt(uniform[:, 0])).tolist()
+        angle = (2.0 * math.pi * uniform[:, 1]).tolist()
+        start = (config.start_distance_angstrom
+                 + config.start_distance_jitter_angstrom * (2.0 * uniform[:, 2] - 1.0)).tolist()
+        # math's cos/sin per sample: NumPy's SIMD loops may round differently for a batch than for one value
+        return [cls((r * math.cos(a), r * math.sin(a)), distance, seed)
+                for r, a, distance, seed in zip(radius, angle, start, seeds.tolist())]
 
     @classmethod
     def fixed(cls, config: SimConfig, tilt_angstrom: tuple[float, float] = (0.0, 0.0)) -> "ScanParams":
@@ -54,9 +64,34 @@ class ScanParams:
 
 
 def draw_scan_params(config: SimConfig, count: int, seed: int | None = None) -> list[ScanParams]:
-    """``count`` independent draws; each sample's own seed (spawned from ``seed``) is recorded in it."""
-    children = np.random.SeedSequence(seed).spawn(count)
-    return [ScanParams.draw(config, int(child.generate_state(1, dtype=np.uint64)[0] >> 1)) for child in children]
+    """``count`` independent draws; each sample's own seed (derived from ``seed`` and its index) is recorded in it."""
+    return ScanParams.draw_many(config, derived_seeds(np.random.SeedSequence(seed), np.arange(count)))
+
+
+# -- per-sample random numbers, vectorised ---------------------------------------------------------
+# SplitMix64 (Steele, Lea & Flood 2014): a stream of 64-bit outputs per seed from one multiply-xorshift
+# mix, so a whole batch's draws are a few NumPy operations and each sample's draws a function of its seed.
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on a uint64 array (a bijection; arithmetic wraps modulo 2⁶⁴)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def seed_uniforms(seeds: np.ndarray, count: int) -> np.ndarray:
+    """(B, count) float64 uniform in [0, 1): the first ``count`` SplitMix64 outputs of each of ``seeds`` (B,) uint64."""
+    states = np.asarray(seeds, dtype=np.uint64).reshape(-1, 1) + np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN_GAMMA
+    return (_mix64(states) >> np.uint64(11)) * 2.0**-53
+
+
+def derived_seeds(sequence: np.random.SeedSequence, numbers) -> np.ndarray:
+    """(B,) uint64 seeds in [0, 2⁶³), one per sample number in ``numbers``, each a function of (``sequence``, number) alone."""
+    key = sequence.generate_state(2, np.uint64)
+    numbers = np.asarray(numbers, dtype=np.int64).astype(np.uint64).reshape(-1)
+    return _mix64(key[0] ^ _mix64(numbers * _GOLDEN_GAMMA + key[1])) >> np.uint64(1)
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -134,30 +169,53 @@ def giessibl_weights(df_steps: int, dz_angstrom: float, f0_hz: float, k_n_per_m:
 # -- molecules in, packed arrays out -------------------------------------------------------------
 @dataclass
 class _PackedBatch:
-    atoms: np.ndarray          # (N_total, 4) float32 x, y, z, q
-    lj: np.ndarray             # (N_total, 2) float32 C12, C6
-    atom_range: np.ndarray     # (B, 2) int32
-    pixel_origin: np.ndarray   # (B, 4) float32
+    """B molecules as concatenated arrays (N atoms in all), packed once for every kernel of a batch."""
+
+    atoms: np.ndarray          # (N, 4) float32 x, y, z, q
+    atom_range: np.ndarray     # (B, 2) int32 first atom, atom count
+    pixel_origin: np.ndarray   # (B, 4) float32 x, y of pixel (0, 0)'s centre; z 0 (a scan sets its tip height)
     window_origin: np.ndarray  # (B, 2) float64
     top_atom_z: np.ndarray     # (B,)
-    contact_z: np.ndarray      # (B,)
+    surface_top_z: np.ndarray  # (B,) highest z + R_min/2 over the atoms: the contact height less the probe's R_min/2
+    r_half: np.ndarray         # (N,) float64 the atoms' R_min/2, Å
+    epsilon: np.ndarray        # (N,) float64 the atoms' ε, eV
+    numbers: np.ndarray        # (N,) int64
+    positions: np.ndarray      # (N, 3) float64 Å
+    charges: np.ndarray        # (N,) float64 e
     names: list[str] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        return self.atom_range.shape[0]
 
-def _molecule_arrays(molecule, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(numbers (N,), positions (N, 3) Å, charges (N,) e) of a Molecule-like object (or ase.Atoms)."""
-    try:
-        numbers = np.asarray(molecule.numbers)
-        positions = np.asarray(molecule.positions, dtype=np.float64)
-    except AttributeError:
-        raise InputError(where, "expected a molecule with .numbers, .positions and .charges "
-                                f"(afm_ray.molecules.Molecule or ase.Atoms), got {type(molecule).__name__}") from None
-    if hasattr(molecule, "charges") and molecule.charges is not None:
+    def probe_terms(self, probe_number: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lj (N, 2) float32 C12, C6 of every atom mixed with the probe element; contact_z (B,) Å)."""
+        probe_r, probe_eps = ELEMENT_TABLE.lj_params([probe_number])
+        r_mix = self.r_half + probe_r[0]
+        eps_mix = np.sqrt(self.epsilon * probe_eps[0])
+        lj = np.column_stack([eps_mix * r_mix**12, 2.0 * eps_mix * r_mix**6]).astype(np.float32)
+        return lj, self.surface_top_z + probe_r[0]
+
+
+def _raw_arrays(molecule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers, positions, charges) of a Molecule-like object (or ase.Atoms), unchecked; AttributeError if not one."""
+    numbers = np.asarray(molecule.numbers)
+    positions = np.asarray(molecule.positions, dtype=np.float64)
+    if getattr(molecule, "charges", None) is not None:
         charges = np.asarray(molecule.charges, dtype=np.float64)
     elif hasattr(molecule, "get_initial_charges"):
         charges = np.asarray(molecule.get_initial_charges(), dtype=np.float64)
     else:
         charges = np.zeros(len(numbers))
+    return numbers, positions, charges
+
+
+def _molecule_arrays(molecule, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers (N,), positions (N, 3) Å, charges (N,) e) of a Molecule-like object (or ase.Atoms), checked."""
+    try:
+        numbers, positions, charges = _raw_arrays(molecule)
+    except AttributeError:
+        raise InputError(where, "expected a molecule with .numbers, .positions and .charges "
+                                f"(afm_ray.molecules.Molecule or ase.Atoms), got {type(molecule).__name__}") from None
     if numbers.ndim != 1 or numbers.size == 0:
         raise InputError(where, "molecule has no atoms")
     if positions.shape != (numbers.size, 3):
@@ -172,7 +230,53 @@ def _molecule_arrays(molecule, where: str) -> tuple[np.ndarray, np.ndarray, np.n
     return ELEMENT_TABLE.check_numbers(numbers, where), positions, charges
 
 
+def _concatenated_arrays(molecules: list, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers (N,), positions (N, 3) Å, charges (N,) e, atoms per molecule (B,)), checked for the whole batch
+    at once; on any fault the molecules are checked one by one, so the error names the first faulty one."""
+    try:
+        arrays = [_raw_arrays(molecule) for molecule in molecules]
+    except AttributeError:
+        arrays = None
+    if arrays is not None and all(n.ndim == 1 and n.size and p.shape == (n.size, 3) and q.shape == (n.size,)
+                                  for n, p, q in arrays):
+        numbers, positions, charges = (np.concatenate(column) for column in zip(*arrays))
+        if np.isfinite(positions).all() and np.isfinite(charges).all():
+            try:
+                numbers = ELEMENT_TABLE.check_numbers(numbers)
+            except InputError:
+                pass
+            else:
+                return numbers, positions, charges, np.array([n.size for n, _, _ in arrays])
+    for molecule, name in zip(molecules, names):
+        _molecule_arrays(molecule, name)
+    raise AssertionError("a batch check failed that no single molecule fails")
+
+
 # -- the simulator -------------------------------------------------------------------------------
+class LoadedBatch:
+    """A batch of molecules packed once and uploaded once to a :class:`Simulator`'s device.
+
+    Every kernel of the batch reads these atoms: the Δf simulation of each tip, the Height / ES Map
+    search and the rigid-probe fields (the LJ terms of each probe element are uploaded on first use).
+    Made by :meth:`Simulator.load`; valid until that simulator loads the next batch (the device
+    buffers are reused). ``len(batch)`` is B.
+    """
+
+    def __init__(self, packed: _PackedBatch, generation: int):
+        self.packed = packed
+        self.generation = generation
+        self.contact_z: dict[int, np.ndarray] = {}  # probe atomic number → (B,) contact heights, Å
+
+    def __len__(self) -> int:
+        return len(self.packed)
+
+    def atoms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The molecules' atoms, concatenated in batch order: (numbers (N,), positions (N, 3) Å, charges (N,) e,
+        atoms per molecule (B,))."""
+        packed = self.packed
+        return packed.numbers, packed.positions, packed.charges, packed.atom_range[:, 1]
+
+
 class Simulator:
     """Probe Particle Model AFM simulator on one OpenCL device.
 
@@ -181,6 +285,11 @@ class Simulator:
 
     ``device`` overrides ``config.device`` (see :func:`afm_ray.sim.device.select_device`).
     ``profile=True`` times every device command (OpenCL profiling) into :attr:`profile`.
+
+    Every public method is one synchronous call. To run several computations on one batch with a
+    single wait (what a simulation actor does): ``batch = sim.load(molecules)``, then
+    :meth:`enqueue_run` / :meth:`enqueue_iso_surface` (each returns a :class:`Pending`), then
+    :meth:`finish`, then each pending ``.result()``.
     """
 
     def __init__(self, config: SimConfig | None = None, device: str | int | cl.Device | None = None,
@@ -191,7 +300,10 @@ class Simulator:
         self.queue = (cl.CommandQueue(self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
                       if profile else cl.CommandQueue(self.context))
         self.profile = DeviceProfile() if profile else None
-        self._events: list[tuple[str, cl.Event, int]] = []
+        # commands enqueued since the last finish(): their events keep the host arrays they read alive
+        # (pyopencl's NannyEvent would otherwise wait for the copy as soon as it is dropped) and time them
+        self._in_flight: list[tuple[str, cl.Event, int]] = []
+        self._generation = 0
         source = resources.files("afm_ray.sim").joinpath("kernels.cl").read_text(encoding="utf-8")
         charge_counts = {len(tip.point_charges()[0]) for tip in self.config.tips.values()}
         constants = [f"-D DF_WEIGHTS={self.config.df_steps + 1}"]
@@ -219,82 +331,117 @@ class Simulator:
         """Δf stacks (B, nx, ny, n_slices) float32 in Hz, slices ordered far → close. See :meth:`run`."""
         return self.run(molecules, tip=tip, scan_params=scan_params, seed=seed).df
 
-    def run(self, molecules: Sequence, tip: str = "CO", scan_params: Sequence[ScanParams] | None = None,
+    def run(self, molecules: Sequence | LoadedBatch, tip: str = "CO", scan_params: Sequence[ScanParams] | None = None,
             seed: int | None = None, return_fz: bool = False, return_probe_positions: bool = False) -> SimulationResult:
         """Simulate a batch; ``scan_params`` (one per molecule) default to draws seeded by ``seed``.
 
         ``return_fz`` adds the relaxed Fz before Giessibl's formula, ``return_probe_positions`` the
         relaxed probe positions and the Newton iterations each relaxation took (see SimulationResult).
         """
+        pending = self.enqueue_run(molecules, tip, scan_params, seed, return_fz, return_probe_positions)
+        self.finish()
+        return pending.result()
+
+    def load(self, molecules: Sequence) -> LoadedBatch:
+        """Pack ``molecules`` and upload their atoms once (see :class:`LoadedBatch`); the copies are enqueued, not awaited."""
+        packed = self._pack(list(molecules))
+        self._generation += 1
+        for name, array in (("atoms", packed.atoms), ("atom_range", packed.atom_range), ("origin", packed.pixel_origin),
+                            ("top_z", packed.top_atom_z.astype(np.float32))):
+            self._upload(name, array)
+        return LoadedBatch(packed, self._generation)
+
+    def enqueue_run(self, molecules: Sequence | LoadedBatch, tip: str = "CO",
+                    scan_params: Sequence[ScanParams] | None = None, seed: int | None = None,
+                    return_fz: bool = False, return_probe_positions: bool = False,
+                    df_out: np.ndarray | None = None, df_channel: int = 0) -> Pending[SimulationResult]:
+        """:meth:`run`'s device work, enqueued; ``.result()`` of what it returns is the :class:`SimulationResult`.
+
+        ``df_out``: a C-contiguous float32 array to read Δf into instead of a new one, (B, nx, ny,
+        n_slices) or (B, C, nx, ny, n_slices) with this tip's stacks at channel ``df_channel``
+        (the device copies each sample's stack straight to its place); ``result().df`` is then its view.
+        """
         config = self.config
         tip_config = config.tip(tip)
-        molecules = list(molecules)
-        if not molecules:
-            raise InputError("molecules", "empty batch: nothing to simulate")
-        if scan_params is None:
-            scan_params = draw_scan_params(config, len(molecules), seed)
-        scan_params = list(scan_params)
-        if len(scan_params) != len(molecules):
-            raise InputError("scan_params", f"{len(scan_params)} scan parameter sets for {len(molecules)} molecules")
-
-        batch = self._pack(molecules, tip_config.atomic_number)
+        molecules = molecules if isinstance(molecules, LoadedBatch) else list(molecules)
         count = len(molecules)
-        probe_rest, tip_z = self._scan_heights(batch, scan_params)
-        batch.pixel_origin[:, 2] = tip_z[:, 0]
-
         nxy = config.scan_pixels[0] * config.scan_pixels[1]
         n_steps, n_slices = config.num_z_steps, config.num_slices
         self._check_memory(count, {"fz": count * n_steps * nxy * 4, "df": count * nxy * n_slices * 4,
                                    "positions": count * n_steps * nxy * 16 if return_probe_positions else 0})
+        batch = molecules if isinstance(molecules, LoadedBatch) else self.load(molecules)
+        if scan_params is None:
+            scan_params = draw_scan_params(config, count, seed)
+        scan_params = list(scan_params)
+        if len(scan_params) != count:
+            raise InputError("scan_params", f"{len(scan_params)} scan parameter sets for {count} molecules")
+        inputs = self._inputs(batch, tip_config.atomic_number)
+        probe_rest, tip_z = self._scan_heights(batch, tip_config.atomic_number, scan_params)
+        pixel_origin = batch.packed.pixel_origin.copy()
+        pixel_origin[:, 2] = tip_z[:, 0]
+
+        df_shape = (count, *config.scan_pixels, n_slices)
+        channels = df_out.shape[1] if df_out is not None and df_out.ndim == 5 else 1
+        if df_out is not None and (df_out.dtype != np.float32 or not df_out.flags.c_contiguous or df_out.ndim not in (4, 5)
+                                   or (df_out.shape[0], *df_out.shape[-3:]) != df_shape or not 0 <= df_channel < channels):
+            raise InputError("df_out", f"expected a C-contiguous float32 array of shape {df_shape} or (B, C, nx, ny, "
+                                       f"n_slices) with channel {df_channel} < C, got {df_out.dtype} {df_out.shape}")
         fz_buffer = self._buffers.at_least("fz", count * n_steps * nxy * 4)
         df_buffer = self._buffers.at_least("df", count * nxy * n_slices * 4)
         positions_buffer = self._buffers.at_least("positions", count * n_steps * nxy * 16 if return_probe_positions else 16)
         unconverged = np.zeros(count, np.int32)
-        inputs = self._upload(batch, probe_rest=probe_rest, unconverged=unconverged)
+        unconverged_buffer = self._upload("unconverged", unconverged)
         charges, charge_z = tip_config.point_charges()
         kx, ky, kr = config.stiffness_ev_per_angstrom2()
-        global_size = (round_up(nxy), count)
 
         relax = self._kernels["relax_scan"]
-        relax.set_args(inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"], inputs["probe_rest"],
+        relax.set_args(inputs["atoms"], inputs["lj"], inputs["atom_range"], self._upload("scan_origin", pixel_origin),
+                       self._upload("probe_rest", probe_rest),
                        _float4(charges), _float4(charge_z), np.int32(len(charges)),
                        _float4((kx, ky, kr, config.probe_length_angstrom)),
                        _float4((*config.pixel_size_angstrom, config.dz_angstrom)),
                        np.int32(config.scan_pixels[0]), np.int32(config.scan_pixels[1]), np.int32(n_steps),
                        np.int32(config.relax_max_iterations), np.float32(config.relax_force_tolerance_ev_per_angstrom**2),
-                       np.float32(config.relax_max_step_angstrom), fz_buffer, inputs["unconverged"],
+                       np.float32(config.relax_max_step_angstrom), fz_buffer, unconverged_buffer,
                        np.int32(return_probe_positions), positions_buffer)
-        self._track("relax_scan kernel", cl.enqueue_nd_range_kernel(self.queue, relax, global_size, (LOCAL_SIZE, 1)))
+        self.track("relax_scan kernel", cl.enqueue_nd_range_kernel(self.queue, relax, (round_up(nxy), count),
+                                                                    (LOCAL_SIZE, 1)))
         convolve = self._kernels["giessibl_df"]
         convolve.set_args(fz_buffer, self._weights, np.int32(n_steps), np.int32(n_slices), np.int32(nxy), df_buffer)
-        self._track("giessibl_df kernel", cl.enqueue_nd_range_kernel(
+        self.track("giessibl_df kernel", cl.enqueue_nd_range_kernel(
             self.queue, convolve, (round_up(nxy * n_slices), count), (LOCAL_SIZE, 1)))
 
-        df = np.empty((count, *config.scan_pixels, n_slices), np.float32)
-        self._track("read Δf", cl.enqueue_copy(self.queue, df, df_buffer, is_blocking=False), df.nbytes)
-        self._track("read Δf", cl.enqueue_copy(self.queue, unconverged, inputs["unconverged"], is_blocking=False),
-                    unconverged.nbytes)
-        fz = None
+        reads = []
+        if df_out is None:
+            df = df_out = np.empty(df_shape, np.float32)
+        else:
+            df = df_out if df_out.ndim == 4 else df_out[:, df_channel]
+        reads.append(self._read_rows("read Δf", df_out, df_buffer, count, df_channel))
+        reads.append(self.track("read Δf", cl.enqueue_copy(self.queue, unconverged, unconverged_buffer, is_blocking=False),
+                                 unconverged.nbytes))
+        fz = positions = None
         if return_fz:
             fz = np.empty((count, n_steps, *config.scan_pixels), np.float32)
-            cl.enqueue_copy(self.queue, fz, fz_buffer, is_blocking=False)
-        positions = None
+            reads.append(self.track("read Fz", cl.enqueue_copy(self.queue, fz, fz_buffer, is_blocking=False), fz.nbytes))
         if return_probe_positions:
             positions = np.empty((count, n_steps, *config.scan_pixels, 4), np.float32)
-            cl.enqueue_copy(self.queue, positions, positions_buffer, is_blocking=False)
-        self._finish()
-        if fz is not None:
-            fz = np.ascontiguousarray(np.moveaxis(fz, 1, -1))
-        if positions is not None:
-            positions = np.ascontiguousarray(np.moveaxis(positions, 1, 3))
+            reads.append(self.track("read probe positions", cl.enqueue_copy(self.queue, positions, positions_buffer,
+                                                                             is_blocking=False), positions.nbytes))
         half_span = 0.5 * config.amplitude_peak_to_peak_angstrom
-        return SimulationResult(
-            df=df, window_origin=batch.window_origin, tip_z=tip_z,
-            slice_tip_z=tip_z[:, :n_slices] - half_span, top_atom_z=batch.top_atom_z,
-            probe_rest=probe_rest[:, :3].astype(np.float64), scan_params=scan_params,
-            unconverged=unconverged, tip=config.tip_name(tip), fz=fz,
-            probe_positions=None if positions is None else positions[..., :3].astype(np.float64),
-            relax_iterations=None if positions is None else positions[..., 3].astype(np.int32))
+        packed = batch.packed
+
+        def result() -> SimulationResult:
+            moved_positions = None if positions is None else np.moveaxis(positions, 1, 3)
+            return SimulationResult(
+                df=df, window_origin=packed.window_origin, tip_z=tip_z,
+                slice_tip_z=tip_z[:, :n_slices] - half_span, top_atom_z=packed.top_atom_z,
+                probe_rest=probe_rest[:, :3].astype(np.float64), scan_params=scan_params,
+                unconverged=unconverged, tip=config.tip_name(tip),
+                fz=None if fz is None else np.ascontiguousarray(np.moveaxis(fz, 1, -1)),
+                probe_positions=None if positions is None else moved_positions[..., :3].astype(np.float64),
+                relax_iterations=None if positions is None else moved_positions[..., 3].astype(np.int32))
+
+        return Pending(reads, result)
 
     def rigid_probe_fields(self, molecules: Sequence, z_planes_angstrom, tip: str = "CO",
                            relative_to: str = "top_atom", electrostatics: str = "potential") -> tuple[np.ndarray, np.ndarray]:
@@ -311,13 +458,13 @@ class Simulator:
         if planes.ndim != 1 or not np.isfinite(planes).all():
             raise InputError("z_planes_angstrom", "expected a 1-D array of finite heights in Å")
         tip_config = self.config.tip(tip)
-        batch = self._pack(list(molecules), tip_config.atomic_number)
-        z_values = self._z_reference(batch, relative_to)[:, None] + planes[None, :]
-        return self._rigid(batch, tip_config, z_values.astype(np.float32), strides=(planes.size, 1, 0), n_planes=planes.size,
-                           field_z=_is_field_z(electrostatics))
+        batch = self.load(molecules)
+        z_values = self._z_reference(batch.packed, relative_to)[:, None] + planes[None, :]
+        return self._rigid(batch, tip_config, z_values.astype(np.float32), strides=(planes.size, 1, 0),
+                           n_planes=planes.size, field_z=_is_field_z(electrostatics))
 
-    def iso_surface(self, molecules: Sequence, highest_angstrom: float, plane_dz_angstrom: float, n_planes: int,
-                    iso_force_ev_per_angstrom: float, cut_depth_angstrom: float, tip: str = "CO",
+    def iso_surface(self, molecules: Sequence | LoadedBatch, highest_angstrom: float, plane_dz_angstrom: float,
+                    n_planes: int, iso_force_ev_per_angstrom: float, cut_depth_angstrom: float, tip: str = "CO",
                     electrostatics: str = "potential", stride_planes: int = 1,
                     refine_margin_ev_per_angstrom: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Where a rigid probe descending each pixel's column first feels Fz > iso, and the electrostatics there.
@@ -334,20 +481,29 @@ class Simulator:
         nucleus (NaN where no crossing down to that depth), value 0 there. Only these two maps leave
         the device; raises :class:`InputError` if Fz exceeds iso at the highest plane already.
         """
+        pending = self.enqueue_iso_surface(molecules, highest_angstrom, plane_dz_angstrom, n_planes,
+                                           iso_force_ev_per_angstrom, cut_depth_angstrom, tip, electrostatics,
+                                           stride_planes, refine_margin_ev_per_angstrom)
+        self.finish()
+        return pending.result()
+
+    def enqueue_iso_surface(self, molecules: Sequence | LoadedBatch, highest_angstrom: float, plane_dz_angstrom: float,
+                            n_planes: int, iso_force_ev_per_angstrom: float, cut_depth_angstrom: float,
+                            tip: str = "CO", electrostatics: str = "potential", stride_planes: int = 1,
+                            refine_margin_ev_per_angstrom: float = 0.0,
+                            host: FreshHostArrays | PinnedHostArrays = FRESH) -> Pending[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`iso_surface`'s device work, enqueued; the two maps are read into ``host``'s arrays."""
         tip_config = self.config.tip(tip)
-        molecules = list(molecules)
-        batch = self._pack(molecules, tip_config.atomic_number)
-        count, nxy = len(molecules), self.config.scan_pixels[0] * self.config.scan_pixels[1]
-        inputs = self._upload(batch, top_z=batch.top_atom_z.astype(np.float32))
+        batch = molecules if isinstance(molecules, LoadedBatch) else self.load(molecules)
+        count, nxy = len(batch), self.config.scan_pixels[0] * self.config.scan_pixels[1]
+        inputs = self._inputs(batch, tip_config.atomic_number)
         surface_buffer = self._buffers.at_least("iso_surface", count * nxy * 4)
         value_buffer = self._buffers.at_least("iso_value", count * nxy * 4)
         status = np.zeros(count, np.int32)
-        status_buffer = self._buffers.at_least("iso_status", status.nbytes)
-        cl.enqueue_copy(self.queue, status_buffer, status, is_blocking=False)
-        bound_buffer = self._buffers.at_least("iso_bound", status.nbytes)
-        cl.enqueue_copy(self.queue, bound_buffer, np.full(count, n_planes, np.int32), is_blocking=False)
+        status_buffer = self._upload("iso_status", status)
+        bound_buffer = self._upload("iso_bound", np.full(count, n_planes, np.int32))
         charges, charge_z = tip_config.point_charges()
-        common = (inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"], inputs["top_z"],
+        common = (inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["scan_origin"], inputs["top_z"],
                   _float4(charges), _float4(charge_z), np.int32(len(charges)),
                   _float4((*self.config.pixel_size_angstrom, self.config.dz_angstrom)),
                   np.int32(self.config.scan_pixels[0]), np.int32(self.config.scan_pixels[1]),
@@ -355,25 +511,29 @@ class Simulator:
                   np.float32(iso_force_ev_per_angstrom))
         bound = self._kernels["iso_search_bound"]
         bound.set_args(*common, bound_buffer)
-        atoms_per_sample = int(batch.atom_range[:, 1].max())
-        self._track("iso search kernels", cl.enqueue_nd_range_kernel(self.queue, bound, (atoms_per_sample, count), None))
+        atoms_per_sample = int(batch.packed.atom_range[:, 1].max())
+        self.track("iso search kernels", cl.enqueue_nd_range_kernel(self.queue, bound, (atoms_per_sample, count), None))
         kernel = self._kernels["iso_surface"]
         kernel.set_args(*common, np.int32(_is_field_z(electrostatics)), bound_buffer,
                         np.int32(math.ceil(cut_depth_angstrom / plane_dz_angstrom - 1e-6)), np.int32(stride_planes),
                         np.float32(iso_force_ev_per_angstrom - refine_margin_ev_per_angstrom),
                         surface_buffer, value_buffer, status_buffer)
-        self._track("iso search kernels", cl.enqueue_nd_range_kernel(self.queue, kernel, (round_up(nxy), count),
+        self.track("iso search kernels", cl.enqueue_nd_range_kernel(self.queue, kernel, (round_up(nxy), count),
                                                                      (LOCAL_SIZE, 1)))
-        surface = np.empty((count, *self.config.scan_pixels), np.float32)
-        value = np.empty_like(surface)
-        for host, buffer in ((surface, surface_buffer), (value, value_buffer), (status, status_buffer)):
-            self._track("read iso maps", cl.enqueue_copy(self.queue, host, buffer, is_blocking=False), host.nbytes)
-        self._finish()
-        if status.any():
-            raise InputError("height map", f"Fz already exceeds the iso level {iso_force_ev_per_angstrom} eV/Å at the "
-                                           f"highest plane ({highest_angstrom:g} Å) for {batch.names[int(status.argmax())]}: "
-                                           "raise highest_plane_angstrom")
-        return surface, value
+        surface = host.empty("iso_surface", (count, *self.config.scan_pixels))
+        value = host.empty("iso_value", surface.shape)
+        reads = [self.track("read iso maps", cl.enqueue_copy(self.queue, array, buffer, is_blocking=False), array.nbytes)
+                 for array, buffer in ((surface, surface_buffer), (value, value_buffer), (status, status_buffer))]
+        names = batch.packed.names
+
+        def result() -> tuple[np.ndarray, np.ndarray]:
+            if status.any():
+                raise InputError("height map", f"Fz already exceeds the iso level {iso_force_ev_per_angstrom} eV/Å at "
+                                               f"the highest plane ({highest_angstrom:g} Å) for "
+                                               f"{names[int(status.argmax())]}: raise highest_plane_angstrom")
+            return surface, value
+
+        return Pending(reads, result)
 
     def electrostatic_potential_on_surface(self, molecules: Sequence, heights_angstrom, relative_to: str = "top_atom") -> np.ndarray:
         """Sample electrostatic potential (V) at one height per pixel, e.g. on the Height-Map surface.
@@ -386,128 +546,154 @@ class Simulator:
         expected = (len(molecules), *self.config.scan_pixels)
         if heights.shape != expected:
             raise InputError("heights_angstrom", f"expected shape {expected}, got {heights.shape}")
-        batch = self._pack(molecules, probe_number=8)  # the probe only sets contact heights, unused here
-        z_values = heights.reshape(len(molecules), -1) + self._z_reference(batch, relative_to)[:, None]
+        batch = self.load(molecules)
+        z_values = heights.reshape(len(molecules), -1) + self._z_reference(batch.packed, relative_to)[:, None]
         nxy = z_values.shape[1]
         _, potential = self._rigid(batch, None, z_values.astype(np.float32), strides=(nxy, 0, 1), n_planes=1)
         return potential[..., 0]
 
     def pixel_centres(self, molecule) -> tuple[np.ndarray, np.ndarray]:
         """(x (nx,), y (ny,)) pixel-centre coordinates in Å of the window this simulator puts around ``molecule``."""
-        batch = self._pack([molecule], 8)
+        packed = self._pack([molecule])
         (sx, sy), (nx, ny) = self.config.pixel_size_angstrom, self.config.scan_pixels
-        return batch.pixel_origin[0, 0] + sx * np.arange(nx), batch.pixel_origin[0, 1] + sy * np.arange(ny)
+        return packed.pixel_origin[0, 0] + sx * np.arange(nx), packed.pixel_origin[0, 1] + sy * np.arange(ny)
+
+    def finish(self) -> None:
+        """Wait until every enqueued command has run (the one wait of a batch); adds their times to :attr:`profile`."""
+        self.queue.finish()
+        if self.profile is not None:
+            for stage, event, nbytes in self._in_flight:
+                self.profile.add(stage, (event.profile.end - event.profile.start) * 1e-9, nbytes)
+        self._in_flight.clear()
 
     # -- internals -------------------------------------------------------------------------------
-    def _scan_heights(self, batch: "_PackedBatch", scan_params: list[ScanParams]) -> tuple[np.ndarray, np.ndarray]:
-        """Probe rest offsets (B, 4) float32 and tip-anchor heights (B, n_z_steps); rejects scans that come too close."""
-        config = self.config
+    def _scan_heights(self, batch: LoadedBatch, probe_number: int,
+                      scan_params: list[ScanParams]) -> tuple[np.ndarray, np.ndarray]:
+        """Probe rest offsets (B, 4) float32 and tip-anchor heights (B, n_z_steps); rejects scans that come too close.
+        Needs the probe's contact heights, which :meth:`_inputs` sets."""
+        config, packed = self.config, batch.packed
+        contact_z = batch.contact_z[probe_number]
+        tilt = np.array([params.tilt_angstrom for params in scan_params], dtype=np.float64).reshape(-1, 2)
+        start = np.array([params.start_distance_angstrom for params in scan_params], dtype=np.float64)
+        lateral2 = tilt[:, 0] * tilt[:, 0] + tilt[:, 1] * tilt[:, 1]
+        too_tilted = np.flatnonzero(lateral2 >= (0.9 * config.probe_length_angstrom) ** 2)
+        if too_tilted.size:
+            b = int(too_tilted[0])
+            raise InputError(f"scan_params[{b}]", f"tilt {math.sqrt(lateral2[b]):.2f} Å is too large for a "
+                                                  f"{config.probe_length_angstrom} Å probe")
         probe_rest = np.zeros((len(scan_params), 4), np.float32)
-        tip_z = np.zeros((len(scan_params), config.num_z_steps))
-        steps = np.arange(config.num_z_steps) * config.dz_angstrom
-        for b, params in enumerate(scan_params):
-            tx, ty = params.tilt_angstrom
-            lateral2 = tx * tx + ty * ty
-            if lateral2 >= (0.9 * config.probe_length_angstrom) ** 2:
-                raise InputError(f"scan_params[{b}]", f"tilt {math.sqrt(lateral2):.2f} Å is too large for a "
-                                                      f"{config.probe_length_angstrom} Å probe")
-            probe_rest[b, :3] = (tx, ty, -math.sqrt(config.probe_length_angstrom**2 - lateral2))
-            tip_z[b] = batch.contact_z[b] + params.start_distance_angstrom - steps
-            lowest_probe = tip_z[b, -1] + probe_rest[b, 2] - batch.top_atom_z[b]
-            if lowest_probe < config.min_clearance_angstrom:
-                raise InputError(batch.names[b], f"scan too close: at the lowest step the probe's rest position is "
-                                                 f"{lowest_probe:.2f} Å above the highest nucleus, below min_clearance_angstrom "
-                                                 f"= {config.min_clearance_angstrom} (raise start_distance_angstrom "
-                                                 f"{params.start_distance_angstrom:g} or use fewer slices)")
+        probe_rest[:, :2] = tilt
+        probe_rest[:, 2] = -np.sqrt(config.probe_length_angstrom**2 - lateral2)
+        tip_z = (contact_z + start)[:, None] - np.arange(config.num_z_steps) * config.dz_angstrom
+        lowest_probe = tip_z[:, -1] + probe_rest[:, 2] - packed.top_atom_z
+        too_close = np.flatnonzero(lowest_probe < config.min_clearance_angstrom)
+        if too_close.size:
+            b = int(too_close[0])
+            raise InputError(packed.names[b], f"scan too close: at the lowest step the probe's rest position is "
+                                              f"{lowest_probe[b]:.2f} Å above the highest nucleus, below min_clearance_angstrom "
+                                              f"= {config.min_clearance_angstrom} (raise start_distance_angstrom "
+                                              f"{scan_params[b].start_distance_angstrom:g} or use fewer slices)")
         return probe_rest, tip_z
 
-    def _pack(self, molecules: list, probe_number: int) -> _PackedBatch:
+    def _pack(self, molecules: list) -> _PackedBatch:
+        """Check and pack a batch in a few NumPy operations over all its atoms (per-molecule values by segment)."""
         if not molecules:
             raise InputError("molecules", "empty batch: nothing to simulate")
         config = self.config
-        probe_r, probe_eps = ELEMENT_TABLE.lj_params([probe_number])
+        names = [f"molecule {getattr(molecule, 'id', None) or b}" for b, molecule in enumerate(molecules)]
+        numbers, positions, charges, counts = _concatenated_arrays(molecules, names)
+        starts = np.cumsum(counts) - counts
         (size_x, size_y), (sx, sy) = config.scan_size_angstrom, config.pixel_size_angstrom
-        atoms, lj, ranges, names = [], [], [], []
+        # per molecule, as a mean over its own atoms: a segment sum of the batch could round differently
+        centre = np.array([positions[first:first + count, :2].mean(axis=0) for first, count in zip(starts, counts)])
+        extent = np.maximum.reduceat(np.abs(positions[:, :2] - np.repeat(centre, counts, axis=0)), starts, axis=0)
+        outside = np.flatnonzero((extent[:, 0] > 0.5 * size_x) | (extent[:, 1] > 0.5 * size_y))
+        if outside.size:
+            b = int(outside[0])
+            raise InputError(names[b], f"the scan window ({size_x:g} × {size_y:g} Å, scan_size_angstrom) does not contain the "
+                                       f"molecule: atoms reach {extent[b, 0]:.2f} Å in x and {extent[b, 1]:.2f} Å in y from its centre")
+        window_origin = centre - 0.5 * np.array([size_x, size_y])
         pixel_origin = np.zeros((len(molecules), 4), np.float32)
-        window_origin = np.zeros((len(molecules), 2))
-        top_atom_z = np.zeros(len(molecules))
-        contact_z = np.zeros(len(molecules))
-        first = 0
-        for b, molecule in enumerate(molecules):
-            name = f"molecule {getattr(molecule, 'id', None) or b}"
-            names.append(name)
-            numbers, positions, charges = _molecule_arrays(molecule, name)
-            r_half, eps = ELEMENT_TABLE.lj_params(numbers)
-            centre = positions[:, :2].mean(axis=0)
-            extent = np.abs(positions[:, :2] - centre).max(axis=0)
-            if extent[0] > 0.5 * size_x or extent[1] > 0.5 * size_y:
-                raise InputError(name, f"the scan window ({size_x:g} × {size_y:g} Å, scan_size_angstrom) does not contain the "
-                                       f"molecule: atoms reach {extent[0]:.2f} Å in x and {extent[1]:.2f} Å in y from its centre")
-            window_origin[b] = centre - 0.5 * np.array([size_x, size_y])
-            pixel_origin[b, :2] = window_origin[b] + 0.5 * np.array([sx, sy])
-            top_atom_z[b] = positions[:, 2].max()
-            contact_z[b] = (positions[:, 2] + r_half).max() + probe_r[0]
-            r_mix = r_half + probe_r[0]
-            eps_mix = np.sqrt(eps * probe_eps[0])
-            atoms.append(np.column_stack([positions, charges]))
-            lj.append(np.column_stack([eps_mix * r_mix**12, 2.0 * eps_mix * r_mix**6]))
-            ranges.append((first, numbers.size))
-            first += numbers.size
-        return _PackedBatch(np.concatenate(atoms).astype(np.float32), np.concatenate(lj).astype(np.float32),
-                            np.asarray(ranges, np.int32), pixel_origin, window_origin, top_atom_z, contact_z, names)
+        pixel_origin[:, :2] = window_origin + 0.5 * np.array([sx, sy])
+        r_half, epsilon = ELEMENT_TABLE.lj_params(numbers)
+        return _PackedBatch(
+            atoms=np.column_stack([positions, charges]).astype(np.float32),
+            atom_range=np.column_stack([starts, counts]).astype(np.int32), pixel_origin=pixel_origin,
+            window_origin=window_origin, top_atom_z=np.maximum.reduceat(positions[:, 2], starts),
+            surface_top_z=np.maximum.reduceat(positions[:, 2] + r_half, starts), r_half=r_half, epsilon=epsilon,
+            numbers=numbers, positions=positions, charges=charges, names=names)
 
     @staticmethod
-    def _z_reference(batch: _PackedBatch, relative_to: str) -> np.ndarray:
+    def _z_reference(packed: _PackedBatch, relative_to: str) -> np.ndarray:
         if relative_to == "top_atom":
-            return batch.top_atom_z
+            return packed.top_atom_z
         if relative_to == "absolute":
-            return np.zeros_like(batch.top_atom_z)
+            return np.zeros_like(packed.top_atom_z)
         raise InputError("relative_to", f"expected 'top_atom' or 'absolute', got {relative_to!r}")
 
-    def _rigid(self, batch: _PackedBatch, tip_config, z_values: np.ndarray, strides: tuple[int, int, int],
+    def _rigid(self, batch: LoadedBatch, tip_config, z_values: np.ndarray, strides: tuple[int, int, int],
                n_planes: int, field_z: bool = False) -> tuple[np.ndarray, np.ndarray]:
         config = self.config
-        count = batch.atom_range.shape[0]
+        count = len(batch)
         nxy = config.scan_pixels[0] * config.scan_pixels[1]
-        inputs = self._upload(batch, z_values=np.ascontiguousarray(z_values, np.float32))
+        # the potential alone (no tip) still runs the force loop: any probe element's LJ terms do
+        inputs = self._inputs(batch, tip_config.atomic_number if tip_config is not None else 8)
+        z_buffer = self._upload("z_values", np.ascontiguousarray(z_values, np.float32))
         fz_buffer = self._buffers.at_least("rigid_fz", count * nxy * n_planes * 4)
         potential_buffer = self._buffers.at_least("rigid_potential", count * nxy * n_planes * 4)
         charges, charge_z = tip_config.point_charges() if tip_config is not None else (np.zeros(1), np.zeros(1))
         kernel = self._kernels["rigid_fields"]
-        kernel.set_args(inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["pixel_origin"],
+        kernel.set_args(inputs["atoms"], inputs["lj"], inputs["atom_range"], inputs["scan_origin"],
                         _float4(charges), _float4(charge_z), np.int32(len(charges)),
                         _float4((*config.pixel_size_angstrom, config.dz_angstrom)),
-                        np.int32(config.scan_pixels[0]), np.int32(config.scan_pixels[1]), inputs["z_values"],
+                        np.int32(config.scan_pixels[0]), np.int32(config.scan_pixels[1]), z_buffer,
                         *(np.int32(s) for s in strides), np.int32(n_planes), np.int32(field_z), fz_buffer,
                         potential_buffer)
-        cl.enqueue_nd_range_kernel(self.queue, kernel, (round_up(nxy), count), (LOCAL_SIZE, 1))
+        self.track("rigid fields kernel", cl.enqueue_nd_range_kernel(self.queue, kernel, (round_up(nxy), count),
+                                                                      (LOCAL_SIZE, 1)))
         fz = np.empty((count, *config.scan_pixels, n_planes), np.float32)
         potential = np.empty_like(fz)
-        cl.enqueue_copy(self.queue, fz, fz_buffer, is_blocking=False)
-        cl.enqueue_copy(self.queue, potential, potential_buffer, is_blocking=False)
-        self._finish()
+        self.track("read rigid fields", cl.enqueue_copy(self.queue, fz, fz_buffer, is_blocking=False), fz.nbytes)
+        self.track("read rigid fields", cl.enqueue_copy(self.queue, potential, potential_buffer, is_blocking=False),
+                    potential.nbytes)
+        self.finish()
         return fz, potential
 
-    def _upload(self, batch: _PackedBatch, **extra: np.ndarray) -> dict[str, cl.Buffer]:
-        """Copy the batch's host arrays into (reused) device buffers."""
-        arrays = {"atoms": batch.atoms, "lj": batch.lj, "atom_range": batch.atom_range,
-                  "pixel_origin": batch.pixel_origin, **extra}
-        buffers = {}
-        for name, array in arrays.items():
-            array = np.ascontiguousarray(array)
-            buffers[name] = self._buffers.at_least(name, array.nbytes)
-            self._track("upload", cl.enqueue_copy(self.queue, buffers[name], array, is_blocking=True), array.nbytes)
-        return buffers
+    def _inputs(self, batch: LoadedBatch, probe_number: int) -> dict[str, cl.Buffer]:
+        """The device buffers of a loaded batch, with the LJ terms of ``probe_number`` (uploaded on first use).
 
-    def _track(self, stage: str, event: cl.Event, nbytes: int = 0) -> None:
-        if self.profile is not None:
-            self._events.append((stage, event, nbytes))
+        ``scan_origin`` holds the pixel origins with z 0: the iso search and the rigid fields read only x, y."""
+        if batch.generation != self._generation:
+            raise RuntimeError("this LoadedBatch was replaced on the device by a later Simulator.load(): load it again")
+        lj_name = f"lj {probe_number}"
+        if probe_number not in batch.contact_z:
+            lj, batch.contact_z[probe_number] = batch.packed.probe_terms(probe_number)
+            self._upload(lj_name, lj)
+        return {name: self._buffers[name] for name in ("atoms", "atom_range", "top_z")} | {
+            "lj": self._buffers[lj_name], "scan_origin": self._buffers["origin"]}
 
-    def _finish(self) -> None:
-        self.queue.finish()
-        for stage, event, nbytes in self._events:
-            self.profile.add(stage, (event.profile.end - event.profile.start) * 1e-9, nbytes)
-        self._events.clear()
+    def _upload(self, name: str, array: np.ndarray) -> cl.Buffer:
+        """Enqueue a copy of a host array into the (reused) device buffer ``name``; kept alive until :meth:`finish`."""
+        array = np.ascontiguousarray(array)
+        buffer = self._buffers.at_least(name, array.nbytes)
+        self.track("upload", cl.enqueue_copy(self.queue, buffer, array, is_blocking=False), array.nbytes)
+        return buffer
+
+    def _read_rows(self, stage: str, host: np.ndarray, buffer: cl.Buffer, count: int, channel: int) -> cl.Event:
+        """Enqueue the read of ``count`` equal rows of ``buffer`` into ``host`` (B, …) or channel ``channel`` of (B, C, …)."""
+        if host.ndim == 4 or host.shape[1] == 1:
+            return self.track(stage, cl.enqueue_copy(self.queue, host, buffer, is_blocking=False), host.nbytes)
+        row = host[0, 0].nbytes
+        event = cl.enqueue_copy(self.queue, host, buffer, buffer_origin=(0, 0), host_origin=(channel * row, 0),
+                                region=(row, count), buffer_pitches=(row,), host_pitches=(host.shape[1] * row,),
+                                is_blocking=False)
+        return self.track(stage, event, row * count)
+
+    def track(self, stage: str, event: cl.Event, nbytes: int = 0) -> cl.Event:
+        """Hold a command enqueued on :attr:`queue` (and the host array it copies) until :meth:`finish`, which
+        adds its device time to :attr:`profile` under ``stage``."""
+        self._in_flight.append((stage, event, nbytes))
+        return event
 
     def _check_memory(self, count: int, needs: dict[str, int]) -> None:
         """Refuse, before any allocation, a batch whose buffers (``needs``: bytes by name) the device cannot hold."""
