@@ -101,6 +101,7 @@ class BatchStream:
         self._registration = (tenant, budget_mib * 2**20, max_in_flight, max_attempts)
         self.stats = StreamStats()
         self._wanted: dict = {}  # key → spec requested and not handed out
+        self._wanted_lock = threading.Lock()  # request() on the training thread, results() on a loader thread
         self._waiting: set = set()  # keys the current results() call waits for
         self._call(lambda: self.dispatcher.register.remote(self.key, *self._registration))
         stop = threading.Event()
@@ -114,9 +115,10 @@ class BatchStream:
     # -- public ----------------------------------------------------------------------------------
     def request(self, specs: Iterable[BatchSpec]) -> None:
         """Queue ``specs`` (those not queued yet) behind the work already queued."""
-        new = [spec for spec in specs if spec.key not in self._wanted]
-        if new:
+        with self._wanted_lock:
+            new = [spec for spec in specs if spec.key not in self._wanted]
             self._wanted.update((spec.key, spec) for spec in new)
+        if new:
             if not self._call(lambda: self.dispatcher.request.remote(self.key, new)):
                 self._register_again()
 
@@ -166,7 +168,8 @@ class BatchStream:
                         self._call(lambda: self.dispatcher.want.remote(self.key, list(self._waiting)))
                         continue
                 self._count(spec, summary, batch, record)
-                self._wanted.pop(spec.key, None)
+                with self._wanted_lock:
+                    self._wanted.pop(spec.key, None)
                 received.append((spec, batch))
             if received or not handed:
                 return received
@@ -197,9 +200,11 @@ class BatchStream:
     # -- the dispatcher --------------------------------------------------------------------------
     def _register_again(self) -> None:
         """The dispatcher restarted without us: register and ask again for everything not received."""
-        log.warning("the simulation pool's dispatcher restarted; requesting %d batches again", len(self._wanted))
+        with self._wanted_lock:
+            wanted = list(self._wanted.values())
+        log.warning("the simulation pool's dispatcher restarted; requesting %d batches again", len(wanted))
         self._call(lambda: self.dispatcher.register.remote(self.key, *self._registration))
-        self._call(lambda: self.dispatcher.request.remote(self.key, list(self._wanted.values())))
+        self._call(lambda: self.dispatcher.request.remote(self.key, wanted))
         self._call(lambda: self.dispatcher.want.remote(self.key, list(self._waiting)))
 
     def _call(self, send):
