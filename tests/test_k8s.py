@@ -1225,7 +1225,18 @@ OTHER_PODS = {
     "kube-dns": ("kube-system", {"k8s-app": "kube-dns"}),
     "stranger": (NAMESPACE, {"run": "stranger"}),
     "other-namespace": ("default", {"app.kubernetes.io/component": "ray-node", "app.kubernetes.io/name": "mlflow-bootstrap"}),
+    # the KubeRay operator pod as KubeRay's Helm chart labels it (helm-chart/kuberay-operator/templates/
+    # deployment.yaml) and as its kustomize install does (ray-operator/config/manager/manager.yaml), in the
+    # namespace the overlays name; the same labels elsewhere, and other pods of that namespace, are strangers
+    "kuberay-operator-helm": ("ray-system", {"app.kubernetes.io/name": "kuberay-operator",
+                                             "app.kubernetes.io/instance": "kuberay-operator",
+                                             "app.kubernetes.io/component": "kuberay-operator"}),
+    "kuberay-operator-kustomize": ("ray-system", {"app.kubernetes.io/name": "kuberay",
+                                                  "app.kubernetes.io/component": "kuberay-operator"}),
+    "operator-elsewhere": ("default", {"app.kubernetes.io/component": "kuberay-operator"}),
+    "ray-system-stranger": ("ray-system", {"run": "stranger"}),
 }
+OPERATORS = ["kuberay-operator-helm", "kuberay-operator-kustomize"]
 INTERNET = "internet"
 ALL_PORTS = [(1, 65535)]
 RAY_PORTS = [6379, 8265, 10001, 6380, 6381, 6383, 52365, (10002, 19999),
@@ -1358,6 +1369,8 @@ def expected_reachability() -> dict:
         allow(source, "mlflow", [5000])
     for submitter in SUBMITTERS:
         allow(submitter, "afm-ray-head", [8265])
+    for operator in OPERATORS:                             # RayJob status, stopping a deleted RayJob's job
+        allow(operator, "afm-ray-head", [8265])
     allow("mlflow", "postgres", [5432])
     allow("mlflow", "minio", [9000])
     allow("mlflow-bootstrap", "mlflow", [5000])            # creates the job account
@@ -1374,7 +1387,8 @@ def network(rendered: dict, platform: str, policies: list[dict] | None = None):
     namespace = one(rendered[platform], "Namespace")
     namespaces = {NAMESPACE: {"kubernetes.io/metadata.name": NAMESPACE, **namespace["metadata"].get("labels", {})},
                   "kube-system": {"kubernetes.io/metadata.name": "kube-system"},
-                  "default": {"kubernetes.io/metadata.name": "default"}}
+                  "default": {"kubernetes.io/metadata.name": "default"},
+                  "ray-system": {"kubernetes.io/metadata.name": "ray-system"}}
     endpoints = [Endpoint(name, NAMESPACE, t["metadata"]["labels"], t) for name, t in pods.items()]
     endpoints += [Endpoint(name, ns, labels) for name, (ns, labels) in OTHER_PODS.items()]
     endpoints.append(Endpoint(INTERNET, None, {}))
@@ -1391,9 +1405,12 @@ def test_network_policies_allow_exactly_the_promised_connections(rendered, platf
     assert not missing and not extra, f"missing or different: {missing}\nnot promised: {extra}"
     # the negative cases spelled out
     assert ("prepare-data", "mlflow") not in table and not [k for k in table if "prepare-data" in k]
-    assert not [k for k in table if "stranger" in k or "other-namespace" in k], "unlabelled or foreign pods reach nothing"
+    assert not [k for k in table if "stranger" in k or "other-namespace" in k or "operator-elsewhere" in k], \
+        "unlabelled or foreign pods reach nothing"
     assert not [k for k in table if INTERNET in k], "nothing reaches the internet"
     assert ("train-dsh-submitter", "afm-ray-sim-worker") not in table and ("afm-ray-head", "postgres") not in table
+    # the operator reaches the head's dashboard port and nothing else of afm-ray
+    assert [k for k in table if k[0] in OPERATORS] == [(operator, "afm-ray-head") for operator in OPERATORS]
     # every policy of the namespace selects pods in it, and the default deny covers both directions
     deny = one(policies, "NetworkPolicy", "default-deny")
     assert deny["spec"]["podSelector"] == {} and policy_types(deny) == {"Ingress", "Egress"}
@@ -1420,12 +1437,28 @@ def test_reachability_analysis_can_fail(rendered, platform):
     ray = one(wider, "NetworkPolicy", "ray-cluster")
     ray["spec"]["egress"][1]["ports"].append({"port": 22, "protocol": "TCP"})
     assert reachability(wider, endpoints, namespaces)[("afm-ray-head", "mlflow")]["TCP"] == [(22, 22), (5000, 5000)]
+    no_operator = [p for p in policies if p["metadata"]["name"] != "ray-head-from-kuberay-operator"]
+    assert not [k for k in reachability(no_operator, endpoints, namespaces) if k[0] in OPERATORS], \
+        "the operator reaches the head only through its own policy"
     no_dns = [p for p in policies if p["metadata"]["name"] != "dns-platform"]
     assert ("mlflow", "kube-dns") not in reachability(no_dns, endpoints, namespaces)
     # a pod that carries the Ray label is a Ray pod to the policies: labels are not credentials,
     # which is why MLflow additionally requires a password
     impostor = Endpoint("impostor", NAMESPACE, {"app.kubernetes.io/component": "ray-node"})
     assert reachability(policies, endpoints + [impostor], namespaces)[("impostor", "mlflow")] == {"TCP": [(5000, 5000)]}
+
+
+@pytest.mark.parametrize("platform", OVERLAYS)
+def test_overlays_say_where_the_kuberay_operator_runs(platform):
+    """The operator's namespace and labels are an overlay setting (the cluster's KubeRay install decides them)."""
+    kustomization = yaml.safe_load((K8S / platform / "kustomization.yaml").read_text())
+    patches = [p for p in kustomization["patches"]
+               if p.get("target", {}).get("name") == "ray-head-from-kuberay-operator"]
+    assert len(patches) == 1
+    [operation] = yaml.safe_load(patches[0]["patch"])
+    peer = operation["value"]
+    assert operation["path"] == "/spec/ingress/0/from/0" and set(peer) == {"namespaceSelector", "podSelector"}
+    assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == OTHER_PODS[OPERATORS[0]][0]
 
 
 @pytest.mark.parametrize("platform", OVERLAYS)
