@@ -16,6 +16,11 @@ definitions) with an explicit exception table, and the namespace must enforce th
 all pods meet. The NetworkPolicies are evaluated with Kubernetes' semantics into a table of which
 pod reaches which pod on which ports, compared exactly with the table the deployment promises.
 MLflow must run its basic-auth app with every credential coming from Secrets through env vars.
+
+Hardening (issue 29): the KubeRay operator (in its own namespace, set in the overlays) reaches the
+head's dashboard port; MLflow holds neither MinIO's root account nor PostgreSQL's superuser; every
+registry image is pinned by digest (or listed in UNPINNED_IMAGES with its reason) and the images'
+Python packages are pinned.
 """
 
 from __future__ import annotations
