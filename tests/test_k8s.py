@@ -16,6 +16,11 @@ definitions) with an explicit exception table, and the namespace must enforce th
 all pods meet. The NetworkPolicies are evaluated with Kubernetes' semantics into a table of which
 pod reaches which pod on which ports, compared exactly with the table the deployment promises.
 MLflow must run its basic-auth app with every credential coming from Secrets through env vars.
+
+Hardening (issue 29): the KubeRay operator (in its own namespace, set in the overlays) reaches the
+head's dashboard port; MLflow holds neither MinIO's root account nor PostgreSQL's superuser; every
+registry image is pinned by digest (or listed in UNPINNED_IMAGES with its reason) and the images'
+Python packages are pinned.
 """
 
 from __future__ import annotations
@@ -498,12 +503,14 @@ def test_no_secret_or_plaintext_password_is_committed():
                 assert doc.get("kind") != "Secret", f"{path}: Secrets come from secretGenerator only"
                 assert "stringData" not in json.dumps(doc), path
     examples = sorted(K8S.rglob("*.env.example"))
-    assert {p.name for p in examples} == {"postgres.env.example", "minio.env.example",
-                                          "mlflow-admin.env.example", "mlflow-job.env.example"}
+    assert {p.name for p in examples} == {"postgres.env.example", "minio.env.example", "minio-mlflow.env.example",
+                                          "mlflow-database.env.example", "mlflow-admin.env.example",
+                                          "mlflow-job.env.example"}
     for example in examples:
         passwords = [line for line in example.read_text().splitlines()
-                     if line.partition("=")[0] in {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD",
-                                                   "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD"}]
+                     if line.partition("=")[0] in {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY",
+                                                   "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                                                   "MLFLOW_TRACKING_PASSWORD"}]
         assert passwords and all(line.endswith("=CHANGE_ME") for line in passwords), example
         real = example.with_suffix("")
         if shutil.which("git") and (REPO / ".git").exists():
@@ -656,7 +663,7 @@ def test_mlflow_server_uses_postgres_and_minio(rendered, name):
     args = dict(arg.removeprefix("--").partition("=")[::2] for arg in server["args"])
     assert server["command"] == ["mlflow", "server"]
     assert "backend-store-uri" not in args, "the database URI holds the password: env only, never argv"
-    assert re.fullmatch(r"postgresql\+psycopg2://\$\(POSTGRES_USER\):\$\(POSTGRES_PASSWORD\)@postgres:5432/\$\(POSTGRES_DB\)",
+    assert re.fullmatch(r"postgresql\+psycopg2://\$\(MLFLOW_DB_USER\):\$\(MLFLOW_DB_PASSWORD\)@postgres:5432/\$\(MLFLOW_DB_NAME\)",
                         env_of(server)["MLFLOW_BACKEND_STORE_URI"]["value"])
     assert "serve-artifacts" in args and args["host"] == "0.0.0.0" and args["port"] == "5000"
     bucket = re.fullmatch(r"s3://([a-z0-9.-]+)(/.*)?", args["artifacts-destination"]).group(1)
@@ -666,8 +673,9 @@ def test_mlflow_server_uses_postgres_and_minio(rendered, name):
     assert any(p["port"] == 5432 for p in one(docs, "Service", "postgres")["spec"]["ports"])
     job = ray_container(one(docs, "Job", "create-bucket")["spec"]["template"])
     job_env = {e["name"]: e.get("value") for e in job["env"]}
-    assert job_env["BUCKET"] == bucket and job_env["S3_ENDPOINT_URL"] == "http://minio:9000"
-    compile(job["args"][0], "create-bucket", "exec")
+    assert job_env["BUCKET"] == bucket and job_env["MC_HOST_minio"].endswith("@minio:9000")
+    assert job["command"][0] == "/bin/sh"
+    assert subprocess.run(["sh", "-n", "-c", job["args"][0]], capture_output=True).returncode == 0, "shell syntax"
     # MLflow answers only Host headers it allows: the in-cluster name and port-forwarding
     from mlflow.server.security_utils import is_allowed_host_header
 
@@ -862,6 +870,68 @@ def test_mlflow_image_matches_the_client():
     tags = {image["name"]: image.get("newTag") for image in base["images"]}
     assert tags["afm-ray-mlflow"] == server
     assert tags["afm-ray"] == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+# Images not pinned by digest, and why (k8s/README.md, "Images", lists the same): the three built from
+# this repository (their digest exists only after you push them: set `digest:` in the overlay's
+# `images:`), and the Ray base image, whose digest for this tag could not be verified when pinning.
+UNPINNED_IMAGES = {
+    "afm-ray": "built from this repository (k8s/Dockerfile)",
+    "afm-ray-mlflow": "built from this repository (k8s/mlflow.Dockerfile)",
+    "afm-ray-submitter": "built from this repository (k8s/submitter.Dockerfile)",
+    "rayproject/ray": "base of k8s/Dockerfile; no verified digest of 2.60.0-py311-gpu yet",
+}
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def image_references() -> list[tuple[str, str]]:
+    """(where, image) for every image that k8s/ names: containers of every kustomization, FROM of every Dockerfile."""
+    found = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and "kind" in doc:
+                found += [(str(path.relative_to(K8S)), c["image"]) for c in containers(doc) if "image" in c]
+    for path in sorted(K8S.glob("*Dockerfile")):
+        found += [(path.name, a.split()[0]) for k, a in dockerfile(path) if k == "FROM"]
+    return found
+
+
+def test_every_image_is_pinned_by_digest(rendered):
+    references = image_references()
+    assert len(references) >= 10
+    for name in KUSTOMIZATIONS:
+        references += [(name, c["image"]) for doc in rendered[name] for c in containers(doc)]
+    names = set()
+    for where, image in references:
+        name, tag, digest = split_image(image)
+        names.add(name)
+        if digest is None:
+            assert any(name == key or name.endswith("/" + key) for key in UNPINNED_IMAGES), \
+                f"{where}: {image} has no digest and is not in UNPINNED_IMAGES"
+            continue
+        assert DIGEST.fullmatch(digest), f"{where}: {image}"
+        # a tag that names one release, kept beside the digest for the reader and for image-digests.sh
+        assert tag and re.search(r"\d+\.\d+|RELEASE\.", tag), f"{where}: {image} needs a release tag"
+    assert {"postgres", "quay.io/minio/minio", "quay.io/minio/mc", "python"} <= names
+    # every allow-list entry is used and explained in the README
+    readme = (K8S / "README.md").read_text()
+    for key in UNPINNED_IMAGES:
+        assert any(name == key or name.endswith("/" + key) for name in names), f"{key} is not used: remove it"
+        assert f"`{key}`" in readme, f"k8s/README.md must say why {key} is not pinned"
+    assert (K8S / "image-digests.sh").exists()
+    assert subprocess.run(["bash", "-n", str(K8S / "image-digests.sh")]).returncode == 0
+
+
+def test_python_packages_of_the_images_are_pinned():
+    import importlib.metadata
+
+    for path in (K8S / "mlflow.Dockerfile", K8S / "submitter.Dockerfile"):
+        installs = [a for k, a in dockerfile(path) if k == "RUN" and "pip install" in a]
+        requirements = [r for a in installs for r in re.findall(r'"([^"]+)"', a)]
+        assert requirements and all(re.fullmatch(r"[A-Za-z0-9_.\[\],-]+==\S+", r) for r in requirements), requirements
+    args = dockerfile_args(K8S / "mlflow.Dockerfile")
+    assert args["PSYCOPG2_VERSION"] == importlib.metadata.version("psycopg2-binary"), "the driver the tests run with"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["BOTO3_VERSION"])
 
 
 def test_build_context_leaves_out_credentials_and_local_state():
@@ -1178,7 +1248,8 @@ def test_pods_run_as_the_images_non_root_users(rendered, platform):
     users = {"afm-ray": image_user(K8S / "Dockerfile"), "afm-ray-mlflow": image_user(K8S / "mlflow.Dockerfile"),
              "afm-ray-submitter": image_user(K8S / "submitter.Dockerfile"),
              "postgres": (999, 999),   # the official image's postgres user
-             "minio/minio": None}      # any uid that owns /data (fsGroup)
+             "minio/minio": None,      # any uid that owns /data (fsGroup)
+             "minio/mc": None}         # a static binary: any uid (its config under /tmp)
     for name, template in pods.items():
         context = template["spec"]["securityContext"]
         image = split_image(template["spec"]["containers"][0]["image"])[0]
@@ -1225,7 +1296,18 @@ OTHER_PODS = {
     "kube-dns": ("kube-system", {"k8s-app": "kube-dns"}),
     "stranger": (NAMESPACE, {"run": "stranger"}),
     "other-namespace": ("default", {"app.kubernetes.io/component": "ray-node", "app.kubernetes.io/name": "mlflow-bootstrap"}),
+    # the KubeRay operator pod as KubeRay's Helm chart labels it (helm-chart/kuberay-operator/templates/
+    # deployment.yaml) and as its kustomize install does (ray-operator/config/manager/manager.yaml), in the
+    # namespace the overlays name; the same labels elsewhere, and other pods of that namespace, are strangers
+    "kuberay-operator-helm": ("ray-system", {"app.kubernetes.io/name": "kuberay-operator",
+                                             "app.kubernetes.io/instance": "kuberay-operator",
+                                             "app.kubernetes.io/component": "kuberay-operator"}),
+    "kuberay-operator-kustomize": ("ray-system", {"app.kubernetes.io/name": "kuberay",
+                                                  "app.kubernetes.io/component": "kuberay-operator"}),
+    "operator-elsewhere": ("default", {"app.kubernetes.io/component": "kuberay-operator"}),
+    "ray-system-stranger": ("ray-system", {"run": "stranger"}),
 }
+OPERATORS = ["kuberay-operator-helm", "kuberay-operator-kustomize"]
 INTERNET = "internet"
 ALL_PORTS = [(1, 65535)]
 RAY_PORTS = [6379, 8265, 10001, 6380, 6381, 6383, 52365, (10002, 19999),
@@ -1358,6 +1440,8 @@ def expected_reachability() -> dict:
         allow(source, "mlflow", [5000])
     for submitter in SUBMITTERS:
         allow(submitter, "afm-ray-head", [8265])
+    for operator in OPERATORS:                             # RayJob status, stopping a deleted RayJob's job
+        allow(operator, "afm-ray-head", [8265])
     allow("mlflow", "postgres", [5432])
     allow("mlflow", "minio", [9000])
     allow("mlflow-bootstrap", "mlflow", [5000])            # creates the job account
@@ -1374,7 +1458,8 @@ def network(rendered: dict, platform: str, policies: list[dict] | None = None):
     namespace = one(rendered[platform], "Namespace")
     namespaces = {NAMESPACE: {"kubernetes.io/metadata.name": NAMESPACE, **namespace["metadata"].get("labels", {})},
                   "kube-system": {"kubernetes.io/metadata.name": "kube-system"},
-                  "default": {"kubernetes.io/metadata.name": "default"}}
+                  "default": {"kubernetes.io/metadata.name": "default"},
+                  "ray-system": {"kubernetes.io/metadata.name": "ray-system"}}
     endpoints = [Endpoint(name, NAMESPACE, t["metadata"]["labels"], t) for name, t in pods.items()]
     endpoints += [Endpoint(name, ns, labels) for name, (ns, labels) in OTHER_PODS.items()]
     endpoints.append(Endpoint(INTERNET, None, {}))
@@ -1391,9 +1476,12 @@ def test_network_policies_allow_exactly_the_promised_connections(rendered, platf
     assert not missing and not extra, f"missing or different: {missing}\nnot promised: {extra}"
     # the negative cases spelled out
     assert ("prepare-data", "mlflow") not in table and not [k for k in table if "prepare-data" in k]
-    assert not [k for k in table if "stranger" in k or "other-namespace" in k], "unlabelled or foreign pods reach nothing"
+    assert not [k for k in table if "stranger" in k or "other-namespace" in k or "operator-elsewhere" in k], \
+        "unlabelled or foreign pods reach nothing"
     assert not [k for k in table if INTERNET in k], "nothing reaches the internet"
     assert ("train-dsh-submitter", "afm-ray-sim-worker") not in table and ("afm-ray-head", "postgres") not in table
+    # the operator reaches the head's dashboard port and nothing else of afm-ray
+    assert [k for k in table if k[0] in OPERATORS] == [(operator, "afm-ray-head") for operator in OPERATORS]
     # every policy of the namespace selects pods in it, and the default deny covers both directions
     deny = one(policies, "NetworkPolicy", "default-deny")
     assert deny["spec"]["podSelector"] == {} and policy_types(deny) == {"Ingress", "Egress"}
@@ -1420,12 +1508,28 @@ def test_reachability_analysis_can_fail(rendered, platform):
     ray = one(wider, "NetworkPolicy", "ray-cluster")
     ray["spec"]["egress"][1]["ports"].append({"port": 22, "protocol": "TCP"})
     assert reachability(wider, endpoints, namespaces)[("afm-ray-head", "mlflow")]["TCP"] == [(22, 22), (5000, 5000)]
+    no_operator = [p for p in policies if p["metadata"]["name"] != "ray-head-from-kuberay-operator"]
+    assert not [k for k in reachability(no_operator, endpoints, namespaces) if k[0] in OPERATORS], \
+        "the operator reaches the head only through its own policy"
     no_dns = [p for p in policies if p["metadata"]["name"] != "dns-platform"]
     assert ("mlflow", "kube-dns") not in reachability(no_dns, endpoints, namespaces)
     # a pod that carries the Ray label is a Ray pod to the policies: labels are not credentials,
     # which is why MLflow additionally requires a password
     impostor = Endpoint("impostor", NAMESPACE, {"app.kubernetes.io/component": "ray-node"})
     assert reachability(policies, endpoints + [impostor], namespaces)[("impostor", "mlflow")] == {"TCP": [(5000, 5000)]}
+
+
+@pytest.mark.parametrize("platform", OVERLAYS)
+def test_overlays_say_where_the_kuberay_operator_runs(platform):
+    """The operator's namespace and labels are an overlay setting (the cluster's KubeRay install decides them)."""
+    kustomization = yaml.safe_load((K8S / platform / "kustomization.yaml").read_text())
+    patches = [p for p in kustomization["patches"]
+               if p.get("target", {}).get("name") == "ray-head-from-kuberay-operator"]
+    assert len(patches) == 1
+    [operation] = yaml.safe_load(patches[0]["patch"])
+    peer = operation["value"]
+    assert operation["path"] == "/spec/ingress/0/from/0" and set(peer) == {"namespaceSelector", "podSelector"}
+    assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == OTHER_PODS[OPERATORS[0]][0]
 
 
 @pytest.mark.parametrize("platform", OVERLAYS)
@@ -1487,9 +1591,11 @@ def test_no_credentials_on_any_command_line(rendered, name):
                     for user_info in re.findall(r"://([^/@\s]+)@", env.get("value", "")):
                         referenced = re.findall(r"\$\(([A-Z_]+)\)", user_info)
                         assert referenced and set(referenced) <= set(secret_backed(container)), where
-    for doc in rendered[name]:
-        assert doc["kind"] != "ConfigMap" or not any(re.search(r"://[^/\s]*:[^/\s]*@|password", v, re.I)
-                                                     for v in doc.get("data", {}).values()), resource_id(doc)
+    for doc in by_kind(rendered[name], "ConfigMap"):
+        for key, text in doc.get("data", {}).items():
+            assert not re.search(r"://[^/\s]*:[^/\s]*@", text), f"{resource_id(doc)} {key}: a URI with credentials"
+            assert not [v for v in passwords if v in text], f"{resource_id(doc)} {key}: a Secret's password"
+            assert not re.search(r"PASSWORD\s+'", text, re.I), f"{resource_id(doc)} {key}: a literal password"
 
 
 @pytest.mark.parametrize("name", ["base", *OVERLAYS])
@@ -1514,7 +1620,7 @@ def test_mlflow_runs_basic_auth_with_credentials_from_secrets(rendered, name, tm
     referenced = re.findall(r"\$\(([A-Z_]+)\)", uri.get("value", ""))
     assert "secretKeyRef" in uri.get("valueFrom", {}) or referenced
     for variable in referenced:
-        assert secret_env[variable][0] == "postgres-credentials"
+        assert secret_env[variable][0] == "mlflow-database"
         assert order.index(variable) < order.index("MLFLOW_BACKEND_STORE_URI"), f"{variable} must come first"
     # the admin account from the Secret mlflow-admin; the auth ini from an init container, in memory
     assert secret_env["MLFLOW_AUTH_ADMIN_USERNAME"] == ("mlflow-admin", "MLFLOW_AUTH_ADMIN_USERNAME")
@@ -1530,7 +1636,7 @@ def test_mlflow_runs_basic_auth_with_credentials_from_secrets(rendered, name, tm
         assert volumes[mount["name"]]["emptyDir"]["medium"] == "Memory"
     init_env = env_of(init)
     for variable in re.findall(r"\$\(([A-Z_]+)\)", init_env["MLFLOW_AUTH_DATABASE_URI"]["value"]):
-        assert secret_backed(init)[variable][0] == "postgres-credentials"
+        assert secret_backed(init)[variable][0] == "mlflow-database"
     # run the init container's script; MLflow's own config reader must get the URI back intact
     rendered_uri = "postgresql+psycopg2://mlflow:p%40ss%25word@postgres:5432/mlflow"
     ini = tmp_path / "basic_auth.ini"
@@ -1567,6 +1673,58 @@ def test_mlflow_runs_basic_auth_with_credentials_from_secrets(rendered, name, tm
 
 
 @pytest.mark.parametrize("name", ["base", *OVERLAYS])
+def test_mlflow_reaches_its_stores_without_admin_rights(rendered, name):
+    """Issue 29: MLflow logs in to MinIO as a user limited to its bucket and to PostgreSQL as a role
+    that is no superuser; the root/superuser credentials stay with MinIO, PostgreSQL and the Job
+    that creates the bucket and the user."""
+    docs = rendered[name]
+    admin_secrets = {"minio-credentials": {"minio", "create-bucket"}, "postgres-credentials": {"postgres"}}
+    for doc in docs:
+        for template in pod_templates(doc):
+            spec = template["spec"]
+            for container in spec["containers"] + spec.get("initContainers", []):
+                for secret, _ in secret_backed(container).values():
+                    if secret in admin_secrets:
+                        assert pod_name(template) in admin_secrets[secret], f"{pod_name(template)} gets {secret}"
+    mlflow = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]
+    server = mlflow["containers"][0]
+    assert secret_backed(server)["AWS_ACCESS_KEY_ID"] == ("minio-mlflow", "AWS_ACCESS_KEY_ID")
+    assert secret_backed(server)["AWS_SECRET_ACCESS_KEY"] == ("minio-mlflow", "AWS_SECRET_ACCESS_KEY")
+    # the bucket Job creates exactly that user, with a policy on the artifact bucket only
+    args = dict(arg.removeprefix("--").partition("=")[::2] for arg in server["args"])
+    bucket = re.fullmatch(r"s3://([a-z0-9.-]+)(/.*)?", args["artifacts-destination"]).group(1)
+    job = one(docs, "Job", "create-bucket")["spec"]["template"]["spec"]["containers"][0]
+    job_env, job_secrets = env_of(job), secret_backed(job)
+    assert job_secrets["MLFLOW_S3_ACCESS_KEY"] == ("minio-mlflow", "AWS_ACCESS_KEY_ID")
+    assert job_secrets["MLFLOW_S3_SECRET_KEY"] == ("minio-mlflow", "AWS_SECRET_ACCESS_KEY")
+    policy = json.loads(job_env["POLICY_JSON"]["value"])
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert all(re.fullmatch(r"s3:[A-Za-z]+", action) for action in statement["Action"]), "no wildcard actions"
+        assert set(statement["Resource"]) <= {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    script = job["args"][0]
+    assert 'mc admin policy create minio "$POLICY_NAME" /tmp/policy.json' in script
+    assert re.search(r'printf [^|]*"\$MLFLOW_S3_SECRET_KEY" \| mc admin user add minio "\$MLFLOW_S3_ACCESS_KEY"$',
+                     script, re.M), "the secret key goes on stdin, never on argv"
+    assert 'mc admin policy attach minio "$POLICY_NAME" --user "$MLFLOW_S3_ACCESS_KEY"' in script
+    # PostgreSQL: MLflow's role and database come from mlflow-database, made by the first-start script
+    postgres = one(docs, "StatefulSet", "postgres")["spec"]["template"]["spec"]
+    container = postgres["containers"][0]
+    assert "POSTGRES_DB" not in env_of(container), "the entrypoint would make that database the superuser's"
+    for variable in ("MLFLOW_DB_USER", "MLFLOW_DB_PASSWORD", "MLFLOW_DB_NAME"):
+        assert secret_backed(container)[variable] == ("mlflow-database", variable)
+        assert secret_backed(server)[variable] == ("mlflow-database", variable)
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/docker-entrypoint-initdb.d")
+    volume = next(v for v in postgres["volumes"] if v["name"] == mount["name"])
+    init = one(docs, "ConfigMap", volume["configMap"]["name"])["data"]
+    assert list(init) == ["create-mlflow-role.sh"]
+    sql = init["create-mlflow-role.sh"]
+    assert re.search(r"CREATE ROLE :\"mlflow_user\" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE", sql)
+    assert 'CREATE DATABASE :"mlflow_db" OWNER :"mlflow_user"' in sql
+    assert subprocess.run(["sh", "-n", "-c", sql], capture_output=True).returncode == 0, "shell syntax"
+
+
+@pytest.mark.parametrize("name", ["base", *OVERLAYS])
 def test_jobs_log_in_to_mlflow_with_the_job_account(rendered, name):
     from mlflow.environment_variables import MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_USERNAME
 
@@ -1594,7 +1752,8 @@ def test_jobs_log_in_to_mlflow_with_the_job_account(rendered, name):
 
 def test_the_submitter_image_is_small():
     instructions = dockerfile(K8S / "submitter.Dockerfile")
-    assert [a for k, a in instructions if k == "FROM"] == ["python:3.11-slim"]
+    [base] = [a for k, a in instructions if k == "FROM"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim@sha256:[0-9a-f]{64}", base), base
     installs = [a for k, a in instructions if k == "RUN" and "pip install" in a]
     assert len(installs) == 1
     packages = re.findall(r'"([^"]+)"', installs[0])

@@ -11,7 +11,9 @@ checked statically in tests/test_k8s.py.
    with ``registered_model_name``, an alias, the model loaded back from ``models:/NAME@ALIAS``,
    and afm-ray's own tracking helpers (preflight, RunTracker).
 2. ``mlflow server`` started with the exact command and arguments of the MLflow Deployment (the
-   database and artifact locations swapped for the local ones): a client logs and registers a model
+   database and artifact locations swapped for the local ones), connected as the role that
+   PostgreSQL's first-start script of the cluster (k8s/base/postgres/create-mlflow-role.sh) creates,
+   which is no superuser: a client logs and registers a model
    through it (artifacts proxied by --serve-artifacts), and the server accepts the in-cluster Host
    header ``mlflow:5000`` while rejecting unknown hosts.
 """
@@ -35,6 +37,7 @@ from servers import free_port, start_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_DEPLOYMENT = REPO / "k8s" / "base" / "mlflow.yaml"
+POSTGRES_INIT = REPO / "k8s" / "base" / "postgres" / "create-mlflow-role.sh"
 
 
 def postgres_bin() -> Path | None:
@@ -110,6 +113,24 @@ def create_database(postgres, name: str) -> str:
         cursor.execute(f'CREATE DATABASE "{name}"')
     connection.close()
     return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{name}"
+
+
+def create_mlflow_role_and_database(postgres, role: str, name: str) -> str:
+    """The role and database of the cluster's MLflow, made by PostgreSQL's first-start script
+    (k8s/base/postgres/create-mlflow-role.sh) run as the superuser; returns the role's SQLAlchemy URI."""
+    host, port, superuser, superuser_password = postgres
+    password = secrets.token_hex(16)
+    environment = {"PATH": f"{postgres_bin()}:/usr/bin:/bin", "PGHOST": host, "PGPORT": str(port),
+                   "PGPASSWORD": superuser_password, "POSTGRES_USER": superuser,
+                   "MLFLOW_DB_USER": role, "MLFLOW_DB_PASSWORD": password, "MLFLOW_DB_NAME": name}
+    result = subprocess.run(["bash", "-e", str(POSTGRES_INIT)], env=environment, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    uri = f"postgresql+psycopg2://{role}:{password}@{host}:{port}/{name}"
+    assert query(uri, "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user") == \
+        [(False, False, False)], "MLflow's role must have no admin rights"
+    assert query(uri, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()") == [(role,)]
+    return uri
 
 
 def query(uri: str, sql: str, *parameters) -> list[tuple]:
@@ -224,7 +245,7 @@ def deployment_command(tracking_db_uri: str, artifacts: Path, port: int, folder:
     pod = deployment["spec"]["template"]["spec"]
     user, password, host, db_port, name = re.fullmatch(
         r"postgresql\+psycopg2://(.+):(.+)@(.+):(\d+)/(.+)", tracking_db_uri).groups()
-    secrets = {"POSTGRES_USER": user, "POSTGRES_PASSWORD": password, "POSTGRES_DB": name, **ADMIN}
+    secrets = {"MLFLOW_DB_USER": user, "MLFLOW_DB_PASSWORD": password, "MLFLOW_DB_NAME": name, **ADMIN}
 
     def environment(container: dict) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -273,7 +294,8 @@ def test_mlflow_server_as_deployed_on_postgres(postgres, mlflow_globals, tmp_pat
     import requests
 
     mlflow = mlflow_globals
-    database = create_database(postgres, "mlflow_server")
+    # as on the cluster: MLflow (its schema migrations, the auth tables) as a role that is no superuser
+    database = create_mlflow_role_and_database(postgres, "mlflow_server_role", "mlflow_server")
     artifacts = tmp_path / "s3-bucket"
     port = free_port()
     argv, environment, allowed = deployment_command(database, artifacts, port, tmp_path)
