@@ -131,7 +131,8 @@ def _grid(tmp_path: Path) -> Path:
     ("npz cut in half", "cut.npz: not a readable .npz archive, truncated or corrupt?"),
     ("npz cut to 100 bytes", "cut.npz: not a readable .npz archive, truncated or corrupt?"),
     ("npz member corrupt", "cut.npz: not a readable .npz archive, truncated or corrupt?"),
-    ("out is a file", "--out: "),
+    ("npy cut", "cut.npy: not a readable .npy array"),
+    ("out is a file", "summary.json exists and is not a folder"),
 ])
 def test_a_bad_input_file_gives_one_line_and_leaves_outputs_intact(workspace, run_cli, case, fragment):
     folder, good, out = workspace
@@ -153,6 +154,11 @@ def test_a_bad_input_file_gives_one_line_and_leaves_outputs_intact(workspace, ru
         if case == "npz member corrupt":  # flip bytes inside the compressed member, keep the zip's directory
             data = data[:200] + bytes(b ^ 0xFF for b in data[200:400]) + data[400:]
         cut.write_bytes(data[:len(data) // 2] if "half" in case else data[:100] if "100" in case else data)
+        inputs = [cut]
+    elif case == "npy cut":
+        cut = folder / "cut.npy"
+        np.save(cut, np.ones((32, 32, 12), np.float32))
+        cut.write_bytes(cut.read_bytes()[:-4096])
         inputs = [cut]
     elif case == "out is a file":
         target = out / "summary.json"
