@@ -190,12 +190,13 @@ def refuse_untrusted_module(config_data, where: str, allowed_modules: Collection
     ``$AFM_RAY_TRUSTED_MODULES`` lists; call it before validating, which would import that module."""
     model = config_data.get("model") if isinstance(config_data, Mapping) else None
     module = model.get("module") if isinstance(model, Mapping) else None
-    if module is None:
+    if module in (None, ""):  # validation imports nothing then
         return
     trusted = set(allowed_modules) | {name.strip() for name in os.environ.get(TRUSTED_MODULES_ENV, "").split(",")}
     if not isinstance(module, str) or module not in trusted - {""}:
+        name = module if isinstance(module, str) and len(module) <= 100 else "NAME"
         raise InputError(where, f"refused: model.module {shown_value(module)} would be imported, and an artifact "
-                                f"never chooses code; if you trust it, pass --allow-module {module} "
+                                f"never chooses code; if you trust it, pass --allow-module {name} "
                                 f"(or list it in ${TRUSTED_MODULES_ENV})")
 
 
