@@ -8,6 +8,7 @@ small hand-made artifacts (a checkpoint of an untrained DSH, an MLmodel folder a
 from __future__ import annotations
 
 import io
+import json
 import sys
 import zipfile
 from pathlib import Path
@@ -103,8 +104,6 @@ def checkpoint_folder(folder: Path, config: dict | None = None) -> Path:
     """A training checkpoint of an untrained DSH (quickstart settings), its config replaced by ``config``."""
     trained = TrainConfig.model_validate(yaml.safe_load((CONFIGS / "quickstart.yaml").read_text()))
     folder.mkdir()
-    import json
-
     torch.save({"model": build_model(trained).state_dict(), "config_json": json.dumps(config) if config else
                 trained.model_dump_json(), "epoch": 0}, folder / CHECKPOINT_FILE)
     (folder / HISTORY_FILE).write_text("[]")
