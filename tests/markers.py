@@ -36,6 +36,7 @@ RAY_SLOW = frozenset({"ray", "slow"})
 MODULE_MARKERS: dict[str, frozenset[str]] = {
     "test_asdafm_import": CHEAP,
     "test_augment": CHEAP,
+    "test_bad_inputs": CHEAP,                           # bad files, artifacts, configs, molecules: no model trained
     "test_batch_host": CHEAP,
     "test_descriptors": CHEAP,
     "test_descriptors_vs_ppafm": CHEAP,                 # but the full Height + ES comparison: slow below

@@ -65,7 +65,10 @@ def test_a_toy_model_registered_outside_afm_ray_trains_registers_and_loads(ray_s
     assert "val_mse_vdw_spheres" in run.data.metrics
     assert client.get_registered_model("afm-test-toy").tags["afm_ray.architecture"] == "toy"
 
-    loaded = load_model(outcome.model_uri, config.mlflow.tracking_uri)
+    with pytest.raises(InputError, match=r"refused: model.module 'tests.toy_model' would be imported.*"
+                                         r"--allow-module tests.toy_model"):
+        load_model(outcome.model_uri, config.mlflow.tracking_uri)  # an artifact never chooses code on its own
+    loaded = load_model(outcome.model_uri, config.mlflow.tracking_uri, allowed_modules=["tests.toy_model"])
     assert loaded.model_name == "toy" and loaded.tips == ("CO",) and loaded.output_names == ("vdw_spheres",)
     trained, _, _ = load_checkpoint_model(outcome.checkpoint_path)
     x = torch.randn(2, 1, 32, 32, config.input_slices)

@@ -31,7 +31,7 @@ from afm_ray.errors import InputError
 
 
 def register(subparsers) -> None:
-    from afm_ray.cli.common import TRUST_PICKLE_HELP
+    from afm_ray.cli.common import add_model_trust_options
 
     parser = subparsers.add_parser(
         "predict", help="predictions/s of a model on CPU (or GPU), and matching time for N rotations",
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     source.add_argument("--model", help="a trained model: models:/NAME@ALIAS, runs:/RUN_ID/model or a folder")
     source.add_argument("--config", metavar="TRAIN.yaml",
                         help="build an untrained network from this training config (default: thesis DSH)")
-    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    add_model_trust_options(parser)
     parser.add_argument("--tracking-uri", help="MLflow store for --model (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
     parser.add_argument("--stacks", type=int, default=64, help="stacks predicted per timed pass (default 64)")
     parser.add_argument("--batch-size", type=int, default=16, help="stacks per forward pass (default 16)")
@@ -60,7 +60,7 @@ def _loaded_model(args):
     from afm_ray.train.steps import build_model
 
     if args.model:
-        return load_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
+        return load_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle, allowed_modules=args.allow_module)
     config = load_train_config(args.config) if args.config else TrainConfig()
     torch.manual_seed(0)
     network = build_model(config)

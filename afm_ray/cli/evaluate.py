@@ -30,7 +30,7 @@ examples:
 
 
 def register(subparsers) -> None:
-    from afm_ray.cli.common import TRUST_PICKLE_HELP
+    from afm_ray.cli.common import add_model_trust_options
 
     parser = subparsers.add_parser("evaluate", help="score a registered model on a config's fixed val/test set",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                         help="score on clean scans: no probe tilt or start-distance jitter, no noise, shifts or "
                              "cutouts (slice choice and normalisation stay)")
     parser.add_argument("--device", default="cpu", help="torch device of the network: cpu (default) or cuda")
-    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    add_model_trust_options(parser)
     parser.set_defaults(handler=_evaluate)
 
 
@@ -57,6 +57,6 @@ def _evaluate(args) -> int:
 
     config = load_train_config(args.config, args.overrides)
     report = evaluate_registered(args.model, config, args.split, args.tracking_uri, args.device, clean=args.clean,
-                                 trust_pickle=args.trust_pickle)
+                                 trust_pickle=args.trust_pickle, allowed_modules=args.allow_module)
     print("\n".join(report.lines()))
     return 0

@@ -9,7 +9,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from afm_ray.cli.common import TRACKING_HELP, TRUST_PICKLE_HELP, show_warnings
+from afm_ray.cli.common import TRACKING_HELP, add_model_trust_options, show_warnings
 
 MODELS_EPILOG = """\
 examples:
@@ -57,7 +57,7 @@ def register(subparsers) -> None:
                     "you trust its source) and register it again as a new version of the same name in MLflow's "
                     "pt2 format, which loads without unpickling. Aliases of the old version move to the new one.")
     reregister.add_argument("model", help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    reregister.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    add_model_trust_options(reregister)
     reregister.add_argument("--tracking-uri", help=TRACKING_HELP)
     reregister.set_defaults(handler=run_models_reregister)
     parser.set_defaults(handler=lambda args: parser.print_help() or 1)
@@ -115,7 +115,8 @@ def run_models_reregister(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        version, run_id = reregister_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
+        version, run_id = reregister_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle,
+                                           allowed_modules=args.allow_module)
     show_warnings(caught, "warning")
     name = args.model[len("models:/"):].split("@")[0].split("/")[0]
     print(f"registered {args.model} again as models:/{name}/{version} (pt2, MLflow run {run_id})")

@@ -10,7 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
-from afm_ray.cli.common import TRACKING_HELP, TRUST_PICKLE_HELP, show_warnings
+from afm_ray.cli.common import TRACKING_HELP, add_model_trust_options, show_warnings
 from afm_ray.errors import InputError
 
 MODEL_HELP = ("models:/NAME@ALIAS (e.g. models:/afm-dsh@current), models:/NAME/VERSION, runs:/RUN_ID/model, "
@@ -76,7 +76,7 @@ def _add_input_options(parser) -> None:
     parser.add_argument("--channel", help="Nanonis channel holding Δf (default: the first with unit Hz or 'Freq' in its name)")
     parser.add_argument("--tracking-uri", help=TRACKING_HELP)
     parser.add_argument("--device", default="cpu", help="torch device of the network here: cpu (default) or cuda")
-    parser.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
+    add_model_trust_options(parser)
 
 
 def _add_ray_options(parser, what: str) -> None:
@@ -156,6 +156,16 @@ def _read_inputs(items, channel) -> list:
     return stacks
 
 
+def _check_output_folder(out: str) -> Path:
+    """``--out`` as a folder that can be created: refused up front when it or a parent is a file, so that
+    a run never fails after its work with a partial output."""
+    path = Path(out)
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise InputError("--out", f"{existing} exists and is not a folder")
+    return path
+
+
 def _prepare_settings(args):
     from afm_ray.predict.preprocess import PrepareSettings, parse_slice_choice
 
@@ -165,12 +175,14 @@ def _prepare_settings(args):
 
 
 def _load_model(args):
-    """``--model`` loaded; a pickled model only with ``--trust-pickle``, and then with a warning."""
+    """``--model`` loaded; a pickled model only with ``--trust-pickle`` (and then with a warning), a plugin
+    model only with ``--allow-module``."""
     from afm_ray.predict.registry import load_model
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle)
+        model = load_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle,
+                           allowed_modules=args.allow_module)
     show_warnings(caught, "warning")
     return model
 
@@ -180,6 +192,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from afm_ray.predict.predictor import Predictor, write_prediction, write_summary
     from afm_ray.predict.preprocess import ModelInput, prepare_stack
 
+    out = _check_output_folder(args.out)
     prepare = _prepare_settings(args)
     stacks = _read_inputs(args.input, args.channel)  # unreadable input fails before the model loads
     model = _load_model(args)
@@ -194,7 +207,6 @@ def run_predict(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     predictions = predictor.predict(prepared)
     seconds = time.perf_counter() - started
-    out = Path(args.out)
     records = []
     for prediction, stack in zip(predictions, stacks):
         written = write_prediction(prediction, out, predictor, figure=not args.no_figures)
@@ -229,6 +241,7 @@ def run_match(args: argparse.Namespace) -> int:
         raise InputError("--actors", f"must be ≥ 1, got {args.actors}")
     if args.max_shift < 0:
         raise InputError("--max-shift", f"must be ≥ 0 Å, got {args.max_shift}")
+    _check_output_folder(args.out)
     prepare = _prepare_settings(args)
     molecule = _single_molecule(read_molecule_file(args.molecule, charges=args.charges), args.molecule)
     rotations = evenly_spread_rotations(args.rotations, args.azimuths)

@@ -7,19 +7,24 @@ spec, so adding a model is one file and one registration.
 
 A model from another package is registered by its own module; the training config names that
 module (``model.module``) so that every process — Ray Train workers and simulation actors
-included — imports it before looking the name up (:func:`get_model_spec`).
+included — imports it before looking the name up (:func:`get_model_spec`). A config read from an
+artifact (a registered model, a checkpoint) never chooses code: :func:`refuse_untrusted_module` refuses
+its ``model.module`` before validation unless the user named it (``--allow-module NAME`` or
+``$AFM_RAY_TRUSTED_MODULES``).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from torch import nn
 
+from afm_ray.config import shown_value
 from afm_ray.errors import InputError
 from afm_ray.losses import WeightedMSELoss
 
@@ -174,6 +179,25 @@ def get_model_spec(name: str, module: str | None = None) -> ModelSpec:
         hint = f" ({module} registers no such model)" if module else ""
         raise InputError("model.name", f"unknown model {name!r}{hint}; registered: "
                                        f"{', '.join(sorted(_REGISTRY))}") from None
+
+
+TRUSTED_MODULES_ENV = "AFM_RAY_TRUSTED_MODULES"  # comma-separated model modules an artifact may name
+
+
+def refuse_untrusted_module(config_data, where: str, allowed_modules: Collection[str] = ()) -> None:
+    """Raise :class:`InputError` when the config ``config_data`` (a training config as plain data, read from
+    an artifact) names a ``model.module`` that neither ``allowed_modules`` (``--allow-module``) nor
+    ``$AFM_RAY_TRUSTED_MODULES`` lists; call it before validating, which would import that module."""
+    model = config_data.get("model") if isinstance(config_data, Mapping) else None
+    module = model.get("module") if isinstance(model, Mapping) else None
+    if module in (None, ""):  # validation imports nothing then
+        return
+    trusted = set(allowed_modules) | {name.strip() for name in os.environ.get(TRUSTED_MODULES_ENV, "").split(",")}
+    if not isinstance(module, str) or module not in trusted - {""}:
+        name = module if isinstance(module, str) and len(module) <= 100 else "NAME"
+        raise InputError(where, f"refused: model.module {shown_value(module)} would be imported, and an artifact "
+                                f"never chooses code; if you trust it, pass --allow-module {name} "
+                                f"(or list it in ${TRUSTED_MODULES_ENV})")
 
 
 def validated_model_spec(name: str, module: str | None = None) -> ModelSpec:

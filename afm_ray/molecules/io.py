@@ -21,7 +21,7 @@ import numpy as np
 
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
-from afm_ray.molecules.molecule import Molecule
+from afm_ray.molecules.molecule import Molecule, check_geometry
 
 CHARGE_METHODS = ("gasteiger", "mmff")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
@@ -160,6 +160,7 @@ def _with_computed_charges(numbers, positions, charges: str | None, where: str, 
     if charges is None:
         raise InputError(where, "molecule has no partial charges; add a charge column or pass "
                                 "--charges gasteiger|mmff to compute them with RDKit")
+    check_geometry(np.asarray(numbers), np.asarray(positions, dtype=np.float64), where)  # before RDKit reads it
     rdkit_molecule = _rdkit_from_geometry(numbers, positions, where)
     return Molecule.create("xyz", numbers, positions, compute_charges(rdkit_molecule, charges, where),
                            source=source, where=where)

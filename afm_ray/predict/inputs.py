@@ -37,16 +37,21 @@ A comma-joined group of files makes one stack: ``.sxm`` images are stacked as sl
 
 Nanonis files are read with ``nanonispy2`` (PyPI). The readers are tested on small synthetic files
 written to its layout (tests/test_predict.py); real instrument files may differ in header details.
-Nanonis' Z grows as the tip retracts, so decreasing Z is far → close.
+Nanonis' Z grows as the tip retracts, so decreasing Z is far → close. nanonispy2 zero-pads a short
+``.3ds`` (and ignores extra bytes), so its data's length is checked against the header: a truncated
+grid is refused, never predicted on (a ``.sxm`` of the wrong length fails in nanonispy2's reshape).
 """
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from afm_ray.config import one_line
 from afm_ray.errors import InputError
 
 STACK_KEYS = ("df", "stack")
@@ -163,12 +168,20 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InputError(str(path), f"not a readable .npy array ({exc})") from None
 
 
+_UNREADABLE_ARCHIVE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)  # truncated or corrupt
+
+
 def _read_npz(path: Path) -> list[AfmStack]:
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputError(str(path), f"not a readable .npz archive ({exc})") from None
-    with archive:
+        return _read_npz_archive(path)
+    except InputError:
+        raise
+    except _UNREADABLE_ARCHIVE as exc:
+        raise InputError(str(path), f"not a readable .npz archive, truncated or corrupt? ({one_line(exc, 200)})") from None
+
+
+def _read_npz_archive(path: Path) -> list[AfmStack]:
+    with np.load(path, allow_pickle=False) as archive:
         key = next((k for k in STACK_KEYS if k in archive.files), None)
         if key is None:
             raise InputError(str(path), f"no stack: expected a key {' or '.join(STACK_KEYS)!r}, found {archive.files}")
@@ -252,7 +265,7 @@ def _read_3ds(path: Path, channel: str | None) -> AfmStack:
     try:
         grid = nanonispy2.read.Grid(str(path))
     except Exception as exc:  # the reader raises KeyError/ValueError/... for malformed headers
-        raise InputError(str(path), f"cannot read Nanonis grid: {str(exc).splitlines()[0][:200]}") from None
+        raise InputError(str(path), f"cannot read Nanonis grid: {one_line(exc, 200)}") from None
     header = grid.header
     sweep = str(header.get("sweep_signal", ""))
     if not sweep.lower().startswith("z"):
@@ -260,6 +273,10 @@ def _read_3ds(path: Path, channel: str | None) -> AfmStack:
     names = [str(c) for c in header["channels"]]
     units = [name[name.rfind("(") + 1:name.rfind(")")] if "(" in name else "" for name in names]
     chosen = _pick_channel(names, units, channel, path)
+    nx, ny = (int(v) for v in header["dim_px"])
+    values_per_pixel = int(header["num_parameters"]) + int(header["num_sweep_signal"]) * len(names)
+    _check_data_length(path, grid, nx * ny * values_per_pixel,
+                       f"{nx}×{ny} px × {values_per_pixel} values (parameters + points × channels)")
     data = np.asarray(grid.signals[chosen], dtype=np.float64)  # (ny, nx, n_sweep), rows = y
     z_values = np.asarray(grid.signals["sweep_signal"], dtype=np.float64)
     order = np.argsort(-z_values, kind="stable")  # far (large Z) → close
@@ -273,7 +290,7 @@ def _read_sxm(path: Path, channel: str | None) -> AfmStack:
     try:
         scan = nanonispy2.read.Scan(str(path))
     except Exception as exc:  # the reader raises KeyError/ValueError/... for malformed headers
-        raise InputError(str(path), f"cannot read Nanonis scan: {str(exc).splitlines()[0][:200]}") from None
+        raise InputError(str(path), f"cannot read Nanonis scan: {one_line(exc, 200)}") from None
     header = scan.header
     info = header.get("data_info", {})
     names = [str(n) for n in info.get("Name", ())]
@@ -285,6 +302,18 @@ def _read_sxm(path: Path, channel: str | None) -> AfmStack:
     df = image.T[None, :, :, None].astype(np.float32)
     size = tuple(float(v) * METRES_TO_ANGSTROM for v in header["scan_range"])
     return AfmStack(path.stem, np.ascontiguousarray(df), None, (size[0], size[1]), str(path))
+
+
+def _check_data_length(path: Path, reader, n_values: int, layout: str) -> None:
+    """Refuse a Nanonis grid whose data after the header is not the ``n_values`` values the header
+    describes (``layout``, for the message): nanonispy2 would zero-pad a short one."""
+    value_bytes = np.dtype(reader.data_format).itemsize
+    expected = n_values * value_bytes
+    found = path.stat().st_size - reader.byte_offset
+    if found != expected:
+        state = "truncated" if found < expected else "longer than its header says"
+        raise InputError(str(path), f"{state}: the header's {layout} need {expected} bytes of data "
+                                    f"({value_bytes}-byte values), the file holds {found}")
 
 
 def with_name(stack: AfmStack, name: str) -> AfmStack:

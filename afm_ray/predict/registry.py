@@ -24,6 +24,11 @@ that ``torch.load(weights_only=True)`` accepts, then loaded as an
 fetched: a model that an older afm-ray registered pickled is refused unless the caller passes
 ``trust_pickle=True`` (``--trust-pickle``), which loads it with a :class:`PickledModelWarning`.
 
+An artifact never chooses code: the format and the archive's pickle-freedom are checked first, then
+a config naming a ``model.module`` (a plugin model) is refused unless the caller trusts that module
+(``allowed_modules``, ``--allow-module NAME``, or ``$AFM_RAY_TRUSTED_MODULES``), and only then is the
+config validated (which imports it).
+
 :func:`list_models` and :func:`describe_model` serve ``afm-ray models list|show``;
 :func:`reregister_model` serves ``afm-ray models reregister`` (a pickled model as a new, safe version).
 """
@@ -35,13 +40,15 @@ import re
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from afm_ray.config import validate
+from afm_ray.config import one_line, validate
 from afm_ray.errors import InputError
+from afm_ray.models.spec import refuse_untrusted_module
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY, ExportedPackedOutputs, PackedOutputs, PackedSpec
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
@@ -102,25 +109,37 @@ class LoadedModel:
                 f"{sim.scan_size_angstrom[1]:g} Å, {self.config.input_slices} slices far → close")
 
 
-def load_model(reference: str | Path, tracking_uri: str | None = None, trust_pickle: bool = False) -> LoadedModel:
+def load_model(reference: str | Path, tracking_uri: str | None = None, trust_pickle: bool = False,
+               allowed_modules: Collection[str] = ()) -> LoadedModel:
     """Load the model named by ``reference`` (see the module docstring for the accepted forms).
 
     ``tracking_uri``: the MLflow store for ``models:/`` and ``runs:/`` references; default
     ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns.db``. ``trust_pickle``: also load a model an
     older afm-ray registered pickled (this runs code stored in the artifact: only for a trusted
-    source; warns with :class:`PickledModelWarning`). Raises :class:`InputError` (one line) for a
-    missing model, version, alias, run or folder, a model without afm-ray metadata, a pickled
-    model without ``trust_pickle``, or an archive holding pickle payloads.
+    source; warns with :class:`PickledModelWarning`). ``allowed_modules``: model modules (plugins) the
+    model's config may name and so import (also ``$AFM_RAY_TRUSTED_MODULES``). Raises
+    :class:`InputError` (one line) for a missing model, version, alias, run or folder, a model without
+    afm-ray metadata, a pickled model without ``trust_pickle``, an archive holding pickle payloads or
+    corrupt, or a config naming an untrusted module.
     """
     text = str(reference)
+    trust = _Trust(trust_pickle, tuple(allowed_modules))
     if text.startswith("models:/"):
-        return _load_registered(text, resolve_tracking_uri(tracking_uri), trust_pickle)
+        return _load_registered(text, resolve_tracking_uri(tracking_uri), trust)
     if text.startswith("runs:/"):
-        return _load_run_model(text, resolve_tracking_uri(tracking_uri), trust_pickle)
+        return _load_run_model(text, resolve_tracking_uri(tracking_uri), trust)
     if re.match(r"^[a-z][a-z0-9+.-]*:/", text) and not Path(text).exists():
         raise InputError("--model", f"unsupported model reference {text!r}: use models:/NAME@ALIAS, "
                                     "models:/NAME/VERSION, runs:/RUN_ID/model or a local folder")
-    return _load_local(Path(text), text, trust_pickle)
+    return _load_local(Path(text), text, trust)
+
+
+@dataclass(frozen=True)
+class _Trust:
+    """What the caller trusts: pickled models (``--trust-pickle``), model modules (``--allow-module``)."""
+
+    pickle: bool = False
+    modules: tuple[str, ...] = ()
 
 
 # -- registry -------------------------------------------------------------------------------------
@@ -130,7 +149,7 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 
-def _load_registered(reference: str, tracking_uri: str, trust_pickle: bool) -> LoadedModel:
+def _load_registered(reference: str, tracking_uri: str, trust: _Trust) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
     match = _MODELS_URI.match(reference)
@@ -157,7 +176,7 @@ def _load_registered(reference: str, tracking_uri: str, trust_pickle: bool) -> L
             raise InputError("--model", f"registered model {name!r} has no version {version!r} "
                                         f"(versions: {', '.join(map(str, known)) or 'none'})") from None
     location = client.get_model_version_download_uri(name, model_version.version)
-    packed, config = _load_mlflow_model(location, tracking_uri, reference, trust_pickle)
+    packed, config = _load_mlflow_model(location, tracking_uri, reference, trust)
     return LoadedModel(packed, config, reference, name, str(model_version.version), model_version.run_id)
 
 
@@ -172,7 +191,7 @@ def _registered_model(client, name: str, tracking_uri: str, where: str = "--mode
                                 f"(registered: {', '.join(known) or 'none'})") from None
 
 
-def _load_run_model(reference: str, tracking_uri: str, trust_pickle: bool) -> LoadedModel:
+def _load_run_model(reference: str, tracking_uri: str, trust: _Trust) -> LoadedModel:
     from mlflow.exceptions import MlflowException
 
     match = _RUNS_URI.match(reference)
@@ -189,16 +208,16 @@ def _load_run_model(reference: str, tracking_uri: str, trust_pickle: bool) -> Lo
                                                              filter_string=f"name = '{path}'")
               if model.source_run_id == run_id]
     location = logged[0].artifact_location if logged else f"{run.info.artifact_uri.rstrip('/')}/{path}"
-    packed, config = _load_mlflow_model(location, tracking_uri, reference, trust_pickle)
+    packed, config = _load_mlflow_model(location, tracking_uri, reference, trust)
     return LoadedModel(packed, config, reference, None, None, run_id)
 
 
 def _load_mlflow_model(location: str, tracking_uri: str, reference: str,
-                       trust_pickle: bool) -> tuple[ExportedPackedOutputs | PackedOutputs, TrainConfig]:
+                       trust: _Trust) -> tuple[ExportedPackedOutputs | PackedOutputs, TrainConfig]:
     """Load the MLflow model stored at ``location`` (a local path or an artifact URI)."""
     local = _local_path(location)
     if local is not None:
-        return _read_mlflow_folder(local, reference, trust_pickle)
+        return _read_mlflow_folder(local, reference, trust)
     from mlflow.artifacts import download_artifacts
     from mlflow.models import Model
 
@@ -207,7 +226,7 @@ def _load_mlflow_model(location: str, tracking_uri: str, reference: str,
             # the MLmodel file first: a pickled model is refused before its weights are fetched
             mlmodel = download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel",
                                          dst_path=str(Path(folder) / "mlmodel"), tracking_uri=tracking_uri)
-            _serialization_format(Model.load(mlmodel), reference, trust_pickle)
+            _serialization_format(Model.load(mlmodel), reference, trust.pickle)
             path = download_artifacts(artifact_uri=location, dst_path=str(Path(folder) / "model"),
                                       tracking_uri=tracking_uri)
         except InputError:
@@ -215,7 +234,7 @@ def _load_mlflow_model(location: str, tracking_uri: str, reference: str,
         except Exception as exc:  # store-specific exception types
             raise InputError("--model", f"cannot download {reference} from {location}: "
                                         f"{str(exc).splitlines()[0][:200]}") from None
-        return _read_mlflow_folder(Path(path), reference, trust_pickle)
+        return _read_mlflow_folder(Path(path), reference, trust)
 
 
 def _local_path(location: str) -> Path | None:
@@ -228,20 +247,28 @@ def _local_path(location: str) -> Path | None:
 
 
 def _read_mlflow_folder(folder: Path, reference: str,
-                        trust_pickle: bool) -> tuple[ExportedPackedOutputs | PackedOutputs, TrainConfig]:
+                        trust: _Trust) -> tuple[ExportedPackedOutputs | PackedOutputs, TrainConfig]:
     from mlflow.models import Model
 
     if not (folder / "MLmodel").is_file():
         raise InputError("--model", f"{reference}: no MLmodel file in {folder}")
-    mlmodel = Model.load(str(folder))
+    try:
+        mlmodel = Model.load(str(folder))
+    except Exception as exc:  # YAML or MLflow schema errors
+        raise InputError("--model", f"{reference}: unreadable MLmodel file ({one_line(exc, 200)})") from None
     metadata = mlmodel.metadata or {}
     if CONFIG_METADATA_KEY not in metadata:
         raise InputError("--model", f"{reference} was not logged by afm-ray train (no {CONFIG_METADATA_KEY!r} metadata)")
-    # a model logged by an older afm-ray whose config no longer validates fails here, by name
-    config = validate(TrainConfig, metadata[CONFIG_METADATA_KEY], f"{reference}: {CONFIG_METADATA_KEY}")
+    # format and pickle-freedom first, then the config's module, and only then the config (which imports it)
+    exported = _serialization_format(mlmodel, reference, trust.pickle) == SERIALIZATION_FORMAT
     data = folder / mlmodel.flavors["pytorch"].get("model_data", "data")
-    if _serialization_format(mlmodel, reference, trust_pickle) == SERIALIZATION_FORMAT:
-        return _load_exported(data / _EXPORTED_MODEL_FILE, metadata, config, reference), config
+    archive = _pickle_free_archive(data / _EXPORTED_MODEL_FILE, reference) if exported else None
+    where = f"{reference}: {CONFIG_METADATA_KEY}"
+    refuse_untrusted_module(metadata[CONFIG_METADATA_KEY], where, trust.modules)
+    # a model logged by an older afm-ray whose config no longer validates fails here, by name
+    config = validate(TrainConfig, metadata[CONFIG_METADATA_KEY], where)
+    if archive is not None:
+        return _load_exported(archive, metadata, config, reference), config
     return _load_pickled(folder, reference), config
 
 
@@ -267,17 +294,10 @@ def _serialization_format(mlmodel, reference: str, trust_pickle: bool) -> str:
     return "pickle"
 
 
-def _load_exported(path: Path, metadata: dict, config: TrainConfig, reference: str) -> ExportedPackedOutputs:
-    """The pt2 archive at ``path`` after checking it holds no pickle payload (MLflow's check)."""
+def _pickle_free_archive(path: Path, reference: str) -> bytes:
+    """The bytes of the pt2 archive at ``path`` after checking it holds no pickle payload (MLflow's check)."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        spec = PackedSpec.from_json(metadata.get(PACKED_SPEC_METADATA_KEY) or {})
-    except ValueError as exc:
-        raise InputError("--model", f"{reference}: {exc}") from None
-    if (spec.model_name, spec.output_names) != (config.model.name, config.model.spec.output_names):
-        raise InputError("--model", f"{reference}: {PACKED_SPEC_METADATA_KEY} describes a {spec.model_name} model "
-                                    f"with outputs {list(spec.output_names)}, but its config a {config.model.name}")
     if not path.is_file():
         raise InputError("--model", f"{reference}: no {path.name} in {path.parent}")
     try:
@@ -294,7 +314,22 @@ def _load_exported(path: Path, metadata: dict, config: TrainConfig, reference: s
         _validate_pt2_archive_is_pickle_free(io.BytesIO(archive))  # the bytes that are then loaded
     except MlflowException as exc:
         raise InputError("--model", f"{reference}: refused: {str(exc).splitlines()[0][:300]}") from None
-    return ExportedPackedOutputs.from_archive(archive, spec)
+    return archive
+
+
+def _load_exported(archive: bytes, metadata: dict, config: TrainConfig, reference: str) -> ExportedPackedOutputs:
+    """The exported network of the pickle-free pt2 ``archive``, checked against the config's model."""
+    try:
+        spec = PackedSpec.from_json(metadata.get(PACKED_SPEC_METADATA_KEY) or {})
+    except ValueError as exc:
+        raise InputError("--model", f"{reference}: {exc}") from None
+    if (spec.model_name, spec.output_names) != (config.model.name, config.model.spec.output_names):
+        raise InputError("--model", f"{reference}: {PACKED_SPEC_METADATA_KEY} describes a {spec.model_name} model "
+                                    f"with outputs {list(spec.output_names)}, but its config a {config.model.name}")
+    try:
+        return ExportedPackedOutputs.from_archive(archive, spec)
+    except Exception as exc:  # torch.export.load: corrupt weights or graph (ValueError, RuntimeError, …)
+        raise InputError("--model", f"{reference}: corrupt pt2 archive ({one_line(exc, 200)})") from None
 
 
 def _load_pickled(folder: Path, reference: str) -> PackedOutputs:
@@ -310,16 +345,16 @@ def _load_pickled(folder: Path, reference: str) -> PackedOutputs:
     return packed.eval()
 
 
-def _load_local(path: Path, reference: str, trust_pickle: bool = False) -> LoadedModel:
+def _load_local(path: Path, reference: str, trust: _Trust) -> LoadedModel:
     if not path.exists():
         raise InputError("--model", f"{reference}: no such model folder, and not a models:/ or runs:/ URI")
     if (path / "MLmodel").is_file():
-        packed, config = _read_mlflow_folder(path, reference, trust_pickle)
+        packed, config = _read_mlflow_folder(path, reference, trust)
         return LoadedModel(packed, config, reference)
     from afm_ray.train.loop import CHECKPOINT_FILE, load_checkpoint_model
 
     if (path / CHECKPOINT_FILE).is_file():
-        network, config, _ = load_checkpoint_model(path)
+        network, config, _ = load_checkpoint_model(path, allowed_modules=trust.modules)
         packed = PackedOutputs(network, config.model.spec.output_names, config.model.name).eval()
         return LoadedModel(packed, config, reference)
     raise InputError("--model", f"{reference}: neither an MLflow model folder (MLmodel) nor a training "
@@ -327,7 +362,8 @@ def _load_local(path: Path, reference: str, trust_pickle: bool = False) -> Loade
 
 
 # -- re-registering pickled models ----------------------------------------------------------------
-def reregister_model(reference: str, tracking_uri: str | None = None, trust_pickle: bool = False) -> tuple[str, str]:
+def reregister_model(reference: str, tracking_uri: str | None = None, trust_pickle: bool = False,
+                     allowed_modules: Collection[str] = ()) -> tuple[str, str]:
     """Register the model of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` again in the safe
     format, as a new version of NAME; returns (new version, MLflow run id).
 
@@ -343,7 +379,7 @@ def reregister_model(reference: str, tracking_uri: str | None = None, trust_pick
     tracking_uri = resolve_tracking_uri(tracking_uri)
     if not str(reference).startswith("models:/"):
         raise InputError("--model", f"{reference!r}: reregister takes models:/NAME@ALIAS or models:/NAME/VERSION")
-    loaded = load_model(reference, tracking_uri, trust_pickle=trust_pickle)
+    loaded = load_model(reference, tracking_uri, trust_pickle=trust_pickle, allowed_modules=allowed_modules)
     name, old_version = loaded.registered_name, loaded.version
     if isinstance(loaded.packed, ExportedPackedOutputs):
         raise InputError("--model", f"{reference} (version {old_version}) is already in the safe format")
@@ -468,7 +504,9 @@ def _version_config_summary(client, name: str, version, tracking_uri: str) -> di
     if CONFIG_METADATA_KEY not in metadata:
         return {}
     try:
-        return config_summary(validate(TrainConfig, metadata[CONFIG_METADATA_KEY], f"{name} v{version.version}"))
+        where = f"{name} v{version.version}"
+        refuse_untrusted_module(metadata[CONFIG_METADATA_KEY], where)  # listing never imports a plugin
+        return config_summary(validate(TrainConfig, metadata[CONFIG_METADATA_KEY], where))
     except InputError as exc:  # listed anyway, with the reason its config cannot be shown
         return {"config": str(exc)}
 

@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 from pydantic import Field, model_validator
 
-from afm_ray.config import StrictModel, validate
+from afm_ray.config import StrictModel, load_yaml_text, one_line, validate
 from afm_ray.errors import InputError
 
 EV_PER_ANGSTROM2_PER_N_PER_M = 0.0624150907
@@ -205,11 +205,11 @@ class SimConfig(StrictModel):
         """Load a YAML file; a top-level ``sim:`` section is accepted too. Errors name the file and field."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = load_yaml_text(path.read_text(encoding="utf-8")) or {}
         except OSError as exc:
             raise InputError(str(path), f"cannot read simulator config ({exc.strerror or exc})") from None
         except yaml.YAMLError as exc:
-            raise InputError(str(path), f"not valid YAML ({exc})") from None
+            raise InputError(str(path), f"not valid YAML ({one_line(exc)})") from None
         if isinstance(data, dict) and set(data) == {"sim"}:
             data = data["sim"]
         return cls.from_dict(data, where=str(path))

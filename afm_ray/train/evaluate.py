@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,12 +96,13 @@ def clean_scans(config: TrainConfig) -> TrainConfig:
 
 def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test", tracking_uri: str | None = None,
                         device: str = "cpu", progress: bool = True, clean: bool = False,
-                        trust_pickle: bool = False) -> EvaluationReport:
+                        trust_pickle: bool = False, allowed_modules: Collection[str] = ()) -> EvaluationReport:
     """Score model ``reference`` (``models:/NAME@ALIAS``, ``runs:/…``, a folder) on ``config``'s ``subset``.
 
     ``clean``: on :func:`clean_scans` of the config (the model's accuracy on ideal scans rather than
     its robustness to the training randomisation). ``trust_pickle``: also load a model an older
-    afm-ray registered pickled (:func:`afm_ray.predict.registry.load_model`). Raises
+    afm-ray registered pickled (:func:`afm_ray.predict.registry.load_model`). ``allowed_modules``: plugin
+    modules the model may name (``--allow-module``) besides the config's own ``model.module``. Raises
     :class:`InputError` for an unknown model, an incompatible config or a bad subset.
     """
     from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
@@ -117,7 +119,9 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
     if tracking_uri:
         config = config.model_copy(update={"mlflow": config.mlflow.model_copy(update={"tracking_uri": tracking_uri})})
     config = with_absolute_paths(clean_scans(config) if clean else config)
-    loaded = load_model(reference, config.mlflow.tracking_uri, trust_pickle=trust_pickle)
+    # the user's own config already imported its model.module: the model may name it too
+    trusted = (*allowed_modules, *([config.model.module] if config.model.module else []))
+    loaded = load_model(reference, config.mlflow.tracking_uri, trust_pickle=trust_pickle, allowed_modules=trusted)
     check_compatible(loaded.config, config, reference)
     for line in data_differences(loaded.config, config):
         print(f"data differs from the model's training: {line}", flush=True)
