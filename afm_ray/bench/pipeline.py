@@ -144,7 +144,8 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
         specs = specs[:n_warmup + n_batches]
         stream = BatchStream(actors, max_in_flight=pipeline.max_in_flight_per_worker,
                              budget_mib=pipeline.object_store_budget_mib_per_worker)
-        following = plan_epoch(n_train, config.run.batch_size, config.run.seed, epoch + 1)
+        following = [spec for ahead in range(epoch + 1, epoch + 3)  # two epochs ahead, as the training loop
+                     for spec in plan_epoch(n_train, config.run.batch_size, config.run.seed, ahead)]
         stream.request(specs)
         if prefetch:
             stream.request(following)

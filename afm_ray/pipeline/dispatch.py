@@ -262,13 +262,16 @@ class DispatchPolicy:
         """Fill every free actor slot with the most deserving batch (see the module doc)."""
         sends: list[Send] = []
         blocked: set = set()  # consumers whose head job has no allowed actor free now
+        slots = self._tenant_slots()
+        known = sorted(s.seconds_per_batch for s in self.actors if s.seconds_per_batch is not None)
+        typical = known[len(known) // 2] if known else 1.0
         while True:
             free = [a for a in range(len(self.actors)) if self._has_slot(a, now)]
             if not free:
                 return sends
             job = self._next_retry(free) if self._retries else None
             if job is None:
-                consumer = self._pick_consumer(blocked)
+                consumer = self._pick_consumer(blocked, slots)
                 if consumer is None:
                     return sends
                 job = self.jobs[consumer.queue[0]]
@@ -276,7 +279,9 @@ class DispatchPolicy:
                     blocked.add(consumer.key)
                     continue
                 consumer.queue.popleft()
-            sends.append(self._send(job, self._pick_actor(self._allowed(job, free)), now))
+            sends.append(self._send(job, self._pick_actor(self._allowed(job, free), typical), now))
+            tenant = self.consumers[job.consumer].tenant
+            slots[tenant] = slots.get(tenant, 0) + 1
 
     def _has_slot(self, actor: int, now: float) -> bool:
         state = self.actors[actor]
@@ -303,17 +308,21 @@ class DispatchPolicy:
                 return job
         return None
 
-    def _pick_consumer(self, blocked: set) -> Consumer | None:
-        candidates = [c for c in self.consumers.values()
-                      if c.queue and c.key not in blocked and c.may_send(self.jobs)]
-        if not candidates:
-            return None
+    def _tenant_slots(self) -> dict[str, int]:
+        """Actor slots each tenant's calls hold now."""
         slots: dict[str, int] = {}
         for call in self.calls.values():
             job = self.jobs.get(call.job)
             if job is not None and not call.abandoned:
                 tenant = self.consumers[job.consumer].tenant
                 slots[tenant] = slots.get(tenant, 0) + 1
+        return slots
+
+    def _pick_consumer(self, blocked: set, slots: dict[str, int]) -> Consumer | None:
+        candidates = [c for c in self.consumers.values()
+                      if c.queue and c.key not in blocked and c.may_send(self.jobs)]
+        if not candidates:
+            return None
 
         def rank(consumer: Consumer):
             share = slots.get(consumer.tenant, 0) / self.tenant_weight.get(consumer.tenant, 1.0)
@@ -321,9 +330,8 @@ class DispatchPolicy:
 
         return min(candidates, key=rank)
 
-    def _pick_actor(self, free: list[int]) -> int:
-        known = sorted(s.seconds_per_batch for s in self.actors if s.seconds_per_batch is not None)
-        typical = known[len(known) // 2] if known else 1.0
+    def _pick_actor(self, free: list[int], typical: float) -> int:
+        """``typical``: seconds per batch assumed for an actor not measured yet (the pool's median)."""
 
         def finish(actor: int):  # an idle actor first; then the one that would finish the batch soonest
             state = self.actors[actor]

@@ -43,7 +43,7 @@ class BatchDispatcher:
         self.policy = DispatchPolicy(len(self.actors), limits, seed)
         self.refs: dict[int, tuple] = {}  # call id → (summary ref, batch ref)
         self.summaries: dict[int, dict] = {}  # call id → summary of a made batch not taken yet
-        self._changed = asyncio.Event()
+        self._changed: dict[tuple, asyncio.Event] = {}  # consumer → set when one of its batches is ready
         self._watchdog: asyncio.Task | None = None
 
     # -- consumers ---------------------------------------------------------------------------------
@@ -86,10 +86,12 @@ class BatchDispatcher:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
+            changed = self._changed.setdefault(key, asyncio.Event())
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                await asyncio.wait_for(changed.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
+            changed.clear()
 
     async def heartbeat(self, key: tuple) -> bool:
         return self.policy.heard_from(key, time.monotonic())
@@ -131,7 +133,7 @@ class BatchDispatcher:
         self._cancel(outcome.cancel)
         self._pump()
         if outcome.delivered is not None:
-            self._notify()
+            self._notify(outcome.delivered.consumer)
 
     def _hand_over(self, job: Job) -> tuple:
         if job.dropped:
@@ -145,9 +147,11 @@ class BatchDispatcher:
             if refs is not None:
                 ray.cancel(refs[0])  # a queued call never runs; a running one finishes and is ignored
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _notify(self, consumer: tuple) -> None:
+        """Wake ``consumer``'s :meth:`take` (only its own: the others have nothing new)."""
+        event = self._changed.get(consumer)
+        if event is not None:
+            event.set()
 
     # -- stragglers and leases ---------------------------------------------------------------------
     def _start_watchdog(self) -> None:
@@ -166,8 +170,8 @@ class BatchDispatcher:
                 log.error("batch %s dropped after %d attempts: %s", batch_name(job.spec), job.attempts, job.events[-1])
             self._cancel(self.policy.expire(now))
             self._pump()
-            if dropped:
-                self._notify()
+            for job in dropped:
+                self._notify(job.consumer)
 
 
 def _job_record(job: Job) -> dict:

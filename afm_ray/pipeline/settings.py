@@ -80,7 +80,8 @@ class PipelineSettings(StrictModel):
         "float16", description="dtype of the targets (Å, V; xyz classes and offsets in Å) shipped with raw Δf; the "
                                "trainer computes in float32 either way")
     prefetch_next_epoch: bool = Field(
-        True, description="request the next epoch's batches while the current one ends, validates and checkpoints")
+        True, description="request the next two epochs' batches while the current one ends, validates and "
+                          "checkpoints (made within object_store_budget_mib_per_worker)")
     batch_timeout_s: float = Field(
         300.0, gt=0, description="the most seconds a call to an actor may take (sent → result) before the batch is "
                                  "tried on another actor; the adaptive limit is timeout_p95_factor × the p95 of "

@@ -314,9 +314,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(start_epoch, config.run.epochs):
         steps = rank_steps(epoch)
         stream.request([spec for step in steps for spec in step])
-        if pipeline.prefetch_next_epoch and epoch + 1 < config.run.epochs:
-            # queued behind this epoch: actors stay busy while we validate
-            stream.request([spec for step in rank_steps(epoch + 1) for spec in step])
+        # queued behind this epoch, two epochs ahead (a short epoch's successor alone may be made before a long
+        # validation ends): the pool makes them within the worker's object-store budget while it validates
+        for ahead in range(epoch + 1, min(epoch + 3, config.run.epochs) if pipeline.prefetch_next_epoch else 0):
+            stream.request([spec for step in rank_steps(ahead) for spec in step])
         stream.stats.max_wait_seconds = 0.0  # this epoch's longest wait for one batch
         before = stream.stats.copy()
         model.train()
