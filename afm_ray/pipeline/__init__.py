@@ -38,18 +38,18 @@ rate of the live actors), and a third was weighed:
 =====================================================  ===================  ===================
 layout (actors × lock-step consumers)                  static home actors   one dispatcher
 =====================================================  ===================  ===================
-32 × 8, alike                                          74 %                 88 %
-64 × 4, alike                                          64 %                 56 %
-32 × 8, every 4th actor 2× slower                      49 %                 86 %
-64 × 8, the 8 slow actors of one old home set          44 %                 66 %
-32 × 8, one actor dead (failing fast) from the start   61 %                 91 %
-32 × 8, one actor killed halfway                       69 %                 92 %
-2 trials × 4 consumers on 32 actors (each trial)       70 % (37 % / 43 %)   88 % (44 % / 44 %)
+32 × 8, alike                                          90 %                 85 % (90 % once each consumer alone is woken)
+64 × 4, alike                                          76 %                 88 %
+32 × 8, every 4th actor 2× slower                      50 %                 89 %
+64 × 8, the 8 slow actors of one old home set          47 %                 85 %
+32 × 8, one actor dead (failing fast) from the start   67 %                 86 %
+32 × 8, one actor killed halfway                       68 %                 88 %
+2 trials × 4 consumers on 32 actors (each trial)       84 % (43 % / 44 %)   88 % (44 % / 47 %)
 =====================================================  ===================  ===================
 
-(``afm-ray bench pipeline --synthetic``, 0.2 s per batch, on a 2-core machine loaded by other jobs:
-the 64-actor rows are bound by its cores, not by the design; under a virtual clock the policy
-reaches ≥ 90 % on every uneven layout, ``tests/test_dispatch.py``.)
+(``afm-ray bench pipeline --synthetic``, 0.2 s per batch, on a quiet 2-core machine that bounds both
+designs; under a virtual clock the policy reaches ≥ 90 % on every uneven layout,
+``tests/test_dispatch.py``.)
 
 Earlier, with alike actors, Ray Data (``map_batches`` over an ``ActorPoolStrategy`` pool,
 ``streaming_split(W, equal=True)``; ``benchmarks/ray_data_stream.py``) reached 11 % of the ideal at
