@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from afm_ray.bench.synthetic_stream import CASES, DEFAULT_LAYOUTS
+from afm_ray.pipeline.dispatch import batch_nbytes
 from afm_ray.errors import InputError
 
 PLASMA_LINE = re.compile(r"Plasma memory usage (\d+) MiB")
@@ -108,10 +109,6 @@ class ObjectStorePeak:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def batch_nbytes(batch: dict) -> int:
-    return sum(value.nbytes for value in batch.values() if isinstance(value, np.ndarray))
 
 
 def idle_fraction(intervals: list[tuple[int, float, float]], n_actors: int, window: tuple[float, float]) -> float:

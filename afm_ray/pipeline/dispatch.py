@@ -43,6 +43,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from afm_ray.plan import BatchSpec
 
 LATENCY_WINDOW = 200
@@ -69,8 +71,12 @@ class BatchMaker:
         batch = self.make_batch(spec)
         finished = time.time()
         batch["made_by"] = (os.getpid(), started, finished)  # wall clock: a benchmark sees when actors idle
-        nbytes = sum(value.nbytes for value in batch.values() if hasattr(value, "nbytes"))
-        return {"nbytes": nbytes, "busy_seconds": finished - started}, batch
+        return {"nbytes": batch_nbytes(batch), "busy_seconds": finished - started}, batch
+
+
+def batch_nbytes(batch: dict) -> int:
+    """Bytes of a batch's arrays (what it takes in the object store, less a little metadata)."""
+    return sum(value.nbytes for value in batch.values() if isinstance(value, np.ndarray))
 
 
 @dataclass(frozen=True)
