@@ -8,13 +8,14 @@ import time
 
 import pytest
 import ray.cloudpickle
+from ray.train import Checkpoint
 import torch
 from mlflow import MlflowClient
 
 from afm_ray.errors import InputError
 from afm_ray.pipeline.actors import SimulationActor
 from afm_ray.train.loop import load_checkpoint_model
-from afm_ray.train.trainer import run_training
+from afm_ray.train.trainer import evaluate_on_workers, run_training
 
 from conftest import CONFIGS
 
@@ -25,6 +26,18 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 def metric_steps(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_the_test_set_is_evaluated_in_shards_by_tasks_holding_train_worker_resources(ray_session, trained_dsh):
+    """Two shards evaluated by two Ray tasks add up to the logged test figures of the session's run (its
+    single worker's evaluation of the whole set)."""
+    config, outcome = trained_dsh
+    [test_path] = [path for path in config.data.fixed_set_dir.iterdir() if f"-{config.data.split}-test-" in path.name]
+    two_workers = config.model_copy(update={"scaling": config.scaling.model_copy(update={"num_workers": 2})})
+    evaluation = evaluate_on_workers(two_workers, Checkpoint.from_directory(outcome.checkpoint_path), test_path)
+    sharded = evaluation.result("test")
+    assert sharded.keys() == outcome.test_metrics.keys()
+    assert sharded == pytest.approx(outcome.test_metrics, rel=1e-4)
 
 
 def test_a_training_run_records_params_metrics_figures_and_its_model(trained_dsh):

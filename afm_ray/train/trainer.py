@@ -40,7 +40,7 @@ from afm_ray.train.progress import EpochLinePrinter
 from afm_ray.train.registration import log_and_register
 from afm_ray.train.resources import check_batch_fills_workers, check_cluster_holds_training
 from afm_ray.train.run_state import open_mlflow_run, read_run_state, relative_paths, with_absolute_paths
-from afm_ray.train.steps import build_loss, objective
+from afm_ray.train.steps import Evaluation, build_loss, evaluation_for, objective
 from afm_ray.train.tracking import MlflowReportCallback, RunTracker, preflight
 
 TRACKING_FAILURES = (MlflowException, requests.RequestException)
@@ -197,6 +197,32 @@ def run_training(config: TrainConfig, progress: bool = True, allow_changed: bool
                   first_epoch=first_epoch)
 
 
+@ray.remote(max_retries=2)
+def _evaluate_shard(config_json: str, checkpoint, test_path: str, shard: int, shards: int) -> Evaluation:
+    """One shard ``shard::shards`` of a fixed set, evaluated by the best checkpoint on this task's device."""
+    config = TrainConfig.model_validate_json(config_json)
+    device = torch.device("cuda" if config.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    with checkpoint.as_directory() as folder:
+        model, _, _ = load_checkpoint_model(folder)
+    return evaluate(model.to(device), build_loss(config), config, FixedSet(test_path), device, shard, shards)
+
+
+def evaluate_on_workers(config: TrainConfig, checkpoint, test_path: Path) -> Evaluation:
+    """The test-set evaluation, split over ``scaling.num_workers`` Ray tasks that each hold one train
+    worker's resources (its GPU where ``scaling.use_gpu``): the driver, often a CPU-only head, only
+    adds the shards up. Equal to one process evaluating every shard, up to float summation order."""
+    scaling = config.scaling
+    options = {"num_cpus": scaling.cpus_per_worker, "num_gpus": 1 if scaling.use_gpu else 0,
+               "resources": dict(scaling.resources_per_worker)}
+    shards = scaling.num_workers
+    refs = [_evaluate_shard.options(**options).remote(config.model_dump_json(), checkpoint, str(test_path),
+                                                     shard, shards) for shard in range(shards)]
+    combined = evaluation_for(config)
+    for share in ray.get(refs):
+        combined.merge(share)
+    return combined
+
+
 def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, latest_checkpoint,
            test_path: Path, first_epoch: int = 0) -> TrainingOutcome:
     """Evaluate the best checkpoint on the test set, log figures, log and register the model.
@@ -224,7 +250,7 @@ def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, lat
         model, _, _ = load_checkpoint_model(folder)
         checkpoint_path = checkpoint.path
     test_set = FixedSet(test_path)
-    evaluation = evaluate(model, build_loss(config), config, test_set, torch.device("cpu"))
+    evaluation = evaluate_on_workers(config, checkpoint, test_path)
     test_metrics = evaluation.result("test")
     tracker.log_metrics(test_metrics, step=len(history))
     with tempfile.TemporaryDirectory() as folder:
