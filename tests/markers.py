@@ -113,7 +113,9 @@ TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
         "test_a_training_run_records_params_metrics_figures_and_its_model": RAY_SLOW,  # trained_dsh
         "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed": RAY_SLOW,
         "test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_on_another_count": RAY_SLOW,
-        "test_bf16_autocast_trains_to_the_validation_loss_of_fp32": RAY_SLOW,  # trained_dsh and a bf16 twin
+        # trained_dsh and a bf16, compiled twin
+        "test_bf16_autocast_in_a_compiled_network_trains_to_the_validation_loss_of_fp32": RAY_SLOW,
+        "test_the_test_set_is_evaluated_in_shards_by_tasks_holding_train_worker_resources": RAY_SLOW,  # trained_dsh
     },
     "test_tune": {
         "test_sweep_stops_bad_trials_and_registers_the_champion": RAY_SLOW,

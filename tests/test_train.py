@@ -188,16 +188,32 @@ def test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_
     assert history[-1]["learning_rate"] == pytest.approx(1e-3 / (1 + 1e-5 * 48 / 30), rel=1e-12)
 
 
-def test_bf16_autocast_trains_to_the_validation_loss_of_fp32(trained_dsh, tiny_database, model_store):
-    """The session's DSH (fp32, 3 epochs) trained again with ``run.precision=bf16``: the same batches and
-    validation set, a validation loss within 5 %."""
+def test_bf16_autocast_in_a_compiled_network_trains_to_the_validation_loss_of_fp32(trained_dsh, tiny_database,
+                                                                                     model_store):
+    """The session's DSH (fp32, eager, 3 epochs) trained again with ``run.precision=bf16`` inside
+    ``torch.compile`` (backend aot_eager: dynamo's graph capture and AOT autograd, without inductor's code
+    generation, which takes minutes on this CPU): the same batches and validation set, a validation loss
+    within 5 %, and a checkpoint whose weights load into the plain network (no compile wrapper's names)."""
     from conftest import _train_tiny
 
     fp32_config, fp32 = trained_dsh
-    config, bf16 = _train_tiny(tiny_database, model_store, "bf16", ["run.epochs=3", "run.precision=bf16"])
+    config, bf16 = _train_tiny(tiny_database, model_store, "bf16", [
+        "run.epochs=3", "run.precision=bf16", "run.compile=true", "run.compile_backend=aot_eager"])
     assert (config.run.precision, fp32_config.run.precision) == ("bf16", "fp32")
     assert bf16.metrics["val_loss"] == pytest.approx(fp32.metrics["val_loss"], rel=0.05)
     assert bf16.metrics["val_loss"] != fp32.metrics["val_loss"]  # bf16 did run
+    model, loaded_config, _ = load_checkpoint_model(bf16.checkpoint_path)
+    assert (loaded_config.run.compile, type(model).__name__) == (True, type(load_checkpoint_model(
+        fp32.checkpoint_path)[0]).__name__)
+
+
+def test_an_unknown_compile_backend_is_refused_before_any_work(tiny_config):
+    from afm_ray.train.loop import check_compile_backend
+
+    config = tiny_config.model_copy(update={"run": tiny_config.run.model_copy(
+        update={"compile": True, "compile_backend": "inductr"})})
+    with pytest.raises(InputError, match=r"run.compile_backend.*'inductr' is not a torch.compile backend"):
+        check_compile_backend(config)
 
 
 # -- the console of `afm-ray train` ----------------------------------------------------------------------

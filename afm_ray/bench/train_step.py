@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from afm_ray.models.memory_format import channels_last_is_faster, to_channels_last
     from afm_ray.optim import build_optimizer
     from afm_ray.ray_cluster import ensure_ray
-    from afm_ray.train.loop import StepRunner
+    from afm_ray.train.loop import StepRunner, compiled
     from afm_ray.train.steps import build_loss, build_model
 
     if min(args.batch_size, args.steps, args.rounds, args.distinct) < 1 or args.warmup < 0 or args.depth < 1:
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     network = build_model(config).to(device)
     model = to_channels_last(network) if last else network
-    model = torch.compile(model) if config.run.compile else model
+    model = compiled(model, config)
     optimizer, schedule = build_optimizer(network.parameters(), global_batch_size=config.run.batch_size)
     runner = StepRunner(model, optimizer, schedule, build_loss(config), config, device, world_size=1,
                         channels_last=last, synchronize=True)

@@ -136,6 +136,10 @@ class RunSettings(StrictModel):
         "fp32", description="forward pass in float32, or bf16 autocast (bfloat16 matmuls and convolutions; weights, "
                             "gradients, optimiser and losses stay float32)")
     compile: bool = Field(False, description="torch.compile the network (compiled once per worker at its first step)")
+    compile_backend: str = Field("inductor", min_length=1,
+                                 description="torch.compile's backend where `compile` (inductor: generated kernels; "
+                                             "aot_eager: the same graph capture and autograd without code generation, "
+                                             "to check a model compiles; any name torch._dynamo.list_backends knows)")
     loader_depth: int = Field(2, ge=0, description="optimiser steps of batches a background thread keeps received, "
                                                    "copied to the device and augmented ahead of training (0: prepared "
                                                    "in the loop, in series)")

@@ -66,7 +66,27 @@ def prepare_network(config: TrainConfig, device: torch.device) -> tuple[torch.nn
     torch.manual_seed(config.run.seed)  # the same initial weights whatever the measurement drew
     network = build_model(config)
     model = ray.train.torch.prepare_model(to_channels_last(network) if last else network)
-    return (torch.compile(model) if config.run.compile else model), last
+    return compiled(model, config), last
+
+
+def compiled(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """``model`` inside ``torch.compile`` with ``run.compile_backend`` where ``run.compile``, else itself."""
+    if not config.run.compile:
+        return model
+    check_compile_backend(config)
+    return torch.compile(model, backend=config.run.compile_backend)
+
+
+def check_compile_backend(config: TrainConfig) -> None:
+    """Refuses a ``run.compile_backend`` torch does not know (checked by the driver before any work)."""
+    if not config.run.compile:
+        return
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if config.run.compile_backend not in known:
+        raise InputError("run.compile_backend", f"{config.run.compile_backend!r} is not a torch.compile backend "
+                                                f"(known: {', '.join(sorted(known))})")
 
 
 def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet, device,

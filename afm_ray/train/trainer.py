@@ -35,7 +35,8 @@ from afm_ray.pipeline.sources import load_split_samples
 from afm_ray.ray_cluster import ensure_ray, require_shared_paths
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.figures import plot_loss_curves, plot_predictions
-from afm_ray.train.loop import HISTORY_FILE, evaluate, load_checkpoint_model, train_loop_per_worker
+from afm_ray.train.loop import (HISTORY_FILE, check_compile_backend, evaluate, load_checkpoint_model,
+                                train_loop_per_worker)
 from afm_ray.train.progress import EpochLinePrinter
 from afm_ray.train.registration import log_and_register
 from afm_ray.train.resources import check_batch_fills_workers, check_cluster_holds_training
@@ -101,6 +102,7 @@ def prepare(config: TrainConfig, workers_at_once: int = 1, driver_cpus: float = 
     tracking_uri = config.mlflow.tracking_uri
     counts = {subset: len(samples) for subset, samples in load_split_samples(config.sample_settings).items()}
     check_batch_fills_workers(config, counts["train"])
+    check_compile_backend(config)
     preflight(tracking_uri, config.registered_model_name, config.model.name)
     ensure_ray()
     check_cluster_holds_training(config, workers_at_once, driver_cpus)
