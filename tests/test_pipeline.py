@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import ray
 import ray.cloudpickle
+import torch
 
 from afm_ray.bench.synthetic_stream import FixedLatencyActor, measure_layout
 from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch
 from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
 from afm_ray.pipeline.fixed_sets import FixedSet, fixed_set_key, materialize
+from afm_ray.train.device_shard import DeviceShard
 
 # the fault-injecting actors below live in this test module: workers get them by value
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -286,6 +288,14 @@ def test_fixed_sets_are_materialised_once_and_read_back(ray_session, tiny_config
         cached = next(fixed.batches())
         assert next(fixed.batches()) is cached  # decoded once, kept in memory within the bound
         assert next(FixedSet(path, cache_mib=0).batches()) is not next(FixedSet(path, cache_mib=0).batches())
+        # a rank's shard as tensors on its device: filled by the first pass, kept when all of it fits
+        shard_bytes = sum(value.nbytes for value in cached.values() if value.dtype.kind == "f")
+        for budget, kept in ((shard_bytes, True), (shard_bytes - 1, False)):
+            shard = DeviceShard(FixedSet(path, cache_mib=0), torch.device("cpu"), 0, 1, budget)
+            first_pass = list(shard.batches())
+            np.testing.assert_array_equal(first_pass[0]["x"].numpy(), cached["x"])
+            assert shard.on_device is kept
+            assert (list(shard.batches())[0]["x"] is first_pass[0]["x"]) is kept  # not read again
 
         # two jobs building the same set at once on shared storage: one correct set, no leftovers
         shutil.rmtree(path)

@@ -103,7 +103,8 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_kille
 
     The run resumes from its last checkpoint and finishes, no epoch logged twice. Every actor works
     every epoch; every planned sample is trained or skipped exactly once per epoch; the sharded
-    validation equals one rank evaluating the whole set. The actors ship raw Δf and each rank
+    validation (each rank's shard kept as tensors on its device after the first epoch) equals one rank
+    evaluating the whole set. The actors ship raw Δf and each rank
     augments its batches itself (``pipeline.augment_on: trainer``), a short batch with a skipped
     sample included.
     """
@@ -119,7 +120,7 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_kille
         "scaling": changed("scaling", num_workers=2, cpus_per_worker=1.0),
         "pipeline": changed("pipeline", num_sim_actors=4, sim_num_cpus=0.5, augment_on="trainer"),
         "sim": changed("sim", scan_size_angstrom=(6.4, 6.4)), "data": changed("data", eval_rotations_per_molecule=4),
-        "run": changed("run", epochs=epochs, name="ddp")})
+        "run": changed("run", epochs=epochs, name="ddp", val_shard_on_device=True)})
     client = MlflowClient(config.mlflow.tracking_uri)
     finished = {}
     thread = threading.Thread(target=lambda: finished.update(outcome=run_training(config, progress=False)))

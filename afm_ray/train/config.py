@@ -140,6 +140,14 @@ class RunSettings(StrictModel):
                                  description="torch.compile's backend where `compile` (inductor: generated kernels; "
                                              "aot_eager: the same graph capture and autograd without code generation, "
                                              "to check a model compiles; any name torch._dynamo.list_backends knows)")
+    val_shard_on_device_fraction: float = Field(
+        0.5, ge=0, le=0.9, description="share of the device memory free at the first validation (after the first "
+                                       "training epoch) that a rank may fill with its validation shard as tensors, "
+                                       "kept for every later epoch when the whole shard fits (0: never)")
+    val_shard_on_device: bool | Literal["auto"] = Field(
+        "auto", description="keep the validation shard on the device (see val_shard_on_device_fraction): true, "
+                            "false, or auto = on CUDA devices only (on a CPU the fixed set's own cache already "
+                            "holds it decoded)")
     loader_depth: int = Field(2, ge=0, description="optimiser steps of batches a background thread keeps received, "
                                                    "copied to the device and augmented ahead of training (0: prepared "
                                                    "in the loop, in series)")

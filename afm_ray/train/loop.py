@@ -41,6 +41,7 @@ from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
 from afm_ray.plan import micro_batches_for_rank
 from afm_ray.pipeline.fixed_sets import FixedSet, available_memory_bytes, cache_budget_mib
 from afm_ray.train.config import TrainConfig
+from afm_ray.train.device_shard import DeviceShard, free_device_bytes
 from afm_ray.train.loader import DeviceBatch, StepLoader
 from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
                                  gathered_from_ranks, objective, to_tensors)
@@ -89,15 +90,28 @@ def check_compile_backend(config: TrainConfig) -> None:
                                                 f"(known: {', '.join(sorted(known))})")
 
 
-def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet, device,
+def validation_source(val_set: FixedSet, config: TrainConfig, device: torch.device, rank: int, world_size: int,
+                      ranks_on_node: int) -> FixedSet | DeviceShard:
+    """What a rank validates on: its shard kept on ``device`` where ``run.val_shard_on_device`` (auto: CUDA),
+    within ``run.val_shard_on_device_fraction`` of the memory free now; else the fixed set itself."""
+    wanted = config.run.val_shard_on_device
+    if wanted is False or (wanted == "auto" and device.type != "cuda"):
+        return val_set
+    budget = int(config.run.val_shard_on_device_fraction * free_device_bytes(device, ranks_on_node))
+    return DeviceShard(val_set, device, rank, world_size, budget)
+
+
+def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet | DeviceShard, device,
              rank: int = 0, world_size: int = 1) -> Evaluation:
-    """Loss and task metrics of ``model`` on shards ``rank::world_size`` of a fixed set (no gradient)."""
+    """Loss and task metrics of ``model`` on shards ``rank::world_size`` of a fixed set (no gradient), or on
+    a :class:`DeviceShard` (which names its own shards)."""
     network = unwrap(model)
     network.eval()
     evaluation = evaluation_for(config)
+    batches = (fixed_set.batches() if isinstance(fixed_set, DeviceShard)
+               else (to_tensors(batch, device) for batch in fixed_set.batches(rank, world_size)))
     with torch.no_grad():
-        for batch in fixed_set.batches(rank, world_size):
-            tensors = to_tensors(batch, device)
+        for tensors in batches:
             outputs = forward(network, tensors["x"], config)
             evaluation.update(outputs, tensors, compute_loss(config.model.spec, loss_fn, outputs, tensors))
     network.train()
@@ -331,6 +345,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return [[dataclasses.replace(spec, **slim) for spec in step] for step in steps] if raw_df else steps
 
     runner = StepRunner(model, optimizer, schedule, loss_fn, config, device, world_size, memory_channels_last)
+    validation: FixedSet | DeviceShard | None = None
     for epoch in range(start_epoch, config.run.epochs):
         steps = rank_steps(epoch)
         stream.request([spec for step in steps for spec in step])
@@ -359,7 +374,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             raise RuntimeError(f"epoch {epoch}: no training batch arrived on any rank ({n_train} samples, global "
                                f"batch {config.run.batch_size}, {world_size} ranks); see the log for dropped batches")
         validation_started = time.perf_counter()
-        evaluation = evaluate(model, loss_fn, config, val_set, device, rank, world_size).combined_over_ranks()
+        if validation is None:  # measured now: the first epoch has claimed the device memory training needs
+            validation = validation_source(val_set, config, device, rank, world_size, context.get_local_world_size())
+        evaluation = evaluate(model, loss_fn, config, validation, device, rank, world_size).combined_over_ranks()
         metrics = {**epoch_metrics(total, config, epoch, world_size, schedule),
                    **data_metrics(shares, pipeline.num_sim_actors), **evaluation.result("val"),
                    "validation_seconds": time.perf_counter() - validation_started}
