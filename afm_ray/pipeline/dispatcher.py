@@ -68,14 +68,18 @@ class BatchDispatcher:
         self.policy.want(key, batch_keys)
         return True
 
-    async def take(self, key: tuple, wait_s: float) -> list | None:
+    async def take(self, key: tuple, wait_s: float, wanted: list | None = None) -> list | None:
         """The finished batches consumer ``key`` wants (:meth:`want`) once there is one, or ``[]`` after ``wait_s``.
+
+        ``wanted``: batch keys to :meth:`want` first (one call per training step instead of two).
 
         Each is ``(spec, summary, [batch ref], job)`` (the ref in a list, so that the consumer borrows
         it rather than waiting for the batch here); a dropped batch has ``None`` for summary and ref.
         ``None``: consumer ``key`` is not registered (this dispatcher restarted).
         """
         deadline = time.monotonic() + wait_s
+        if wanted is not None and key in self.policy.consumers:
+            self.policy.want(key, wanted)
         while True:
             if key not in self.policy.consumers:
                 return None

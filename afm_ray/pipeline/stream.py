@@ -127,11 +127,11 @@ class BatchStream:
         specs = list(specs)
         self.request(specs)
         waiting = self._waiting = {spec.key for spec in specs}
-        if not self._call(lambda: self.dispatcher.want.remote(self.key, list(waiting))):
-            self._register_again()
+        announce = list(waiting)  # wanted with the first take
         while waiting:
             started = time.perf_counter()
-            received = self._take()
+            received = self._take(announce)
+            announce = None
             waited = time.perf_counter() - started
             self.stats.wait_seconds += waited
             self.stats.max_wait_seconds = max(self.stats.max_wait_seconds, waited)
@@ -147,10 +147,12 @@ class BatchStream:
         return self.results(self._initial)
 
     # -- receiving -------------------------------------------------------------------------------
-    def _take(self) -> list[tuple[BatchSpec, dict | None]]:
-        """Blocks until at least one wanted batch is handed out (or re-requested after a loss)."""
+    def _take(self, wanted: list | None = None) -> list[tuple[BatchSpec, dict | None]]:
+        """Blocks until at least one wanted batch is handed out (or re-requested after a loss); ``wanted``:
+        the batch keys this consumer now waits for, announced with the first call."""
         while True:
-            handed = self._call(lambda: self.dispatcher.take.remote(self.key, TAKE_WAIT_S))
+            handed = self._call(lambda: self.dispatcher.take.remote(self.key, TAKE_WAIT_S, wanted))
+            wanted = None
             if handed is None:
                 self._register_again()
                 continue
