@@ -296,16 +296,27 @@ def test_bootstrap_errors_are_one_line(auth_server, server_ca):
     assert result.returncode == 1 and "missing environment variable(s): MLFLOW_JOB_PASSWORD" in result.stderr
 
 
-def test_a_client_without_the_servers_ca_is_refused_in_one_line(bootstrapped, tmp_path, tiny_database):
-    """TLS is verified: ``afm-ray train`` that does not trust the server's CA (the system's CAs only, or
-    another CA) stops before any work with one line naming MLFLOW_TRACKING_SERVER_CERT_PATH."""
+def test_a_client_without_the_servers_ca_is_refused_in_one_line(bootstrapped, login, monkeypatch, tmp_path,
+                                                                 tiny_database):
+    """TLS is verified: ``afm-ray train`` that trusts only the system's CAs stops before any work with one
+    line naming MLFLOW_TRACKING_SERVER_CERT_PATH; the same check with another CA's file, in process."""
+    result = afm_ray_train(bootstrapped, None, tiny_database, tmp_path, *JOB)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert f"MLflow tracking server {bootstrapped} is not trusted: its TLS certificate is not signed by the " \
+           "system's CAs: set MLFLOW_TRACKING_SERVER_CERT_PATH" in errors[0]
+    assert "Traceback" not in result.stderr and JOB[1] not in result.stderr + result.stdout
+    assert not (tmp_path / "runs").exists()
+
+    from afm_ray.errors import InputError
+    from afm_ray.train.tracking import preflight
+
     stranger = TestCA.create(tmp_path / "other-ca").ca_path
-    for ca_path, trusted in ((None, "the system's CAs"), (stranger, f"the CA in MLFLOW_TRACKING_SERVER_CERT_PATH='{stranger}'")):
-        result = afm_ray_train(bootstrapped, ca_path, tiny_database, tmp_path, *JOB)
-        assert result.returncode == 2, result.stderr[-3000:]
-        errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-        assert len(errors) == 1, result.stderr[-3000:]
-        assert f"MLflow tracking server {bootstrapped} is not trusted: its TLS certificate is not signed by {trusted}" \
-            in errors[0] and "set MLFLOW_TRACKING_SERVER_CERT_PATH" in errors[0]
-        assert "Traceback" not in result.stderr and JOB[1] not in result.stderr + result.stdout
-        assert not (tmp_path / "runs").exists()
+    login(*JOB)
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(stranger))
+    with pytest.raises(InputError, match=rf"not signed by the CA in MLFLOW_TRACKING_SERVER_CERT_PATH='{stranger}'"):
+        preflight(bootstrapped, MODEL_NAME, "dsh")
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(tmp_path / "missing.crt"))
+    with pytest.raises(InputError, match=r"MLFLOW_TRACKING_SERVER_CERT_PATH='.*missing.crt' cannot be read"):
+        preflight(bootstrapped, MODEL_NAME, "dsh")
