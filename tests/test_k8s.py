@@ -1864,6 +1864,10 @@ def test_mlflow_minio_and_postgres_serve_only_tls(rendered, platform):
     assert template["spec"]["securityContext"]["fsGroup"] == template["spec"]["securityContext"]["runAsGroup"]
     assert not any(a.startswith(("--gunicorn-opts", "--waitress-opts", "--dev")) for a in mlflow["args"])
     assert probes_use_https(mlflow)
+    # the Service and the probes name the container's port (a renamed port would leave them pointing nowhere)
+    port_names = {p["name"] for p in mlflow["ports"]}
+    assert {p["targetPort"] for p in one(rendered[platform], "Service", "mlflow")["spec"]["ports"]} <= port_names
+    assert {mlflow[p]["httpGet"]["port"] for p in ("readinessProbe", "livenessProbe")} <= port_names
     # MinIO: public.crt/private.key in its --certs-dir make it serve HTTPS only
     template, minio = server_pod(pods, "minio")
     certs = minio["args"][minio["args"].index("--certs-dir") + 1]
