@@ -110,4 +110,4 @@ def require_shared_paths(relative_paths: dict[str, str]) -> None:
     raise InputError(fields, f"relative paths would resolve against {where}, which the other "
                              f"{len(nodes) - 1} node(s) of this Ray cluster do not share; give absolute paths "
                              "on shared storage (e.g. data.database=/data/qm9.parquet run.storage_path=/data/runs "
-                             "mlflow.tracking_uri=http://mlflow:5000 or sqlite:////data/mlruns.db)")
+                             "mlflow.tracking_uri=https://mlflow:5000 or sqlite:////data/mlruns.db)")

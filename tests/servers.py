@@ -21,10 +21,13 @@ def free_port() -> int:
 
 
 def start_mlflow_server(args: list[str], port: int, env: dict[str, str], cwd: Path, log_path: Path,
-                        timeout_s: float = 120) -> subprocess.Popen:
+                        timeout_s: float = 120, ca_path: Path | None = None) -> subprocess.Popen:
     """``mlflow server ARGS`` (in its own process group) once ``/health`` answers 200 on ``port``;
-    fails with the end of its log if it exits or does not answer within ``timeout_s``."""
+    fails with the end of its log if it exits or does not answer within ``timeout_s``. ``ca_path``: the
+    server serves HTTPS with a certificate for 127.0.0.1 that this CA signed (verified)."""
     import requests
+
+    health = f"{'https' if ca_path else 'http'}://127.0.0.1:{port}/health"
 
     with log_path.open("a") as log:
         process = subprocess.Popen([str(MLFLOW_BIN), "server", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -32,7 +35,7 @@ def start_mlflow_server(args: list[str], port: int, env: dict[str, str], cwd: Pa
     deadline = time.time() + timeout_s
     while True:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+            if requests.get(health, timeout=5, verify=str(ca_path) if ca_path else True).status_code == 200:
                 return process
         except requests.RequestException:  # not listening yet, or too busy starting to answer in time
             pass

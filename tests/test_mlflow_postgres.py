@@ -1,8 +1,9 @@
 """MLflow on a real PostgreSQL server, as deployed on the cluster (k8s/base/mlflow.yaml, postgres.yaml).
 
 The test starts Debian's PostgreSQL (``apt-get install postgresql``) in a temporary folder, on
-127.0.0.1 and a free port, with password authentication over TCP like the cluster's StatefulSet,
-and stops it at the end. PostgreSQL refuses to run as root: as root the server runs as the
+127.0.0.1 and a free port, like the cluster's StatefulSet: TLS with a certificate of a CA made for the
+module (tests/certificates.py), the cluster's pg_hba.conf (TCP only over TLS, with a password), and
+stops it at the end. PostgreSQL refuses to run as root: as root the server runs as the
 ``postgres`` user. Artifacts go to a local folder: MinIO has no Debian or PyPI package that ships
 its server, so the S3 leg (MLFLOW_S3_ENDPOINT_URL, --artifacts-destination s3://...) is only
 checked statically in tests/test_k8s.py.
@@ -10,8 +11,10 @@ checked statically in tests/test_k8s.py.
 1. The MLflow client straight on ``postgresql+psycopg2://``: params, metrics, a torch model logged
    with ``registered_model_name``, an alias, the model loaded back from ``models:/NAME@ALIAS``,
    and afm-ray's own tracking helpers (preflight, RunTracker).
-2. ``mlflow server`` started with the exact command and arguments of the MLflow Deployment (the
-   database and artifact locations swapped for the local ones), connected as the role that
+2. ``mlflow server`` started with the exact command, arguments and TLS files of the MLflow Deployment
+   (the Secrets' volumes laid out locally from the test CA; the database and artifact locations
+   swapped for the local ones): it serves HTTPS and connects to PostgreSQL with sslmode=verify-full,
+   as the role that
    PostgreSQL's first-start script of the cluster (k8s/base/postgres/create-mlflow-role.sh) creates,
    which is no superuser: a client logs and registers a model
    through it (artifacts proxied by --serve-artifacts), and the server accepts the in-cluster Host
@@ -33,11 +36,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from certificates import TestCA
 from servers import free_port, start_mlflow_server, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_DEPLOYMENT = REPO / "k8s" / "base" / "mlflow.yaml"
 POSTGRES_INIT = REPO / "k8s" / "base" / "postgres" / "create-mlflow-role.sh"
+POSTGRES_HBA = REPO / "k8s" / "base" / "postgres" / "pg_hba.conf"
+LOCAL_NAMES = {"dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"]}   # what the local clients connect to
 
 
 def postgres_bin() -> Path | None:
@@ -51,8 +57,18 @@ def postgres_bin() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server: yields (host, port, user, password); database ``postgres`` exists."""
+def tls_secrets(tmp_path_factory) -> dict[str, Path]:
+    """The cluster's TLS Secrets as local folders (tls.crt, tls.key, ca.crt), all from one test CA,
+    for 127.0.0.1: {Secret name: folder}."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca = TestCA.create(folder / "ca")
+    return {name: ca.issue(folder / name, **LOCAL_NAMES) for name in ("mlflow-tls", "minio-tls", "postgres-tls")}
+
+
+@pytest.fixture(scope="module")
+def postgres(tls_secrets):
+    """A PostgreSQL server with TLS and the cluster's pg_hba.conf: yields (host, port, user, password);
+    database ``postgres`` exists."""
     psycopg2 = pytest.importorskip("psycopg2", reason="pip install psycopg2-binary (test extra)")
     binaries = postgres_bin()
     if binaries is None or not (binaries / "pg_ctl").exists():
@@ -75,8 +91,13 @@ def postgres():
     data, log, password_file = folder / "data", folder / "server.log", folder / "password"
     password = secrets.token_hex(16)
     password_file.write_text(password + "\n")
+    # the server's key must belong to the server's user, mode 0600 (or root's, 0640, as on the cluster)
+    for name in ("tls.crt", "tls.key"):
+        shutil.copy(tls_secrets["postgres-tls"] / name, folder / name)
+    (folder / "tls.key").chmod(0o600)
+    shutil.copy(POSTGRES_HBA, folder / "pg_hba.conf")
     if owner is not None:
-        for path in (folder, password_file):
+        for path in (folder, password_file, folder / "tls.crt", folder / "tls.key", folder / "pg_hba.conf"):
             os.chown(path, owner.pw_uid, owner.pw_gid)
     port = free_port()
 
@@ -86,16 +107,24 @@ def postgres():
     result = run(binaries / "initdb", "-D", data, "-U", "mlflow", f"--pwfile={password_file}", "-E", "UTF8",
                  "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256")
     assert result.returncode == 0, result.stdout + result.stderr
+    # the TLS settings of k8s/base/postgres.yaml
     options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} "
-               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+               f"-c ssl=on -c ssl_cert_file={folder / 'tls.crt'} -c ssl_key_file={folder / 'tls.key'} "
+               f"-c ssl_min_protocol_version=TLSv1.2 -c hba_file={folder / 'pg_hba.conf'}")
     result = run(binaries / "pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start")
     if result.returncode != 0:
         message = result.stdout + result.stderr + (log.read_text() if log.exists() else "")
         shutil.rmtree(folder, ignore_errors=True)
         pytest.fail(f"PostgreSQL did not start: {message[-2000:]}")
     try:
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", password=password, dbname="postgres")
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", password=password, dbname="postgres",
+                                      sslmode="verify-full", sslrootcert=str(tls_secrets["postgres-tls"] / "ca.crt"))
         connection.close()
+        # pg_hba.conf: TCP without TLS matches no line
+        with pytest.raises(psycopg2.OperationalError, match="no encryption"):
+            psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", password=password, dbname="postgres",
+                             sslmode="disable")
         yield "127.0.0.1", port, "mlflow", password
     finally:
         run(binaries / "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop")
@@ -236,15 +265,41 @@ ADMIN = {"MLFLOW_AUTH_ADMIN_USERNAME": "afm-admin", "MLFLOW_AUTH_ADMIN_PASSWORD"
          "MLFLOW_FLASK_SERVER_SECRET_KEY": "0123456789abcdef"}
 
 
-def deployment_command(tracking_db_uri: str, artifacts: Path, port: int, folder: Path) -> tuple[list[str], dict, list[str]]:
+def secret_volumes(pod: dict, container: dict, tls_secrets: dict[str, Path], folder: Path) -> dict[str, str]:
+    """The container's Secret volumes laid out under ``folder`` as the kubelet mounts them (``items``:
+    key → path) from the local Secrets ``tls_secrets``: {mount path: local folder}."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        local = folder / "volumes" / mount["name"]
+        for item in secret["items"]:
+            (local / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tls_secrets[secret["secretName"]] / item["key"], local / item["path"])
+        mounts[mount["mountPath"]] = str(local)
+    return mounts
+
+
+def deployment_command(tracking_db_uri: str, artifacts: Path, port: int, folder: Path,
+                       tls_secrets: dict[str, Path]) -> tuple[list[str], dict, list[str]]:
     """The MLflow container of k8s/base/mlflow.yaml run locally: its init container writes the
     basic-auth ini, then its command + args and env (Secrets = test values, $(VARS) expanded as
-    Kubernetes does) with the cluster addresses replaced by local ones. Returns (argv, env, allowed hosts)."""
+    Kubernetes does, Secret volumes under ``folder``) with the cluster addresses replaced by local ones.
+    Returns (argv, env, allowed hosts)."""
     docs = list(yaml.safe_load_all(MLFLOW_DEPLOYMENT.read_text()))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
+    mounts = secret_volumes(pod, pod["containers"][0], tls_secrets, folder)
+
+    def local(text: str) -> str:
+        for mount_path, local_folder in mounts.items():
+            text = text.replace(mount_path + "/", local_folder + "/")
+        return text
+
     user, password, host, db_port, name = re.fullmatch(
-        r"postgresql\+psycopg2://(.+):(.+)@(.+):(\d+)/(.+)", tracking_db_uri).groups()
+        r"postgresql\+psycopg2://(.+):(.+)@(.+):(\d+)/([^?]+)", tracking_db_uri).groups()
     secrets = {"MLFLOW_DB_USER": user, "MLFLOW_DB_PASSWORD": password, "MLFLOW_DB_NAME": name, **ADMIN}
 
     def environment(container: dict) -> dict[str, str]:
@@ -258,7 +313,7 @@ def deployment_command(tracking_db_uri: str, artifacts: Path, port: int, folder:
                 value = re.sub(r"\$\(([A-Z_]+)\)", lambda m: env.get(m.group(1), m.group(0)), entry["value"])
             if value.startswith("postgresql+psycopg2://"):
                 assert "@postgres:5432/" in value
-                value = value.replace("@postgres:5432/", f"@{host}:{db_port}/")
+                value = local(value.replace("@postgres:5432/", f"@{host}:{db_port}/"))
             if entry["name"] == "MLFLOW_AUTH_CONFIG_PATH":
                 value = str(folder / "basic_auth.ini")
             env[entry["name"]] = value
@@ -282,7 +337,7 @@ def deployment_command(tracking_db_uri: str, artifacts: Path, port: int, folder:
             arg = f"{key}={port}"
         elif key == "--allowed-hosts":
             allowed = value.split(",")
-        argv.append(arg)
+        argv.append(local(arg))
     assert password not in " ".join(argv), "no credentials on the command line"
     assert argv[:2] == ["mlflow", "server"]
     env = environment(container)
@@ -290,7 +345,7 @@ def deployment_command(tracking_db_uri: str, artifacts: Path, port: int, folder:
     return argv, {**base_env, **env}, allowed
 
 
-def test_mlflow_server_as_deployed_on_postgres(postgres, mlflow_globals, tmp_path, monkeypatch):
+def test_mlflow_server_as_deployed_on_postgres(postgres, tls_secrets, mlflow_globals, tmp_path, monkeypatch):
     import requests
 
     mlflow = mlflow_globals
@@ -298,22 +353,30 @@ def test_mlflow_server_as_deployed_on_postgres(postgres, mlflow_globals, tmp_pat
     database = create_mlflow_role_and_database(postgres, "mlflow_server_role", "mlflow_server")
     artifacts = tmp_path / "s3-bucket"
     port = free_port()
-    argv, environment, allowed = deployment_command(database, artifacts, port, tmp_path)
-    server = start_mlflow_server(argv[2:], port, environment, tmp_path, tmp_path / "server.log")
-    base = f"http://127.0.0.1:{port}"
+    argv, environment, allowed = deployment_command(database, artifacts, port, tmp_path, tls_secrets)
+    ca = tls_secrets["mlflow-tls"] / "ca.crt"   # what the Ray pods mount (ca.crt of the Secret mlflow-tls)
+    server = start_mlflow_server(argv[2:], port, environment, tmp_path, tmp_path / "server.log", ca_path=ca)
+    base = f"https://127.0.0.1:{port}"
     try:
+        # HTTPS only
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/health", timeout=60)
         # the Host headers of the cluster pass, others do not; without credentials nothing is read
         search = f"{base}/api/2.0/mlflow/experiments/search?max_results=1"
         login = (ADMIN["MLFLOW_AUTH_ADMIN_USERNAME"], ADMIN["MLFLOW_AUTH_ADMIN_PASSWORD"])
-        assert requests.get(search, headers={"Host": "mlflow:5000"}, auth=login, timeout=10).status_code == 200
-        assert requests.get(search, headers={"Host": "mlflow.afm-ray.svc.cluster.local:5000"}, auth=login,
-                            timeout=10).status_code == 200
-        assert requests.get(search, headers={"Host": "evil.example.com"}, auth=login, timeout=10).status_code == 403
-        assert requests.get(search, headers={"Host": "mlflow:5000"}, timeout=10).status_code == 401
+
+        def status(**headers_and_auth) -> int:   # a worker's first login can take seconds on a busy machine
+            return requests.get(search, timeout=60, verify=str(ca), **headers_and_auth).status_code
+
+        assert status(headers={"Host": "mlflow:5000"}, auth=login) == 200
+        assert status(headers={"Host": "mlflow.afm-ray.svc.cluster.local:5000"}, auth=login) == 200
+        assert status(headers={"Host": "evil.example.com"}, auth=login) == 403
+        assert status(headers={"Host": "mlflow:5000"}) == 401
         assert "mlflow:*" in allowed
 
-        # a client that knows the server's URL and an account (as the Ray pods: MLFLOW_TRACKING_URI,
-        # MLFLOW_TRACKING_USERNAME / _PASSWORD)
+        # a client that knows the server's URL, its CA and an account (as the Ray pods: MLFLOW_TRACKING_URI,
+        # MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_USERNAME / _PASSWORD)
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(ca))
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", login[0])
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", login[1])
         mlflow.set_tracking_uri(base)
@@ -324,5 +387,8 @@ def test_mlflow_server_as_deployed_on_postgres(postgres, mlflow_globals, tmp_pat
         assert query(database, "SELECT version FROM registered_model_aliases WHERE name = 'afm-server-dsh'") == \
             [(int(version),)]
         assert list(artifacts.rglob("MLmodel")), "model files must land in --artifacts-destination"
+        # the server's connections to PostgreSQL (tracking and user store) are TLS (sslmode=verify-full)
+        assert set(query(database, "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                                   "WHERE a.usename = 'mlflow_server_role' AND a.pid <> pg_backend_pid()")) == {(True,)}
     finally:
         stop_process_group(server)

@@ -64,6 +64,25 @@ def credentials_refused(tracking_uri: str, exc: Exception) -> InputError | None:
                                              "(on Kubernetes: from the job Secret)")
 
 
+def certificate_refused(tracking_uri: str, exc: Exception) -> InputError | None:
+    """The error to raise when ``exc`` is a failed TLS verification of an ``https://`` server, else ``None``.
+
+    Names the CA file the client trusted (``MLFLOW_TRACKING_SERVER_CERT_PATH``, else the system's CAs).
+    """
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" not in text and "TLS CA certificate bundle" not in text:
+        return None
+    ca_path = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    if "TLS CA certificate bundle" in text:
+        problem = f"the CA file MLFLOW_TRACKING_SERVER_CERT_PATH={ca_path!r} cannot be read"
+    else:
+        trusted = f"the CA in MLFLOW_TRACKING_SERVER_CERT_PATH={ca_path!r}" if ca_path else "the system's CAs"
+        problem = f"its TLS certificate is not signed by {trusted}"
+    return InputError("mlflow.tracking_uri", f"MLflow tracking server {tracking_uri} is not trusted: {problem}: "
+                                             "set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA file that signed it "
+                                             "(on Kubernetes: ca.crt of the Secret mlflow-tls)")
+
+
 def preflight(tracking_uri: str, registered_model_name: str | None, architecture: str) -> None:
     """Fail fast: the store must answer, and ``registered_model_name`` must hold ``architecture`` models."""
     from mlflow import MlflowClient
@@ -78,7 +97,7 @@ def preflight(tracking_uri: str, registered_model_name: str | None, architecture
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:  # connection errors surface as several exception types
-        if (refused := credentials_refused(tracking_uri, exc)) is not None:
+        if (refused := credentials_refused(tracking_uri, exc) or certificate_refused(tracking_uri, exc)) is not None:
             raise refused from None
         raise InputError("mlflow.tracking_uri", f"MLflow tracking server {tracking_uri} is unreachable: "
                                                 f"{str(exc).splitlines()[0][:200]}") from None

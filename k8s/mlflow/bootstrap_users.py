@@ -5,13 +5,15 @@ Runs in the bootstrap Job with only ``mlflow`` installed (no afm-ray): the MLflo
 and changes only what differs.
 
 Environment (all required; values come from the Kubernetes Secrets):
-    MLFLOW_TRACKING_URI     the server, e.g. http://mlflow:5000
+    MLFLOW_TRACKING_URI     the server, e.g. https://mlflow:5000
     MLFLOW_ADMIN_USERNAME   the admin account the server bootstrapped (MLFLOW_AUTH_ADMIN_USERNAME there)
     MLFLOW_ADMIN_PASSWORD
     MLFLOW_JOB_USERNAME     the account Ray jobs use (their MLFLOW_TRACKING_USERNAME)
     MLFLOW_JOB_PASSWORD     at least 12 characters (MLflow's password policy)
 Optional:
     MLFLOW_BOOTSTRAP_TIMEOUT_S  how long to wait for the server's /health, seconds (default 300)
+    MLFLOW_TRACKING_SERVER_CERT_PATH  the CA file an https:// server's certificate is verified against
+                            (as the MLflow client does; default: the system's CAs)
 
 Permission model: the job account is NOT an admin (an admin can create users and change the
 admin's password; a leaked job credential must not be able to lock the operators out). It holds
@@ -73,13 +75,20 @@ def wait_for_server(tracking_uri: str, timeout_s: float) -> None:
 
     deadline = time.monotonic() + timeout_s
     last_problem = "no answer"
+    ca_path = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None
     while True:
         try:
-            response = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5)
+            response = requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=5, verify=ca_path or True)
             if response.status_code == 200:
                 return
             last_problem = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
+        except requests.exceptions.SSLError:  # a server that answers with a certificate we do not trust: no retry
+            trusted = f"the CA in MLFLOW_TRACKING_SERVER_CERT_PATH={ca_path!r}" if ca_path else "the system's CAs"
+            raise BootstrapError(f"{tracking_uri} is not trusted: its TLS certificate is not signed by {trusted} "
+                                 "(on Kubernetes: ca.crt of the Secret mlflow-tls)") from None
+        except OSError as exc:  # requests raises it for a CA file that does not exist
+            if ca_path and "CA certificate bundle" in str(exc):
+                raise BootstrapError(f"MLFLOW_TRACKING_SERVER_CERT_PATH={ca_path!r} cannot be read") from None
             last_problem = type(exc).__name__
         if time.monotonic() >= deadline:
             raise BootstrapError(f"MLflow server {tracking_uri} did not become healthy within {timeout_s:.0f} s "
