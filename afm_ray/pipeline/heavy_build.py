@@ -69,6 +69,8 @@ def build_heavy_set(out: Path, entries: list[Candidate], optimize: str = "mmff",
     chunks = [entries[start:start + shard_size] for start in range(0, len(entries), shard_size)]
     done = [index for index in range(len(chunks)) if shard_path(folder, index).exists()]
     todo = [index for index in range(len(chunks)) if index not in set(done)][:max_shards]
+    for stale in folder.glob(".shard-*.tmp"):  # a task killed while writing: its shard is built again
+        stale.unlink()
     if done:
         print(f"resuming: {len(done)} of {len(chunks)} shards already built in {folder}", flush=True)
     if todo:
