@@ -161,3 +161,20 @@ def test_build_heavy_killed_and_resumed_skips_and_records_sources(ray_session, t
     merged_table = pq.read_table(merged)
     heavy_rows = merged_table.filter(pc.not_equal(merged_table["source"], "qm9"))
     assert heavy_rows.num_rows == table.num_rows and heavy_rows["licence"].null_count == 0
+
+
+@pytest.mark.parametrize("model", ["dsh", "es", "xyz"])
+def test_dataset2_configs_are_the_thesis_configs_on_dataset2(model):
+    from afm_ray.train.config import load_train_config
+
+    from conftest import CONFIGS
+
+    dataset1 = load_train_config(CONFIGS / f"{model}.yaml").model_dump()
+    dataset2 = load_train_config(CONFIGS / f"{model}_dataset2.yaml").model_dump()
+    assert (str(dataset2["data"]["database"]), dataset2["data"]["split"]) == ("data/dataset2.parquet", "dataset2")
+    assert dataset2["run"]["name"] == f"{model}-dataset2"
+    assert dataset2["mlflow"]["registered_model_name"] == f"afm-{model}-dataset2"
+    for config in (dataset1, dataset2):
+        del config["data"]["database"], config["data"]["split"], config["run"]["name"]
+        del config["mlflow"]["registered_model_name"]
+    assert dataset2 == dataset1
