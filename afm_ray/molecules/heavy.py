@@ -302,6 +302,9 @@ def build_shard(entries: Sequence[Candidate], path: Path, optimize: str = "mmff"
             licences.append(entry.licence)
         except SkipMolecule as reason:
             skipped.append(SkippedMolecule(entry.id, entry.source, entry.smiles, str(reason)))
+        except (RuntimeError, ValueError) as error:  # RDKit's and tblite's own failures: one molecule, not the build
+            skipped.append(SkippedMolecule(entry.id, entry.source, entry.smiles,
+                                           f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
     table = molecules_to_table(built).append_column("licence", pa.array(licences, pa.string()))
     write_table_atomic(table, path, extra_metadata={
         SHARD_SKIPPED_KEY: json.dumps([asdict(entry) for entry in skipped]).encode()})
