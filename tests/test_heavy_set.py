@@ -138,7 +138,7 @@ def test_build_heavy_killed_and_resumed_skips_and_records_sources(ray_session, t
     assert table.num_rows + len(skipped) == 40 and len(set(table["id"].to_pylist())) == table.num_rows
     from rdkit import Chem
 
-    assert {"id": "extra:unembeddable", "source": "file:extra.smi", "smiles": Chem.CanonSmiles(UNEMBEDDABLE),
+    assert {"id": "unembeddable", "source": "file:extra.smi", "smiles": Chem.CanonSmiles(UNEMBEDDABLE),
             "reason": "3D embedding (ETKDGv3) failed"} in skipped
     assert f"skipped {len(skipped)} " in text and "3D embedding (ETKDGv3) failed" in text
     sources = set(table["source"].to_pylist())

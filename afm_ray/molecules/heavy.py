@@ -56,6 +56,7 @@ from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
 from afm_ray.molecules.database import molecules_to_table, write_table_atomic
 from afm_ray.molecules.molecule import Molecule
+from afm_ray.molecules.smiles import read_smiles_file
 from afm_ray.molecules.summary import THESIS_TABLE1
 
 HEAVY_SET_ELEMENTS = ("H", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br")
@@ -105,36 +106,19 @@ def rdkit_data_dir() -> Path:
 
 
 def rdkit_sources() -> dict[str, list[tuple[str, str]]]:
-    """``{source: [(smiles, name), …]}`` for the SMILES lists in the installed RDKit wheel."""
+    """``{source: [(smiles, id), …]}`` for the SMILES lists in the installed RDKit wheel (ids ``nci:…``, ``wehi:…``)."""
     data = rdkit_data_dir()
     nci = data / "NCI" / "first_5K.smi"
     wehi = data / "Pains" / "test_data" / "wehi_mols.csv"
     for path in (nci, wehi):
         if not path.is_file():
             raise InputError(str(path), "SMILES list missing from the installed RDKit (pip install 'rdkit>=2024.3')")
-    nci_entries = [(fields[0], fields[1] if len(fields) > 1 else str(number))
+    nci_entries = [(fields[0], f"nci:{fields[1] if len(fields) > 1 else number}")
                    for number, fields in enumerate((line.split() for line in nci.read_text().splitlines()), 1)
                    if fields]
     with wehi.open(newline="") as handle:
-        wehi_entries = [(row[0], row[1]) for row in csv.reader(handle) if len(row) >= 2]
+        wehi_entries = [(row[0], f"wehi:{row[1]}") for row in csv.reader(handle) if len(row) >= 2]
     return {"rdkit:NCI/first_5K.smi": nci_entries, "rdkit:Pains/test_data/wehi_mols.csv": wehi_entries}
-
-
-def read_smiles_list(path: Path) -> list[tuple[str, str]]:
-    """(smiles, name) pairs of a ``.smi`` file: ``SMILES [name]`` per line, ``#`` comments."""
-    if not path.is_file():
-        raise InputError(str(path), "no such SMILES file")
-    entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.split()
-        if fields and not fields[0].startswith("#"):
-            entries.append((fields[0], fields[1] if len(fields) > 1 else str(number)))
-    if not entries:
-        raise InputError(str(path), "no SMILES found")
-    return entries
-
-
-SOURCE_ID_PREFIX = {"rdkit:NCI/first_5K.smi": "nci", "rdkit:Pains/test_data/wehi_mols.csv": "wehi"}
 
 
 def candidates(extra_smiles: Sequence[Path] = (), limit: int | None = None,
@@ -150,14 +134,14 @@ def candidates(extra_smiles: Sequence[Path] = (), limit: int | None = None,
     RDLogger.DisableLog("rdApp.*")
     sources = rdkit_sources() if include_rdkit else {}
     licences = dict.fromkeys(sources, RDKIT_LICENCE)
-    for path in extra_smiles:
+    for path in extra_smiles:  # ids as `afm-ray molecules from-smiles --file` gives them
         name = f"file:{Path(path).name}"
-        sources[name] = read_smiles_list(Path(path))
+        sources[name] = read_smiles_file(path)
         licences[name] = f"as supplied ({path})"
     filtered: dict[str, int] = {}
     kept: list[Candidate] = []
     seen: set[str] = set()
-    for source, smiles, name in _round_robin(sources):
+    for source, smiles, molecule_id in _round_robin(sources):
         if limit is not None and len(kept) >= limit:
             break
         parsed = Chem.MolFromSmiles(smiles)
@@ -169,13 +153,12 @@ def candidates(extra_smiles: Sequence[Path] = (), limit: int | None = None,
             filtered[reason] = filtered.get(reason, 0) + 1
             continue
         seen.add(canonical)
-        prefix = SOURCE_ID_PREFIX.get(source, source.removeprefix("file:").rsplit(".", 1)[0])
-        kept.append(Candidate(f"{prefix}:{name}", canonical, source, licences[source]))
+        kept.append(Candidate(molecule_id, canonical, source, licences[source]))
     return kept, filtered
 
 
 def _round_robin(sources: dict[str, list[tuple[str, str]]]) -> Iterable[tuple[str, str, str]]:
-    """(source, smiles, name): the first entry of every source, then the second of every source, …"""
+    """(source, smiles, id): the first entry of every source, then the second of every source, …"""
     for index in range(max((len(entries) for entries in sources.values()), default=0)):
         for source, entries in sources.items():
             if index < len(entries):

@@ -40,6 +40,8 @@ def read_smiles_file(path: str) -> list[tuple[str, str]]:
     """(smiles, id) pairs from a ``.smi`` file: ``SMILES [name]`` per line, ``#`` comments allowed."""
     from pathlib import Path
 
+    if not Path(path).is_file():
+        raise InputError(str(path), "no such SMILES file")
     entries = []
     for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         fields = line.split()
