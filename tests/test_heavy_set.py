@@ -178,3 +178,15 @@ def test_dataset2_configs_are_the_thesis_configs_on_dataset2(model):
         del config["data"]["database"], config["data"]["split"], config["run"]["name"]
         del config["mlflow"]["registered_model_name"]
     assert dataset2 == dataset1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--no-rdkit-sources"], "--no-rdkit-sources: needs --extra-smiles"),
+    (["--extra-smiles", "missing.smi"], "missing.smi: no such SMILES file"),
+    (["--limit", "0"], "--limit: must be positive, got 0"),
+])
+def test_build_heavy_bad_arguments_give_one_line(tmp_path, run_cli, arguments, message):
+    arguments = [str(tmp_path / a) if a.endswith(".smi") else a for a in arguments]
+    code, _, err = run_cli("molecules", "build-heavy", "--out", tmp_path / "h.parquet", *arguments)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())

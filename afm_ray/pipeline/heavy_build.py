@@ -11,7 +11,7 @@ settings is refused until the folder is removed (``fresh=True``).
 When every shard is done the molecules are merged, :func:`~afm_ray.molecules.heavy.select_like_table1`
 picks the set, and the database and ``<out stem>.skipped.csv`` (every skipped molecule with its
 reason) are written atomically. Runs on a local Ray or the cluster in ``RAY_ADDRESS``; on a
-cluster of several nodes ``out`` must be on storage every node mounts.
+cluster of several nodes ``out`` must be an absolute path on storage every node mounts.
 """
 
 from __future__ import annotations
@@ -114,9 +114,12 @@ def _run_tasks(folder: Path, chunks: list[list[Candidate]], todo: list[int], opt
     import ray
     from tqdm import tqdm
 
-    from afm_ray.ray_cluster import ensure_ray
+    from afm_ray.ray_cluster import ensure_ray, require_shared_paths
 
     ensure_ray(num_cpus=num_cpus, quiet=True)
+    if not folder.is_absolute():
+        require_shared_paths({"--out": str(folder.parent)})
+    folder = folder.resolve()  # the tasks' working directory need not be the driver's
     build = ray.remote(num_cpus=1, max_retries=2)(_build_shard_task)
     in_flight_limit = 2 * max(int(ray.cluster_resources().get("CPU", 1)), 1)
     pending: dict = {}
