@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -162,6 +163,9 @@ def _build_heavy(args) -> int:
     for name in ("limit", "molecules", "max_shards"):
         if getattr(args, name) is not None and getattr(args, name) < (0 if name == "molecules" else 1):
             raise InputError(f"--{name.replace('_', '-')}", f"must be positive, got {getattr(args, name)}")
+    for module, package in (("rdkit", "rdkit"), ("tblite", "tblite")):
+        if importlib.util.find_spec(module) is None:
+            raise InputError("build-heavy", f"{package} is not installed: pip install 'afm-ray[heavy]'")
     if args.no_rdkit_sources and not args.extra_smiles:
         raise InputError("--no-rdkit-sources", "needs --extra-smiles: there would be no source")
     entries, filtered = candidates(args.extra_smiles, args.limit, include_rdkit=not args.no_rdkit_sources)

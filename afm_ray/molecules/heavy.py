@@ -247,12 +247,16 @@ def _tblite_calculator(numbers: np.ndarray, positions: np.ndarray):
 
 def gfn2_charges(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """(N,) GFN2-xTB Mulliken partial charges (e) of a neutral closed-shell molecule, positions (N, 3) Å."""
+    calculator = _tblite_calculator(numbers, positions)
     try:
-        return np.asarray(_tblite_calculator(numbers, positions).singlepoint().get("charges"), dtype=np.float64)
-    except ImportError:
-        raise
+        return np.asarray(calculator.singlepoint().get("charges"), dtype=np.float64)
     except Exception as error:  # tblite raises its own runtime errors for an SCF that does not converge
-        raise SkipMolecule(f"GFN2-xTB single point failed: {str(error).splitlines()[0] if str(error) else error!r}")
+        raise SkipMolecule(f"GFN2-xTB single point failed: {first_line(error)}") from None
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def gfn2_optimize(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -266,7 +270,7 @@ def gfn2_optimize(numbers: np.ndarray, positions: np.ndarray) -> np.ndarray:
     try:
         converged = BFGS(atoms, logfile=None).run(fmax=GFN2_FMAX_EV_PER_ANGSTROM, steps=GFN2_MAX_STEPS)
     except Exception as error:
-        raise SkipMolecule(f"GFN2-xTB optimisation failed: {str(error).splitlines()[0] if str(error) else error!r}")
+        raise SkipMolecule(f"GFN2-xTB optimisation failed: {first_line(error)}") from None
     if not converged:
         raise SkipMolecule(f"GFN2-xTB optimisation did not converge in {GFN2_MAX_STEPS} steps")
     return atoms.get_positions()
@@ -287,7 +291,7 @@ def build_shard(entries: Sequence[Candidate], path: Path, optimize: str = "mmff"
             skipped.append(SkippedMolecule(entry.id, entry.source, entry.smiles, str(reason)))
         except (RuntimeError, ValueError) as error:  # RDKit's and tblite's own failures: one molecule, not the build
             skipped.append(SkippedMolecule(entry.id, entry.source, entry.smiles,
-                                           f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"))
+                                           f"{type(error).__name__}: {first_line(error)}"))
     table = molecules_to_table(built).append_column("licence", pa.array(licences, pa.string()))
     write_table_atomic(table, path, extra_metadata={
         SHARD_SKIPPED_KEY: json.dumps([asdict(entry) for entry in skipped]).encode()})
