@@ -157,7 +157,7 @@ def test_build_heavy_killed_and_resumed_skips_and_records_sources(ray_session, t
     code, text, err = run_cli("molecules", "split", qm9, "--name", "small", "--sizes", "20", "10", "10",
                               "--heavy-sizes", "10", "5", "5", "--merge", out, "--out", merged)
     assert code == 0, err
-    assert "train 30 / val 15 / test 15" in text
+    assert "train 30 / val 15 / test 15 (light 20/10/10, heavy 10/5/5)" in text
     merged_table = pq.read_table(merged)
     heavy_rows = merged_table.filter(pc.not_equal(merged_table["source"], "qm9"))
     assert heavy_rows.num_rows == table.num_rows and heavy_rows["licence"].null_count == 0

@@ -229,7 +229,7 @@ def _split(args) -> int:
 
     from afm_ray.errors import InputError
     from afm_ray.molecules.database import SPLIT_PREFIX, read_database, split_metadata, write_table_atomic
-    from afm_ray.molecules.splits import THESIS_SPLITS, SplitSizes, assign_split, split_counts
+    from afm_ray.molecules.splits import THESIS_SPLITS, SplitSizes, assign_split, heavy_mask, split_counts
 
     table = read_database(args.database)
     if args.merge:
@@ -248,8 +248,11 @@ def _split(args) -> int:
     out = args.out or args.database
     write_table_atomic(table, out)
     counts = split_counts(table, args.name)
+    heavy = heavy_mask(table)
+    groups = ", ".join(f"{group} " + "/".join(f"{count:,}" for count in split_counts(table, args.name, rows).values())
+                       for group, rows in (("light", ~heavy), ("heavy", heavy)))
     print(f"wrote {out}: split {args.name} (seed {args.seed}) train {counts['train']:,} / val {counts['val']:,} / "
-          f"test {counts['test']:,}")
+          f"test {counts['test']:,} ({groups})")
     return 0
 
 
