@@ -150,6 +150,16 @@ def test_build_heavy_killed_and_resumed_skips_and_records_sources(ray_session, t
     assert all({"Si", "P", "S", "Cl", "Br"} & set(m.symbols) for m in molecules)
     assert not list(folder.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
+    # GFN2-xTB geometries, end to end: the extra file alone
+    gfn2 = tmp_path / "gfn2.parquet"
+    code, text, err = run_cli("molecules", "build-heavy", "--out", gfn2, "--no-rdkit-sources", "--extra-smiles", extra,
+                              "--optimize", "gfn2")
+    assert code == 0, err
+    assert "built 1 molecules, skipped 1" in text
+    (by_gfn2,) = read_molecules(gfn2)
+    (by_mmff,) = read_molecules(out, ids=["tmscl"])
+    assert by_gfn2.symbols == by_mmff.symbols and not np.allclose(by_gfn2.positions, by_mmff.positions, atol=1e-3)
+
     # merged with the light set and split: heavy rows keep their source and licence
     qm9 = tmp_path / "qm9.parquet"
     assert run_cli("molecules", "build-qm9", "--qm9-csv", QM9_SAMPLE, "--out", qm9)[0] == 0

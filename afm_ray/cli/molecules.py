@@ -51,8 +51,8 @@ def register(subparsers) -> None:
                     "listed with their reason in OUT_STEM.skipped.csv. Not the thesis' DFT set: see README.")
     heavy.add_argument("--out", required=True, type=Path, help="database file to write (.parquet)")
     heavy.add_argument("--optimize", choices=("mmff", "gfn2"), default="mmff",
-                       help="geometry optimiser: MMFF94 (default, ~0.03 s/molecule) or GFN2-xTB (tblite + ASE "
-                            "BFGS to 0.05 eV/Å, 0.1–10 s/molecule)")
+                       help="geometry optimiser: MMFF94 (default) or GFN2-xTB (tblite + ASE BFGS to 0.05 eV/Å; "
+                            "about 20× the time per molecule)")
     heavy.add_argument("--limit", type=int, metavar="N", help="build at most N candidates, a few from each source")
     heavy.add_argument("--molecules", type=int, default=None, metavar="N",
                        help="keep the N built molecules whose element shares come closest to thesis Table 1's "
