@@ -142,7 +142,8 @@ def test_build_heavy_killed_and_resumed_skips_and_records_sources(ray_session, t
             "reason": "3D embedding (ETKDGv3) failed"} in skipped
     assert f"skipped {len(skipped)} " in text and "3D embedding (ETKDGv3) failed" in text
     sources = set(table["source"].to_pylist())
-    assert sources == {"rdkit:NCI/first_5K.smi", "rdkit:Pains/test_data/wehi_mols.csv", "file:extra.smi"}
+    assert sources == {"rdkit:NCI/first_5K.smi", "rdkit:Pains/test_data/wehi_mols.csv", "file:extra.smi",
+                       "rdkit:Contrib/NIBRSubstructureFilters/SubstructureFilter_HitTriaging_wPubChemExamples.csv"}
     licences = dict(zip(table["source"].to_pylist(), table["licence"].to_pylist()))
     assert licences["rdkit:NCI/first_5K.smi"].startswith("BSD-3-Clause") and "extra.smi" in licences["file:extra.smi"]
     molecules = read_molecules(out)

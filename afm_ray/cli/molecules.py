@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
     heavy = commands.add_parser(
         "build-heavy", help="a heavy set (Si, P, S, Cl, Br) like the thesis': SMILES → 3D + GFN2-xTB charges, on Ray",
-        description="Build a heavy molecule set from the SMILES lists shipped in the RDKit wheel (NCI, WEHI; "
+        description="Build a heavy molecule set from the SMILES lists shipped in the RDKit wheel (NCI, WEHI, NIBR; "
                     "plus --extra-smiles files): filter to the thesis' heavy set (H C N O F Si P S Cl Br with one "
                     "of Si P S Cl Br, 2–47 atoms, neutral closed-shell, inside the 16 Å window in any rotation), "
                     "embed with ETKDG, optimise (MMFF94, or GFN2-xTB with --optimize gfn2), and take GFN2-xTB "

@@ -4,13 +4,14 @@ The thesis' heavy set (~4,300 DFT-optimised molecules with Si, P, S, Cl, Br, 2�
 published. This module builds a set in its image from SMILES lists that ship inside PyPI wheels, so
 it needs no network:
 
-==========================================  =======  ===============================================
-source (``source`` column)                  SMILES   licence (``licence`` column)
-==========================================  =======  ===============================================
-``rdkit:NCI/first_5K.smi``                  4,999    BSD-3-Clause, as shipped in the RDKit wheel
-``rdkit:Pains/test_data/wehi_mols.csv``     10,000   BSD-3-Clause, as shipped in the RDKit wheel
-``file:NAME`` (``extra_smiles``)            yours    what you say it is
-==========================================  =======  ===============================================
+=============================================  =======  ===============================================
+source (``source`` column)                     SMILES   licence (``licence`` column)
+=============================================  =======  ===============================================
+``rdkit:NCI/first_5K.smi``                     4,999    BSD-3-Clause, as shipped in the RDKit wheel
+``rdkit:Pains/test_data/wehi_mols.csv``        10,000   BSD-3-Clause, as shipped in the RDKit wheel
+``rdkit:Contrib/NIBRSubstructureFilters/…``    2,183    BSD-3-Clause, as shipped in the RDKit wheel
+``file:NAME`` (``extra_smiles``)               yours    what you say it is
+=============================================  =======  ===============================================
 
 (MOSES' ZINC lists, ``molsets`` on PyPI, would add S, Cl and Br molecules, but ``molsets`` 0.3.1 does
 not install on Python ≥ 3.11: its pinned ``pomegranate==0.12.0`` fails to build.)
@@ -28,9 +29,9 @@ How this set differs from the thesis' DFT set:
 * geometries are MMFF94 force-field minima (or GFN2-xTB with ``optimize="gfn2"``), not DFT minima:
   bond lengths differ by a few hundredths of an Å, torsions can sit in another local minimum;
 * charges are GFN2-xTB Mulliken charges of that geometry, not DFT Mulliken/Hirshfeld charges;
-* the molecules are drug-like screening compounds (NCI, WEHI), richer in N and S and poorer in
+* the molecules are drug-like screening compounds (NCI, WEHI, PubChem), richer in N and S and poorer in
   Si and P than the thesis' set; :func:`select_like_table1` picks the subset whose element
-  shares come closest to Table 1's heavy column, but Si (5 candidates) and P (~60) stay far below
+  shares come closest to Table 1's heavy column, but Si (22 candidates) and P (99) stay far below
   the thesis' 127 and 375 molecules.
 
 Plain Python, no Ray (the Ray fan-out is :mod:`afm_ray.pipeline.heavy_build`)::
@@ -71,6 +72,7 @@ GFN2_MAX_STEPS = 500
 THESIS_TABLE1_HEAVY, THESIS_HEAVY_MOLECULES = THESIS_TABLE1["heavy"]  # molecules containing each element; total
 
 RDKIT_LICENCE = "BSD-3-Clause (shipped in the RDKit wheel)"
+NIBR_FILE = "SubstructureFilter_HitTriaging_wPubChemExamples.csv"
 SHARD_SKIPPED_KEY = b"afm_ray.skipped"
 
 
@@ -99,18 +101,16 @@ class SkipMolecule(Exception):
 
 
 # -- sources -------------------------------------------------------------------------------------
-def rdkit_data_dir() -> Path:
+def rdkit_sources() -> dict[str, list[tuple[str, str]]]:
+    """``{source: [(smiles, id), …]}`` for the SMILES lists in the installed RDKit wheel (ids ``nci:…``,
+    ``wehi:…``, ``nibr:PUBCHEM_CID``)."""
     from rdkit import RDConfig
 
-    return Path(RDConfig.RDDataDir)
-
-
-def rdkit_sources() -> dict[str, list[tuple[str, str]]]:
-    """``{source: [(smiles, id), …]}`` for the SMILES lists in the installed RDKit wheel (ids ``nci:…``, ``wehi:…``)."""
-    data = rdkit_data_dir()
+    data = Path(RDConfig.RDDataDir)
     nci = data / "NCI" / "first_5K.smi"
     wehi = data / "Pains" / "test_data" / "wehi_mols.csv"
-    for path in (nci, wehi):
+    nibr = Path(RDConfig.RDContribDir) / "NIBRSubstructureFilters" / NIBR_FILE
+    for path in (nci, wehi, nibr):
         if not path.is_file():
             raise InputError(str(path), "SMILES list missing from the installed RDKit (pip install 'rdkit>=2024.3')")
     nci_entries = [(fields[0], f"nci:{fields[1] if len(fields) > 1 else number}")
@@ -118,7 +118,11 @@ def rdkit_sources() -> dict[str, list[tuple[str, str]]]:
                    if fields]
     with wehi.open(newline="") as handle:
         wehi_entries = [(row[0], f"wehi:{row[1]}") for row in csv.reader(handle) if len(row) >= 2]
-    return {"rdkit:NCI/first_5K.smi": nci_entries, "rdkit:Pains/test_data/wehi_mols.csv": wehi_entries}
+    with nibr.open(newline="") as handle:  # up to five PubChem examples (SMILES, CID) per substructure filter
+        nibr_entries = [(row[f"EX{k}"], f"nibr:{row[f'CID_Ex{k}']}") for row in csv.DictReader(handle)
+                        for k in range(1, 6) if row.get(f"EX{k}")]
+    return {"rdkit:NCI/first_5K.smi": nci_entries, "rdkit:Pains/test_data/wehi_mols.csv": wehi_entries,
+            f"rdkit:Contrib/NIBRSubstructureFilters/{NIBR_FILE}": nibr_entries}
 
 
 def candidates(extra_smiles: Sequence[Path] = (), limit: int | None = None,
@@ -141,6 +145,7 @@ def candidates(extra_smiles: Sequence[Path] = (), limit: int | None = None,
     filtered: dict[str, int] = {}
     kept: list[Candidate] = []
     seen: set[str] = set()
+    seen_ids: set[str] = set()
     for source, smiles, molecule_id in _round_robin(sources):
         if limit is not None and len(kept) >= limit:
             break
@@ -149,10 +154,13 @@ def candidates(extra_smiles: Sequence[Path] = (), limit: int | None = None,
         canonical = Chem.MolToSmiles(parsed) if reason is None else smiles
         if reason is None and canonical in seen:
             reason = "duplicate of an earlier SMILES"
+        if reason is None and molecule_id in seen_ids:
+            reason = "duplicate of an earlier id"
         if reason is not None:
             filtered[reason] = filtered.get(reason, 0) + 1
             continue
         seen.add(canonical)
+        seen_ids.add(molecule_id)
         kept.append(Candidate(molecule_id, canonical, source, licences[source]))
     return kept, filtered
 
