@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from afm_ray.errors import InputError
+from afm_ray.molecules.database import write_table_atomic
 from afm_ray.molecules.heavy import (Candidate, SkippedMolecule, build_shard, read_shards, select_like_table1,
                                      write_skipped_csv)
 
@@ -67,8 +68,9 @@ def build_heavy_set(out: Path, entries: list[Candidate], optimize: str = "mmff",
         shutil.rmtree(folder)
     _check_manifest(folder, entries, optimize, seed, shard_size)
     chunks = [entries[start:start + shard_size] for start in range(0, len(entries), shard_size)]
-    done = [index for index in range(len(chunks)) if shard_path(folder, index).exists()]
-    todo = [index for index in range(len(chunks)) if index not in set(done)][:max_shards]
+    finished = [shard_path(folder, index).exists() for index in range(len(chunks))]
+    done = [index for index, exists in enumerate(finished) if exists]
+    todo = [index for index, exists in enumerate(finished) if not exists][:max_shards]
     for stale in folder.glob(".shard-*.tmp"):  # a task killed while writing: its shard is built again
         stale.unlink()
     if done:
@@ -83,8 +85,6 @@ def build_heavy_set(out: Path, entries: list[Candidate], optimize: str = "mmff",
     report.molecules_built = table.num_rows
     if n_molecules is not None:
         table = select_like_table1(table, n_molecules)
-    from afm_ray.molecules.database import write_table_atomic
-
     write_table_atomic(table, out)
     report.molecules_in_database = table.num_rows
     report.skipped_csv = write_skipped_csv(report.skipped, out.with_name(out.stem + ".skipped.csv"))
