@@ -290,6 +290,9 @@ def build_shard(entries: Sequence[Candidate], path: Path, optimize: str = "mmff"
 
     Returns (molecules built, molecules skipped). A shard file exists only once all its entries are done.
     """
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")  # a failed molecule is recorded with its reason; RDKit's own lines are noise
     built, skipped, licences = [], [], []
     for entry in entries:
         try:
