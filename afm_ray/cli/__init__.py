@@ -28,7 +28,7 @@ afm-ray trains convolutional networks that read 3D molecular structure out of AF
 with training data simulated on the fly by the Probe Particle Model (OpenCL).
 
 The data flow, one command group per stage:
-  molecules   build the Parquet molecule database (QM9 from qm9pack, your xyz/SDF files, SMILES)
+  molecules   build the Parquet molecule database (QM9 from qm9pack, a heavy set, your xyz/SDF files, SMILES)
               and its reproducible train/val/test splits (thesis Table 5)
   simulate    simulate AFM frequency-shift stacks (Probe Particle Model, OpenCL) into .npz
   train       train DSH / ES / xyz with Ray Train on batches simulated on the fly; MLflow tracks and

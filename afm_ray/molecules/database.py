@@ -13,6 +13,7 @@ column             type                                   meaning
 ``charges``        list<float32>                          partial charges, e
 ``n_atoms``        int16                                  number of atoms
 ``split_<name>``   dictionary<string> (nullable)          ``train`` / ``val`` / ``test`` / null
+``licence``        string (nullable, optional)            licence of the row's source (heavy set)
 =================  =====================================  ===========================================
 
 The file's key-value metadata holds ``afm_ray.format`` and ``afm_ray.splits`` (JSON: for each
@@ -96,17 +97,20 @@ def _check_output_path(path: Path) -> None:
         raise InputError(str(path), "database path is a directory; give a file path such as data/molecules.parquet")
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike, splits: dict | None = None) -> Path:
+def write_table_atomic(table: pa.Table, path: str | os.PathLike, splits: dict | None = None,
+                       extra_metadata: dict[bytes, bytes] | None = None) -> Path:
     """Write ``table`` to ``path`` atomically (temp file in the same directory + ``os.replace``).
 
     Ids must be unique. ``splits`` (split metadata, see :func:`split_metadata`) defaults to the
-    table's own. An existing file at ``path`` is replaced only once the new one is complete.
+    table's own; ``extra_metadata`` adds key-value pairs (a heavy-set shard's skipped molecules).
+    An existing file at ``path`` is replaced only once the new one is complete.
     """
     path = Path(path)
     _check_output_path(path)
     check_unique_ids(table, str(path))
     metadata = {b"afm_ray.format": FORMAT_VERSION.encode(),
-                b"afm_ray.splits": json.dumps(split_metadata(table) if splits is None else splits).encode()}
+                b"afm_ray.splits": json.dumps(split_metadata(table) if splits is None else splits).encode(),
+                **(extra_metadata or {})}
     table = table.replace_schema_metadata(metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

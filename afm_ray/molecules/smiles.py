@@ -1,6 +1,7 @@
 """3D molecules from SMILES: RDKit ETKDG embedding, MMFF94 optimisation and partial charges.
 
-This is how a user builds a heavy set (Si, P, S, Cl, Br) when no DFT structures are at hand.
+One molecule at a time, for a few SMILES of your own; the whole heavy set (Si, P, S, Cl, Br) with GFN2-xTB
+charges is :mod:`afm_ray.molecules.heavy` (on Ray: ``afm-ray molecules build-heavy``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def read_smiles_file(path: str) -> list[tuple[str, str]]:
     """(smiles, id) pairs from a ``.smi`` file: ``SMILES [name]`` per line, ``#`` comments allowed."""
     from pathlib import Path
 
+    if not Path(path).is_file():
+        raise InputError(str(path), "no such SMILES file")
     entries = []
     for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         fields = line.split()

@@ -86,6 +86,9 @@ def assign_split(table: pa.Table, name: str, sizes: SplitSizes, seed: int = 0) -
     return table.replace_schema_metadata({b"afm_ray.splits": json.dumps(metadata).encode()})
 
 
-def split_counts(table: pa.Table, name: str) -> dict[str, int]:
+def split_counts(table: pa.Table, name: str, rows: np.ndarray | None = None) -> dict[str, int]:
+    """Molecules per subset of split ``name``, among ``rows`` ((rows,) bool, e.g. :func:`heavy_mask`) or all."""
     values = table[SPLIT_PREFIX + name].cast(pa.string())
+    if rows is not None:
+        values = values.filter(pa.array(rows))
     return {subset: int(pc.sum(pc.equal(values, subset)).as_py() or 0) for subset in SPLIT_NAMES}
