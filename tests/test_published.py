@@ -61,6 +61,9 @@ def _evaluate(published, *overrides) -> tuple[dict[str, float], str]:
     assert code == 0, err.getvalue()
     metrics = {name: float(value)
                for name, value in re.findall(r"^\s+(val_\w+)\s+(\S+)$", out.getvalue(), re.MULTILINE)}
+    for name, mse, correlation in re.findall(r"^\s+([a-z_]+)\s+([-+.\de]+)\s+([-+.\de]+)$", out.getvalue(),
+                                             re.MULTILINE):  # the per-descriptor table: MSE beside correlation
+        metrics.update({f"val_mse_{name}": float(mse), f"val_corr_{name}": float(correlation)})
     return metrics, out.getvalue()
 
 
@@ -97,6 +100,16 @@ def test_published_model_reads_the_published_preset_data(published, clean_evalua
     assert clean["val_corr_height_map"] >= 0.97, out
     assert clean["val_corr_atomic_disks"] >= 0.85, out
     assert "thesis dsh dataset" in out  # beside the thesis' Table 6 loss
+    # the loss with the thesis' weights beside the preset's (20, 0.2, 0.1), by hand from the printed MSEs
+    assert "(weights 20, 0.2, 0.1), " in out and "(weights 20, 0.3, 0.2, the thesis')" in out, out
+    terms = [clean[f"val_mse_{name}"] for name in ("atomic_disks", "vdw_spheres", "height_map")]
+    assert clean["val_loss"] == pytest.approx(np.dot([20, 0.2, 0.1], terms), rel=2e-3)
+    assert clean["val_loss_thesis_weights"] == pytest.approx(np.dot([20, 0.3, 0.2], terms), rel=2e-3)
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(published[0]).get_run(re.search(r"MLflow run (\w+)\):", out).group(1)).data
+    assert logged.metrics["val_loss_thesis_weights"] == pytest.approx(clean["val_loss_thesis_weights"], rel=1e-3)
+    assert logged.tags["afm_ray.thesis_loss_settings"] == "weights 20, 0.3, 0.2"
     # with the preset's own tilt, jitter, noise, shifts and cutouts, as its training data
     augmented, out = _evaluate(published)
     assert augmented["val_samples"] == 24

@@ -70,8 +70,9 @@ def prepare_network(config: TrainConfig, device: torch.device) -> tuple[torch.nn
 
 
 def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet, device,
-             rank: int = 0, world_size: int = 1) -> Evaluation:
-    """Loss and task metrics of ``model`` on shards ``rank::world_size`` of a fixed set (no gradient)."""
+             rank: int = 0, world_size: int = 1, thesis_loss_fn=None) -> Evaluation:
+    """Loss and task metrics of ``model`` on shards ``rank::world_size`` of a fixed set (no gradient);
+    with ``thesis_loss_fn`` (:func:`~afm_ray.train.steps.build_thesis_loss`) also the loss as Table 6 weighs it."""
     network = unwrap(model)
     network.eval()
     evaluation = evaluation_for(config)
@@ -79,7 +80,9 @@ def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: Fi
         for batch in fixed_set.batches(rank, world_size):
             tensors = to_tensors(batch, device)
             outputs = forward(network, tensors["x"], config)
-            evaluation.update(outputs, tensors, compute_loss(config.model.spec, loss_fn, outputs, tensors))
+            thesis_loss = (None if thesis_loss_fn is None
+                           else compute_loss(config.model.spec, thesis_loss_fn, outputs, tensors))
+            evaluation.update(outputs, tensors, compute_loss(config.model.spec, loss_fn, outputs, tensors), thesis_loss)
     network.train()
     return evaluation
 
