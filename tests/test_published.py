@@ -117,6 +117,29 @@ def test_published_model_reads_the_published_preset_data(published, clean_evalua
     assert augmented["val_corr_atomic_disks"] >= 0.8, out
 
 
+def test_the_ppafm_baseline_is_scored_by_the_same_code(published):
+    """benchmarks/published_on_ppafm_data.py (the README's baseline rows) on one view: ppafm makes the data,
+    afm-ray's evaluation scores it, both losses are Σ w·MSE of its per-descriptor MSEs."""
+    import subprocess
+    import sys
+
+    uri, database, _ = published
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "published_on_ppafm_data.py"),
+         "--tracking-uri", uri, "data.split=published", f"data.database={database}", "data.max_eval_molecules=1",
+         "data.eval_rotations_per_molecule=1"], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "ppafm's data (clean)" in out and "1 clean val samples" in out, out
+    mse = {name: float(value) for name, value, _ in
+           re.findall(r"^\s+([a-z_]+)\s+([-+.\de]+)\s+([-+.\de]+)$", out, re.MULTILINE)}
+    terms = [mse[name] for name in ("atomic_disks", "vdw_spheres", "height_map")]
+    losses = re.search(r"loss (\S+) \(weights 20, 0.2, 0.1\), (\S+) \(weights 20, 0.3, 0.2, the thesis'\)", out)
+    assert float(losses.group(1)) == pytest.approx(np.dot([20, 0.2, 0.1], terms), rel=2e-3), out
+    assert float(losses.group(2)) == pytest.approx(np.dot([20, 0.3, 0.2], terms), rel=2e-3), out
+    assert 0 < terms[1] < 0.1 and 0 < terms[2] < 0.2, out  # Å²: the model reads ppafm's scans
+
+
 def test_published_model_scores_lower_on_the_old_probe_geometry(published, clean_evaluation):
     new, _ = clean_evaluation
     old, out = _evaluate(published, "--clean", "sim.preset=afm-ray-0.1", "sim.num_slices=10",
