@@ -61,6 +61,9 @@ def _evaluate(published, *overrides) -> tuple[dict[str, float], str]:
     assert code == 0, err.getvalue()
     metrics = {name: float(value)
                for name, value in re.findall(r"^\s+(val_\w+)\s+(\S+)$", out.getvalue(), re.MULTILINE)}
+    for name, mse, correlation in re.findall(r"^\s+([a-z_]+)\s+([-+.\de]+)\s+([-+.\de]+)$", out.getvalue(),
+                                             re.MULTILINE):  # the per-descriptor table: MSE beside correlation
+        metrics.update({f"val_mse_{name}": float(mse), f"val_corr_{name}": float(correlation)})
     return metrics, out.getvalue()
 
 
@@ -97,11 +100,44 @@ def test_published_model_reads_the_published_preset_data(published, clean_evalua
     assert clean["val_corr_height_map"] >= 0.97, out
     assert clean["val_corr_atomic_disks"] >= 0.85, out
     assert "thesis dsh dataset" in out  # beside the thesis' Table 6 loss
+    # the loss with the thesis' weights beside the preset's (20, 0.2, 0.1), by hand from the printed MSEs
+    assert "(weights 20, 0.2, 0.1), " in out and "(weights 20, 0.3, 0.2, the thesis')" in out, out
+    terms = [clean[f"val_mse_{name}"] for name in ("atomic_disks", "vdw_spheres", "height_map")]
+    assert clean["val_loss"] == pytest.approx(np.dot([20, 0.2, 0.1], terms), rel=2e-3)
+    assert clean["val_loss_thesis_weights"] == pytest.approx(np.dot([20, 0.3, 0.2], terms), rel=2e-3)
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(published[0]).get_run(re.search(r"MLflow run (\w+)\):", out).group(1)).data
+    assert logged.metrics["val_loss_thesis_weights"] == pytest.approx(clean["val_loss_thesis_weights"], rel=1e-3)
+    assert logged.tags["afm_ray.thesis_loss_settings"] == "weights 20, 0.3, 0.2"
     # with the preset's own tilt, jitter, noise, shifts and cutouts, as its training data
     augmented, out = _evaluate(published)
     assert augmented["val_samples"] == 24
     assert augmented["val_corr_vdw_spheres"] >= 0.95 and augmented["val_corr_height_map"] >= 0.97, out
     assert augmented["val_corr_atomic_disks"] >= 0.8, out
+
+
+def test_the_ppafm_baseline_is_scored_by_the_same_code(published):
+    """benchmarks/published_on_ppafm_data.py (the README's baseline rows) on one view: ppafm makes the data,
+    afm-ray's evaluation scores it, both losses are Σ w·MSE of its per-descriptor MSEs."""
+    import subprocess
+    import sys
+
+    uri, database, _ = published
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "published_on_ppafm_data.py"),
+         "--tracking-uri", uri, "data.split=published", f"data.database={database}", "data.max_eval_molecules=1",
+         "data.eval_rotations_per_molecule=1"], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "ppafm's data (clean)" in out and "1 clean val samples" in out, out
+    mse = {name: float(value) for name, value, _ in
+           re.findall(r"^\s+([a-z_]+)\s+([-+.\de]+)\s+([-+.\de]+)$", out, re.MULTILINE)}
+    terms = [mse[name] for name in ("atomic_disks", "vdw_spheres", "height_map")]
+    losses = re.search(r"loss (\S+) \(weights 20, 0.2, 0.1\), (\S+) \(weights 20, 0.3, 0.2, the thesis'\)", out)
+    assert float(losses.group(1)) == pytest.approx(np.dot([20, 0.2, 0.1], terms), rel=2e-3), out
+    assert float(losses.group(2)) == pytest.approx(np.dot([20, 0.3, 0.2], terms), rel=2e-3), out
+    assert 0 < terms[1] < 0.1 and 0 < terms[2] < 0.2, out  # Å²: the model reads ppafm's scans
 
 
 def test_published_model_scores_lower_on_the_old_probe_geometry(published, clean_evaluation):

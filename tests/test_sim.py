@@ -261,6 +261,25 @@ def test_same_seed_same_stacks(sim):
     assert a.scan_params == b.scan_params
 
 
+def test_a_molecule_with_tin_simulates(sim, tmp_path):
+    """Tin tetrachloride (Sn–Cl 2.28 Å, tetrahedral) from an xyz file: Sn is one of the heavier elements
+    ppafm parameterises, refused as unknown before the element table covered Rb–Te and Cs–Bi."""
+    from afm_ray.molecules.io import read_xyz
+
+    d = 2.28 / math.sqrt(3.0)
+    corners = [(d, d, d), (-d, -d, d), (-d, d, -d), (d, -d, -d)]
+    path = tmp_path / "sncl4.xyz"
+    path.write_text("5\nSnCl4\nSn 0 0 0 0.48\n" + "".join(f"Cl {x} {y} {z} -0.12\n" for x, y, z in corners))
+    molecule = read_xyz(path)
+    assert molecule.symbols == ["Sn", "Cl", "Cl", "Cl", "Cl"]
+    result = sim.run([molecule], seed=3, return_probe_positions=True)
+    df = result.df[0]
+    assert df.shape == (32, 32, sim.config.num_slices) and np.isfinite(df).all()
+    assert result.relax_iterations.max() < sim.config.relax_max_iterations
+    close = df[..., -1]
+    assert close.max() - close.min() > 1.0  # Hz: the molecule is seen
+
+
 # -- bad input -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("molecule, message", [
     (Mol(np.array([], int), np.zeros((0, 3)), np.zeros(0), "empty"), "no atoms"),

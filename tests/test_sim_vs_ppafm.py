@@ -18,6 +18,7 @@ centres, ours the pixel edges), tip heights, dz and Giessibl amplitude.
 from __future__ import annotations
 
 import warnings
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -89,12 +90,24 @@ def simulator(device):
 
 
 def test_lennard_jones_table_equals_ppafm_atomtypes():
-    from ppafm import common
+    """Every row of afm-ray's element table that ppafm also defines: same symbol, R_min/2 and ε as its
+    atomtypes.ini, same Atomic Disks radius as its element table; and the table covers every element
+    ppafm gives parameters for from the literature (it marks the others "VALUES ARE MEANINGLESS")."""
+    from ppafm.elements import ELEMENTS
 
-    species = common.loadSpecies()
-    for z in (1, 5, 6, 7, 8, 9, 14, 15, 16, 17, 35, 53, 54):
+    ini = (resources.files("ppafm") / "defaults" / "atomtypes.ini").read_text()
+    rows = [line.split() for line in ini.splitlines() if line.strip()]  # R_min/2 (Å), ε (eV), α, Z, symbol, source…
+    by_number = {int(row[3]): row for row in rows}
+    ours = ELEMENT_TABLE.known_numbers
+    assert set(ours.tolist()) == set(range(1, 84)) | {90, 92}  # H–Bi, Th, U
+    for z in ours:
         r_half, eps = ELEMENT_TABLE.lj_params([z])
-        assert (r_half[0], eps[0]) == pytest.approx((species[z - 1][0], species[z - 1][1]), rel=1e-6), z
+        row = by_number[z]
+        assert row[4] == ELEMENTS[z - 1][1] == ELEMENT_TABLE.symbols[z], z
+        assert (r_half[0], eps[0]) == pytest.approx((float(row[0]), float(row[1])), rel=1e-6), z
+        assert ELEMENT_TABLE.ppafm_disk_radius([z])[0] == pytest.approx(ELEMENTS[z - 1][6], rel=1e-6), z
+    from_literature = {int(row[3]) for row in rows if len(row) > 5 and "MEANINGLESS" not in row}
+    assert from_literature <= set(ours.tolist()), sorted(from_literature - set(ours.tolist()))
 
 
 def _pearson_and_rel_rms(ours: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -104,3 +104,27 @@ def test_selection_is_deterministic_and_sorted(qm9_sample_db):
     assert np.all(np.diff(scores) <= 1e-12)
     with pytest.raises(ValueError, match="n_keep"):
         select_rotations(molecule.positions, n_keep=101)
+
+
+@pytest.mark.parametrize("config_name, rotations", [("dsh", 20), ("es", 20), ("xyz", 30), ("quickstart", None)])
+def test_thesis_configs_evaluate_as_many_rotations_as_they_train_on(tiny_database, config_name, rotations):
+    """Thesis: 20 (DSH, ES) or 30 (xyz) best rotations per molecule in every split; quickstart stays quick;
+    a quicker evaluation is an override."""
+    from afm_ray.pipeline.sources import load_split_samples
+    from afm_ray.train.config import load_train_config
+
+    from conftest import CONFIGS
+
+    overrides = [f"data.database={tiny_database}", "data.split=tiny", "data.max_eval_molecules=2"]
+    config = load_train_config(CONFIGS / f"{config_name}.yaml", overrides)
+    settings = config.sample_settings
+    expected = rotations or config.data.eval_rotations_per_molecule
+    assert settings.eval_rotations_per_molecule == expected
+    assert settings.eval_identity()["data"]["eval_rotations_per_molecule"] == expected
+    if rotations is not None:
+        assert config.rotations_per_molecule == rotations
+        samples = load_split_samples(settings, ("val", "test"))
+        assert len(samples["val"]) == len(samples["test"]) == 2 * rotations
+    quick = load_train_config(CONFIGS / f"{config_name}.yaml", [*overrides, "data.eval_rotations_per_molecule=5"])
+    assert quick.sample_settings.eval_rotations_per_molecule == 5
+    assert quick.sample_settings.eval_identity() != settings.eval_identity() or expected == 5

@@ -127,3 +127,37 @@ def test_a_loader_failure_reaches_the_training_loop_and_stops_the_thread(config)
     with pytest.raises(RuntimeError, match="stream broke at 0"):
         list(loader)
     assert not [t for t in threading.enumerate() if t.name == "afm-ray-step-loader"]
+
+
+def test_evaluation_reports_the_loss_with_the_thesis_weights_beside_the_configs():
+    """Σ_k w_k · MSE_k by hand, with the config's weights (ASD-AFM's 20, 0.2, 0.1) and the thesis' (20, 0.3, 0.2),
+    over two batches of unequal size; and the printed report shows both beside Table 6."""
+    from afm_ray.train.evaluate import EvaluationReport, loss_descriptions
+    from afm_ray.train.steps import build_thesis_loss, compute_loss, evaluation_for
+
+    config = load_train_config(CONFIGS / "quickstart.yaml", ["loss.dsh_weights=[20, 0.2, 0.1]"])
+    spec = config.model.spec
+    generator = np.random.default_rng(7)
+    predictions = generator.random((5, 3, 8, 8)).astype(np.float32)  # (samples, output, X, Y)
+    targets = generator.random((5, 3, 8, 8)).astype(np.float32)
+    evaluation = evaluation_for(config)
+    for part in (slice(0, 2), slice(2, 5)):
+        outputs = tuple(torch.from_numpy(predictions[part, k]) for k in range(3))
+        tensors = {name: torch.from_numpy(targets[part, k]) for k, name in enumerate(spec.targets)}
+        evaluation.update(outputs, tensors, compute_loss(spec, build_loss(config), outputs, tensors),
+                          compute_loss(spec, build_thesis_loss(config), outputs, tensors))
+    mse = ((predictions.astype(np.float64) - targets) ** 2).mean(axis=(0, 2, 3))
+    figures = evaluation.result("test")
+    assert figures["test_loss"] == pytest.approx(20 * mse[0] + 0.2 * mse[1] + 0.1 * mse[2], rel=1e-5)
+    assert figures["test_loss_thesis_weights"] == pytest.approx(20 * mse[0] + 0.3 * mse[1] + 0.2 * mse[2], rel=1e-5)
+    for k, name in enumerate(spec.targets):
+        assert figures[f"test_mse_{name}"] == pytest.approx(mse[k], rel=1e-5)
+
+    assert loss_descriptions(config) == ("weights 20, 0.2, 0.1", "weights 20, 0.3, 0.2")
+    report = EvaluationReport("models:/m@a", "dsh", "dataset1", "test", 5, figures, "run", False,
+                              {"dataset1": 1.92e-3}, *loss_descriptions(config))
+    printed = "\n".join(report.lines())
+    assert "weights 20, 0.2, 0.1" in printed and "weights 20, 0.3, 0.2, the thesis'" in printed, printed
+    assert f"{figures['test_loss_thesis_weights']:.3g}" in printed and "thesis dsh dataset1 test 0.00192" in printed
+    row = next(line for line in report.lines() if line.split()[0] == "atomic_disks")
+    assert row.split()[1:] == [f"{mse[0]:.4g}", f"{figures['test_corr_atomic_disks']:.4f}"], printed

@@ -14,9 +14,11 @@ evaluation run with prediction figures and printed beside the thesis' Table 6 lo
 By default the set is made like training's validation set, with the config's probe tilt, height
 jitter, noise, shifts and cutouts; --clean leaves those out (ideal scans).
 
-DSH / ES: per-descriptor MSE, the weighted loss (the config's loss weights) and the Pearson
-correlation of prediction and reference (all pixels of all samples). xyz: precision/recall
-curves, F1 and position error.
+DSH / ES: per-descriptor MSE beside the Pearson correlation of prediction and reference (all
+pixels of all samples). xyz: precision/recall curves, F1 and position error. Every model: the loss
+twice, weighted as the config says (<split>_loss) and with the thesis' settings
+(<split>_loss_thesis_weights, e.g. DSH 20, 0.3, 0.2): only the latter compares with Table 6 when
+the config's weights differ (configs/published_asdafm.yaml: ASD-AFM's 20, 0.2, 0.1).
 
 The model's own config says what input it needs (model, slices, pixels); the evaluation config
 says how the data are made, so one model can be scored on other data settings (lines starting

@@ -28,8 +28,10 @@ class DataSettings(StrictModel):
     max_eval_molecules: int | None = Field(None, ge=1, description="use at most this many val / test molecules")
     rotations_per_molecule: int | None = Field(
         None, ge=1, le=100, description="best rotations by thesis Eq. 25 (default: the model's, 20 for dsh/es, 30 for xyz)")
-    eval_rotations_per_molecule: int = Field(
-        5, ge=1, le=100, description="rotations of each val/test molecule in the fixed evaluation sets")
+    eval_rotations_per_molecule: int | None = Field(
+        None, ge=1, le=100, description="best rotations of each val/test molecule in the fixed evaluation sets "
+                                        "(default: the model's, as the thesis does in every split: 20 for dsh/es, "
+                                        "30 for xyz)")
     rotation_candidates: int = Field(100, ge=1, description="candidate directions on the sphere (thesis 100)")
     rotation_beta_per_angstrom: float = Field(1.0, gt=0, description="β of the rotation score S (thesis 1 Å⁻¹)")
     fixed_set_dir: Path = Field(Path("data/fixed_sets"),
@@ -113,6 +115,11 @@ class PipelineSettings(StrictModel):
                               timeout_cap_s=self.batch_timeout_s, timeout_factor=self.timeout_p95_factor,
                               hedge_factor=self.hedge_p95_factor, lease_s=self.consumer_lease_s)
 
+    @property
+    def eval_rotations_per_molecule(self) -> int:
+        """Rotations of each validation / test molecule: ``data.eval_rotations_per_molecule`` or the model's."""
+        return self.data.eval_rotations_per_molecule or self.model_spec.rotations_per_molecule
+
     def actor_identity(self) -> dict:
         """The fields the simulation pool (actors and dispatcher) is started with (the rest is each consumer's own)."""
         return self.model_dump(mode="json", include={"num_sim_actors", "sim_num_gpus", "sim_num_cpus",
@@ -143,6 +150,11 @@ class SampleSettings(StrictModel):
     def model_spec(self) -> ModelSpec:
         return get_model_spec(self.model, self.model_module)
 
+    @property
+    def eval_rotations_per_molecule(self) -> int:
+        """Rotations of each validation / test molecule: ``data.eval_rotations_per_molecule`` or the model's."""
+        return self.data.eval_rotations_per_molecule or self.model_spec.rotations_per_molecule
+
     def actor_identity(self) -> dict:
         """What the simulation actors make batches from (not the consumers' own settings, such as caches)."""
         return self.model_dump(mode="json", exclude={"data": {"fixed_set_cache_mib"}})
@@ -153,6 +165,7 @@ class SampleSettings(StrictModel):
         data = self.data.model_dump(mode="json", include={"split", "max_eval_molecules",
                                                           "eval_rotations_per_molecule", "rotation_candidates",
                                                           "rotation_beta_per_angstrom"})
+        data["eval_rotations_per_molecule"] = self.eval_rotations_per_molecule
         return {"model": self.model, "element_classes": self.element_classes, "data": data,
                 "sim": self.sim.model_dump(mode="json", exclude={"device"}),
                 "descriptors": self.descriptors.model_dump(mode="json"),

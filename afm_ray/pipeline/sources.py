@@ -38,7 +38,7 @@ def load_split_samples(settings: SampleSettings, subsets: tuple[str, ...] = SUBS
             rows = rows.slice(0, limit)
         if rows.num_rows == 0:
             raise InputError(f"{data.database}", f"split {data.split!r} has no {subset} molecules")
-        rotations = settings.train_rotations_per_molecule if subset == "train" else data.eval_rotations_per_molecule
+        rotations = settings.train_rotations_per_molecule if subset == "train" else settings.eval_rotations_per_molecule
         out[subset] = SplitSamples.of(table_to_molecules(rows), rotations, data.rotation_candidates,
                                       data.rotation_beta_per_angstrom)
     return out

@@ -7,10 +7,12 @@ training config says what input it expects; the evaluation config says how the d
 on several data settings, e.g. the published ASD-AFM weights on ``configs/published_asdafm.yaml``
 and on the thesis defaults.
 
-Figures per model: DSH/ES per-descriptor MSE, weighted loss and Pearson correlation (pooled over all
-pixels of all samples); xyz precision/recall curves, F1 and position error. Everything is logged as
-one MLflow *evaluation run* (tag ``afm_ray.evaluates``) with figures, and printed beside the
-thesis' Table 6 loss for that model.
+Figures per model: DSH/ES per-descriptor MSE beside the Pearson correlation (pooled over all pixels
+of all samples); xyz precision/recall curves, F1 and position error. The loss twice: weighted as the
+evaluation config says (``{subset}_loss``) and with the thesis' settings (``{subset}_loss_thesis_weights``,
+:func:`~afm_ray.train.steps.build_thesis_loss`), the one comparable with Table 6 whatever weights a
+model was trained with. Everything is logged as one MLflow *evaluation run* (tag ``afm_ray.evaluates``)
+with figures, and printed beside the thesis' Table 6 loss for that model.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 
 from afm_ray.errors import InputError
 from afm_ray.metric_figures import write_xyz_figures
-from afm_ray.train.config import TrainConfig
+from afm_ray.train.config import LossSettings, TrainConfig
 
 EVALUATION_TAG = "afm_ray.evaluates"
 
@@ -45,17 +47,29 @@ class EvaluationReport:
     run_id: str
     clean: bool = False
     thesis_loss: dict[str, float] = field(default_factory=dict)
+    loss_settings: str = ""
+    thesis_loss_settings: str = ""
 
     def lines(self) -> list[str]:
-        """The report as printed: metrics, then the thesis' Table 6 loss beside ours."""
+        """The report as printed: metrics, per-descriptor MSE beside correlation, then the loss with the
+        config's and with the thesis' settings beside the thesis' Table 6 loss."""
         scans = "clean " if self.clean else ""
         out = [f"{self.model_reference} on {self.n_samples} {scans}{self.subset} samples of split {self.split!r} "
                f"(MLflow run {self.run_id}):"]
-        out += [f"  {name:<34} {value:.4g}" for name, value in self.metrics.items()]
+        mse_prefix, corr_prefix = f"{self.subset}_mse_", f"{self.subset}_corr_"
+        descriptors = [name.removeprefix(corr_prefix) for name in self.metrics if name.startswith(corr_prefix)]
+        beside = {f"{mse_prefix}{name}" for name in descriptors} | {f"{corr_prefix}{name}" for name in descriptors}
+        out += [f"  {name:<34} {value:.4g}" for name, value in self.metrics.items() if name not in beside]
+        if descriptors:
+            out.append(f"  {'descriptor':<34} {'MSE':>10} {'correlation':>12}")
+            out += [f"  {name:<34} {self.metrics[mse_prefix + name]:>10.4g} {self.metrics[corr_prefix + name]:>12.4f}"
+                    for name in descriptors]
         ours = self.metrics.get(f"{self.subset}_loss")
+        thesis_weighted = self.metrics.get(f"{self.subset}_loss_thesis_weights")
         for dataset, loss in self.thesis_loss.items():
-            out.append(f"  {'loss vs thesis Table 6':<34} ours {ours:.3g}  thesis {self.model_name} {dataset} "
-                       f"{self.subset} {loss:.3g}")
+            out.append(f"  {'loss vs thesis Table 6':<34} ours {ours:.3g} ({self.loss_settings}), "
+                       f"{thesis_weighted:.3g} ({self.thesis_loss_settings}, the thesis')  "
+                       f"thesis {self.model_name} {dataset} {self.subset} {loss:.3g}")
         return out
 
 
@@ -86,6 +100,12 @@ def _flat_diff(before, after, prefix: str = ""):
         yield prefix.rstrip("."), before, after
 
 
+def loss_descriptions(config: TrainConfig) -> tuple[str, str]:
+    """One line each of the config's loss settings and the thesis' (e.g. ``weights 20, 0.2, 0.1``)."""
+    describe = config.model.spec.describe_loss
+    return describe(config), describe(config.model_copy(update={"loss": LossSettings()}))
+
+
 def clean_scans(config: TrainConfig) -> TrainConfig:
     """``config`` without the training randomisation that corrupts a scan: no probe tilt, no start-distance
     jitter, no noise, shifts or cutouts. Slice choice and normalisation stay: they are what the model reads."""
@@ -111,7 +131,7 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
     from afm_ray.predict.registry import load_model
     from afm_ray.ray_cluster import ensure_ray
     from afm_ray.train.loop import evaluate
-    from afm_ray.train.steps import build_loss
+    from afm_ray.train.steps import build_loss, build_thesis_loss
     from afm_ray.train.run_state import with_absolute_paths
 
     if subset not in ("val", "test"):
@@ -136,14 +156,15 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
         stop_actors(actors)
     fixed_set = FixedSet(path)
     network = loaded.packed.network.to(device)
-    evaluation = evaluate(network, build_loss(config), config, fixed_set, torch.device(device))
+    evaluation = evaluate(network, build_loss(config), config, fixed_set, torch.device(device),
+                          thesis_loss_fn=build_thesis_loss(config))
     metrics = {f"{subset}_samples": float(len(fixed_set)), **evaluation.result(subset)}
     run_id = _log_run(loaded, reference, config, subset, clean, metrics, evaluation, fixed_set, network)
     published = config.model.spec.published_losses
     thesis = {dataset: losses[subset] for dataset, losses in published.items()
               if config.data.split not in published or dataset == config.data.split}
     return EvaluationReport(reference, config.model.name, config.data.split, subset, len(fixed_set), metrics,
-                            run_id, clean, thesis)
+                            run_id, clean, thesis, *loss_descriptions(config))
 
 
 def _log_run(loaded, reference: str, config: TrainConfig, subset: str, clean: bool, metrics: dict[str, float],
@@ -161,6 +182,8 @@ def _log_run(loaded, reference: str, config: TrainConfig, subset: str, clean: bo
                                {EVALUATION_TAG: reference, ARCHITECTURE_TAG: config.model.name,
                                 "afm_ray.split": config.data.split, "afm_ray.subset": subset,
                                 "afm_ray.clean_scans": str(clean).lower(),
+                                **dict(zip(("afm_ray.loss_settings", "afm_ray.thesis_loss_settings"),
+                                           loss_descriptions(config))),
                                 **({"afm_ray.model_run_id": loaded.run_id} if loaded.run_id else {})})
     client.log_batch(run_id, metrics=[Metric(name, value, int(time.time() * 1000), 0)
                                       for name, value in metrics.items() if np.isfinite(value)])

@@ -102,9 +102,10 @@ def validation_source(val_set: FixedSet, config: TrainConfig, device: torch.devi
 
 
 def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: FixedSet | DeviceShard, device,
-             rank: int = 0, world_size: int = 1) -> Evaluation:
+             rank: int = 0, world_size: int = 1, thesis_loss_fn=None) -> Evaluation:
     """Loss and task metrics of ``model`` on shards ``rank::world_size`` of a fixed set (no gradient), or on
-    a :class:`DeviceShard` (which names its own shards)."""
+    a :class:`DeviceShard` (which names its own shards); with ``thesis_loss_fn``
+    (:func:`~afm_ray.train.steps.build_thesis_loss`) also the loss as Table 6 weighs it."""
     network = unwrap(model)
     network.eval()
     evaluation = evaluation_for(config)
@@ -113,7 +114,9 @@ def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: Fi
     with torch.no_grad():
         for tensors in batches:
             outputs = forward(network, tensors["x"], config)
-            evaluation.update(outputs, tensors, compute_loss(config.model.spec, loss_fn, outputs, tensors))
+            thesis_loss = (None if thesis_loss_fn is None
+                           else compute_loss(config.model.spec, thesis_loss_fn, outputs, tensors))
+            evaluation.update(outputs, tensors, compute_loss(config.model.spec, loss_fn, outputs, tensors), thesis_loss)
     network.train()
     return evaluation
 

@@ -12,7 +12,7 @@ from torch import nn
 from afm_ray.losses import LossOutput
 from afm_ray.metrics import ImageMetricsAccumulator, XYZEvaluator
 from afm_ray.models import ModelSpec, class_names, get_model_spec
-from afm_ray.train.config import TrainConfig
+from afm_ray.train.config import LossSettings, TrainConfig
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -23,6 +23,12 @@ def build_model(config: TrainConfig) -> nn.Module:
 def build_loss(config: TrainConfig) -> nn.Module:
     """The loss of ``config.model`` with ``config.loss``'s settings, called ``loss(outputs, targets)``."""
     return config.model.spec.build_loss(config.loss)
+
+
+def build_thesis_loss(config: TrainConfig) -> nn.Module:
+    """The loss of ``config.model`` with its spec's default settings, the thesis' (DSH weights 20, 0.3, 0.2;
+    ES 1, 0.1; xyz γ 1.25, αn 0.3, βPL 0.15), whatever ``config.loss`` says: the loss Table 6 reports."""
+    return config.model.spec.build_loss(LossSettings())
 
 
 def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -62,6 +68,8 @@ class Evaluation:
     class_names: tuple[str, ...] = ("background", "atom")
     _loss_sum: dict[str, float] = field(default_factory=dict)
     _samples: float = 0.0
+    _thesis_loss_sum: float = 0.0
+    _thesis_samples: float = 0.0
     _images: ImageMetricsAccumulator | None = None
     _xyz: XYZEvaluator | None = None
 
@@ -75,12 +83,18 @@ class Evaluation:
         else:
             self._images = ImageMetricsAccumulator(self.spec.targets)
 
-    def update(self, outputs, tensors: dict[str, torch.Tensor], loss: LossOutput) -> None:
+    def update(self, outputs, tensors: dict[str, torch.Tensor], loss: LossOutput,
+               thesis_loss: LossOutput | None = None) -> None:
+        """Add one batch: its outputs, tensors, loss and, where given, its loss with the thesis' settings."""
         weight = float(loss.n_samples)
         for name, value in loss.detached().items():
             if name != "n_samples":
                 self._loss_sum[name] = self._loss_sum.get(name, 0.0) + value * weight
         self._samples += weight
+        if thesis_loss is not None:
+            thesis_weight = float(thesis_loss.n_samples)
+            self._thesis_loss_sum += float(thesis_loss.total.detach()) * thesis_weight
+            self._thesis_samples += thesis_weight
         targets = [tensors[name] for name in self.spec.targets]
         if self._xyz is not None:
             self._xyz.update(outputs[0].detach().cpu(), outputs[1].detach().cpu(), *[t.cpu() for t in targets])
@@ -92,6 +106,8 @@ class Evaluation:
         for name, value in other._loss_sum.items():
             self._loss_sum[name] = self._loss_sum.get(name, 0.0) + value
         self._samples += other._samples
+        self._thesis_loss_sum += other._thesis_loss_sum
+        self._thesis_samples += other._thesis_samples
         if self._xyz is not None:
             self._xyz.merge(other._xyz)
         else:
@@ -115,6 +131,8 @@ class Evaluation:
         samples = max(self._samples, 1.0)
         figures = {f"{prefix}_loss" if name == "total" else f"{prefix}_loss_{name}": value / samples
                    for name, value in self._loss_sum.items()}
+        if self._thesis_samples > 0:
+            figures[f"{prefix}_loss_thesis_weights"] = self._thesis_loss_sum / self._thesis_samples
         if self._xyz is not None:
             summary = self._xyz.result().summary()
             figures.update({f"{prefix}_{name}": value for name, value in summary.items()})
