@@ -32,7 +32,12 @@ def test_the_test_set_is_evaluated_in_shards_by_tasks_holding_train_worker_resou
     """Two shards evaluated by two Ray tasks add up to the logged test figures of the session's run (its
     single worker's evaluation of the whole set)."""
     config, outcome = trained_dsh
-    [test_path] = [path for path in config.data.fixed_set_dir.iterdir() if f"-{config.data.split}-test-" in path.name]
+    from afm_ray.pipeline.fixed_sets import fixed_set_path
+    from afm_ray.pipeline.sources import load_split_samples
+
+    settings = config.sample_settings  # the set that run made (other runs share the folder)
+    test_path = fixed_set_path(settings, "test", len(load_split_samples(settings)["test"]), config.run.seed)
+    assert (test_path / "_SUCCESS").exists(), test_path
     two_workers = config.model_copy(update={"scaling": config.scaling.model_copy(update={"num_workers": 2})})
     evaluation = evaluate_on_workers(two_workers, Checkpoint.from_directory(outcome.checkpoint_path), test_path)
     sharded = evaluation.result("test")
