@@ -848,10 +848,10 @@ def test_dockerfile_builds_the_cluster_image():
     env = " ".join(a for k, a in instructions if k == "ENV")
     capabilities = re.search(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", env).group(1).split(",")
     assert {"compute", "utility"} <= set(capabilities) or "all" in capabilities
-    # afm-ray with the cluster and qm9 extras, Ray and torch pinned
+    # afm-ray with the cluster, qm9 and heavy (`molecules build-heavy` as a Ray job) extras, Ray and torch pinned
     extras = re.search(r'pip install [^\n]*"\.\[([a-z0-9,]+)\]"', text).group(1).split(",")
     defined = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {"cluster", "qm9"} <= set(extras) and set(extras) <= set(defined)
+    assert {"cluster", "qm9", "heavy"} <= set(extras) and set(extras) <= set(defined)
     assert "ray==%s" in text and "${RAY_VERSION}" in text and "-c /tmp/constraints.txt" in text
     import torch
 
