@@ -88,6 +88,14 @@ def split_metadata(table: pa.Table) -> dict:
     return json.loads(raw) if raw else {}
 
 
+def atom_rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """For every atom of ``table``, in order: its row (the molecule's index) and its atomic number, each
+    (atoms,) int64."""
+    counts = table["n_atoms"].to_numpy().astype(np.int64)
+    rows = np.repeat(np.arange(table.num_rows), counts)
+    return rows, pc.list_flatten(table["numbers"]).to_numpy().astype(np.int64)
+
+
 def split_names(table: pa.Table) -> list[str]:
     return [name[len(SPLIT_PREFIX):] for name in table.column_names if name.startswith(SPLIT_PREFIX)]
 

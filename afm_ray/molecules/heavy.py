@@ -55,9 +55,9 @@ import pyarrow.parquet as pq
 
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
-from afm_ray.molecules.database import molecules_to_table, write_table_atomic
+from afm_ray.molecules.database import atom_rows, molecules_to_table, write_table_atomic
 from afm_ray.molecules.molecule import Molecule
-from afm_ray.molecules.smiles import read_smiles_file
+from afm_ray.molecules.smiles import embedded_3d, read_smiles_file
 from afm_ray.molecules.summary import THESIS_TABLE1
 
 HEAVY_SET_ELEMENTS = ("H", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br")
@@ -215,10 +215,8 @@ def build_molecule(smiles: str, molecule_id: str, source: str = "smiles", optimi
     parsed = Chem.MolFromSmiles(smiles)
     if parsed is None:
         raise SkipMolecule("unparsable SMILES")
-    molecule = Chem.AddHs(parsed)
-    parameters = AllChem.ETKDGv3()
-    parameters.randomSeed = seed
-    if AllChem.EmbedMolecule(molecule, parameters) != 0:
+    molecule = embedded_3d(parsed, seed)
+    if molecule is None:
         raise SkipMolecule("3D embedding (ETKDGv3) failed")
     numbers = np.array([atom.GetAtomicNum() for atom in molecule.GetAtoms()])
     if not AllChem.MMFFHasAllMoleculeParams(molecule):
@@ -367,11 +365,7 @@ def select_like_table1(table: pa.Table, n_molecules: int,
 
 def element_presence(table: pa.Table, symbols: Sequence[str]) -> np.ndarray:
     """(rows, len(symbols)) float: 1 where the molecule contains the element."""
-    import pyarrow.compute as pc
-
-    counts = table["n_atoms"].to_numpy().astype(np.int64)
-    rows = np.repeat(np.arange(table.num_rows), counts)
-    numbers = pc.list_flatten(table["numbers"]).to_numpy().astype(np.int64)
+    rows, numbers = atom_rows(table)
     presence = np.zeros((table.num_rows, len(symbols)))
     for column, symbol in enumerate(symbols):
         presence[np.unique(rows[numbers == ELEMENT_TABLE.number(symbol)]), column] = 1.0

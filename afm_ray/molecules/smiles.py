@@ -21,10 +21,8 @@ def molecule_from_smiles(smiles: str, molecule_id: str, charges: str = "mmff", s
     parsed = Chem.MolFromSmiles(smiles)
     if parsed is None:
         raise InputError(where, "RDKit cannot parse this SMILES")
-    molecule = Chem.AddHs(parsed)
-    parameters = AllChem.ETKDGv3()
-    parameters.randomSeed = seed
-    if AllChem.EmbedMolecule(molecule, parameters) != 0:
+    molecule = embedded_3d(parsed, seed)
+    if molecule is None:
         raise InputError(where, "3D embedding (ETKDG) failed")
     if AllChem.MMFFHasAllMoleculeParams(molecule):
         AllChem.MMFFOptimizeMolecule(molecule, maxIters=max_optimisation_steps)
@@ -34,6 +32,18 @@ def molecule_from_smiles(smiles: str, molecule_id: str, charges: str = "mmff", s
     positions = molecule.GetConformer().GetPositions()
     return Molecule.create(molecule_id, numbers, positions, compute_charges(molecule, charges, where),
                            source="smiles", smiles=Chem.MolToSmiles(parsed), where=where)
+
+
+def embedded_3d(parsed, seed: int = 0):
+    """The RDKit molecule ``parsed`` with explicit hydrogens and one 3D conformer (ETKDGv3, ``seed``), or
+    ``None`` when the embedding fails."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    molecule = Chem.AddHs(parsed)
+    parameters = AllChem.ETKDGv3()
+    parameters.randomSeed = seed
+    return molecule if AllChem.EmbedMolecule(molecule, parameters) == 0 else None
 
 
 def read_smiles_file(path: str) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from afm_ray.errors import InputError
-from afm_ray.molecules.database import SPLIT_NAMES, SPLIT_PREFIX, split_metadata
+from afm_ray.molecules.database import SPLIT_NAMES, SPLIT_PREFIX, atom_rows, split_metadata
 
 LIGHT_ELEMENTS = (1, 6, 7, 8, 9)
 
@@ -48,10 +48,8 @@ THESIS_SPLITS = {
 
 def heavy_mask(table: pa.Table) -> np.ndarray:
     """(rows,) bool: the molecule contains an element other than H, C, N, O, F."""
-    flat = pc.list_flatten(table["numbers"]).to_numpy()
-    is_heavy_atom = ~np.isin(flat, LIGHT_ELEMENTS)
-    counts = table["n_atoms"].to_numpy().astype(np.int64)
-    row_of_atom = np.repeat(np.arange(table.num_rows), counts)
+    row_of_atom, numbers = atom_rows(table)
+    is_heavy_atom = ~np.isin(numbers, LIGHT_ELEMENTS)
     return np.bincount(row_of_atom, weights=is_heavy_atom, minlength=table.num_rows) > 0
 
 

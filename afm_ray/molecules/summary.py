@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from afm_ray.elements import ELEMENT_TABLE
-from afm_ray.molecules.database import split_metadata, split_names
+from afm_ray.molecules.database import atom_rows, split_metadata, split_names
 from afm_ray.molecules.splits import heavy_mask, split_counts
 
 MAX_SOURCES_SHOWN = 8
@@ -26,9 +26,7 @@ THESIS_TABLE1 = {
 
 def element_molecule_counts(table: pa.Table) -> dict[str, int]:
     """For each element present: the number of molecules that contain it (repeats in a molecule count once)."""
-    counts = table["n_atoms"].to_numpy().astype(np.int64)
-    rows = np.repeat(np.arange(table.num_rows), counts)
-    numbers = pc.list_flatten(table["numbers"]).to_numpy().astype(np.int64)
+    rows, numbers = atom_rows(table)
     pairs = np.unique(rows * 256 + numbers)
     per_element = np.bincount(pairs % 256, minlength=256)
     return {ELEMENT_TABLE.symbols[z]: int(per_element[z]) for z in np.flatnonzero(per_element)}

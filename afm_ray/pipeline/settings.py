@@ -115,11 +115,6 @@ class PipelineSettings(StrictModel):
                               timeout_cap_s=self.batch_timeout_s, timeout_factor=self.timeout_p95_factor,
                               hedge_factor=self.hedge_p95_factor, lease_s=self.consumer_lease_s)
 
-    @property
-    def eval_rotations_per_molecule(self) -> int:
-        """Rotations of each validation / test molecule: ``data.eval_rotations_per_molecule`` or the model's."""
-        return self.data.eval_rotations_per_molecule or self.model_spec.rotations_per_molecule
-
     def actor_identity(self) -> dict:
         """The fields the simulation pool (actors and dispatcher) is started with (the rest is each consumer's own)."""
         return self.model_dump(mode="json", include={"num_sim_actors", "sim_num_gpus", "sim_num_cpus",

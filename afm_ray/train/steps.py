@@ -120,12 +120,15 @@ class Evaluation:
         the result equals one rank evaluating every shard, up to float summation order.
         """
         shares = gathered_from_ranks(self)
-        if len(shares) == 1:
-            return self
-        combined = Evaluation(self.model_name, self.class_names)
+        return self if len(shares) == 1 else Evaluation.combined(shares)
+
+    @staticmethod
+    def combined(shares: list["Evaluation"]) -> "Evaluation":
+        """One evaluation of the whole set from the evaluations of its shards (added in the given order)."""
+        whole = Evaluation(shares[0].model_name, shares[0].class_names)
         for share in shares:
-            combined.merge(share)
-        return combined
+            whole.merge(share)
+        return whole
 
     def result(self, prefix: str = "val") -> dict[str, float]:
         samples = max(self._samples, 1.0)

@@ -41,7 +41,7 @@ from afm_ray.train.progress import EpochLinePrinter
 from afm_ray.train.registration import log_and_register
 from afm_ray.train.resources import check_batch_fills_workers, check_cluster_holds_training
 from afm_ray.train.run_state import open_mlflow_run, read_run_state, relative_paths, with_absolute_paths
-from afm_ray.train.steps import Evaluation, build_loss, evaluation_for, objective
+from afm_ray.train.steps import Evaluation, build_loss, objective
 from afm_ray.train.tracking import MlflowReportCallback, RunTracker, preflight
 
 TRACKING_FAILURES = (MlflowException, requests.RequestException)
@@ -219,10 +219,7 @@ def evaluate_on_workers(config: TrainConfig, checkpoint, test_path: Path) -> Eva
     shards = scaling.num_workers
     refs = [_evaluate_shard.options(**options).remote(config.model_dump_json(), checkpoint, str(test_path),
                                                      shard, shards) for shard in range(shards)]
-    combined = evaluation_for(config)
-    for share in ray.get(refs):
-        combined.merge(share)
-    return combined
+    return Evaluation.combined(ray.get(refs))
 
 
 def finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, latest_checkpoint,
