@@ -9,7 +9,7 @@ of each checkout, old and new alternating, so both see the same machine load. Me
 process's thread: CPU time (``time.thread_time``: a wait that sleeps costs none, so the figure does
 not depend on how fast the OpenCL device is or how loaded the machine is) of the functions each
 stage consists of, by wrapping them from outside (the same wrappers for both checkouts; a
-function a checkout lacks is skipped; nested wrapped functions are not counted twice). "host work"
+function or module a checkout lacks is skipped; nested wrapped functions are not counted twice). "host work"
 is the thread's CPU time in ``make_batch`` outside the waits for the device. Prints the median per
 batch of each stage, old, new and new / old, and the machine's load average.
 """
@@ -28,9 +28,10 @@ import types
 
 # stage → functions ("module:attribute path") whose CPU time counts for it, in either checkout
 STAGES = {
-    "rotate molecules": ["afm_ray.batches:SplitSamples.molecule"],
+    "rotate molecules": ["afm_ray.samples.batches:SplitSamples.molecule", "afm_ray.batches:SplitSamples.molecule"],
     "scan-parameter draws": ["afm_ray.sim.simulator:ScanParams.draw", "afm_ray.sim.simulator:ScanParams.draw_many",
-                             "afm_ray.batches:_sample_seed", "afm_ray.batches:derived_seeds"],
+                             "afm_ray.batches:_sample_seed", "afm_ray.batches:derived_seeds",
+                             "afm_ray.samples.batches:derived_seeds"],
     "pack molecules": ["afm_ray.sim.simulator:Simulator._pack", "afm_ray.descriptors.height_es:as_atom_batch",
                        "afm_ray.descriptors.device_maps:prepare_atoms",
                        "afm_ray.descriptors.device_maps:padded_atom_batch",
@@ -45,7 +46,7 @@ STAGES = {
     "Height / ES maps from the surface": ["afm_ray.descriptors.height_es:maps_from_surface"],
     "sphere + disk maps (host side)": ["afm_ray.descriptors.device_maps:DeviceMaps._compute",
                                        "afm_ray.descriptors.device_maps:DeviceMaps._enqueue"],
-    "Δf stacking (np.stack)": ["afm_ray.batches:np.stack"],
+    "Δf stacking (np.stack)": ["afm_ray.samples.batches:np.stack", "afm_ray.batches:np.stack"],
     "wait for the device": ["pyopencl:CommandQueue.finish", "pyopencl:wait_for_events"],
 }
 
@@ -71,7 +72,10 @@ def instrument(totals: dict[str, float]) -> None:
     for stage, paths in STAGES.items():
         for path in paths:
             module_name, attribute = path.split(":")
-            owner = importlib.import_module(module_name)
+            try:
+                owner = importlib.import_module(module_name)
+            except ModuleNotFoundError:  # the module's name in the other checkout (issue 28 moved the batch maker)
+                continue
             *parents, name = attribute.split(".")
             for parent in parents:
                 if not hasattr(owner, parent):
@@ -96,7 +100,10 @@ def worker(model: str, batches: int, device: str) -> None:
     import numpy as np
 
     from afm_ray.bench.batch import make_factory
-    from afm_ray.plan import BatchSpec
+    try:
+        from afm_ray.samples.plan import BatchSpec
+    except ModuleNotFoundError:  # a checkout before issue 28
+        from afm_ray.plan import BatchSpec
 
     factory = make_factory(model, 32, 128, device)
     samples = np.arange(32)

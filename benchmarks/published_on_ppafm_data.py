@@ -19,7 +19,7 @@ below it: the maps are shifted by the 1.5 Å cut depth, as ``afm_ray.descriptors
 (``tests/test_descriptors_vs_ppafm.py`` checks all three conventions against ppafm).
 
 Then exactly what ``afm-ray evaluate`` does after simulating: each slice normalised to mean 0, std 1,
-the network's forward pass, and :class:`afm_ray.train.steps.Evaluation` (per-descriptor MSE beside
+the network's forward pass, and :class:`afm_ray.train.configured_model.Evaluation` (per-descriptor MSE beside
 correlation, the loss with the config's weights and with the thesis'). Nothing is logged to MLflow.
 """
 
@@ -80,12 +80,12 @@ def main() -> int:
 
     import torch
 
-    from afm_ray.augment import augment
+    from afm_ray.samples.augment import augment
     from afm_ray.pipeline.sources import load_split_samples
     from afm_ray.predict.registry import load_model
     from afm_ray.train.config import load_train_config
     from afm_ray.train.evaluate import EvaluationReport, check_compatible, clean_scans, loss_descriptions
-    from afm_ray.train.steps import build_loss, build_thesis_loss, compute_loss, evaluation_for
+    from afm_ray.train.configured_model import build_loss, build_thesis_loss, compute_loss, evaluation_for
 
     config = load_train_config(args.config, args.overrides)
     loaded = load_model(args.model, args.tracking_uri or config.mlflow.tracking_uri)

@@ -91,7 +91,7 @@ def ray_session():
     """One local Ray cluster for the whole test session (ray.init costs seconds)."""
     import ray
 
-    from afm_ray.ray_cluster import ensure_ray, shutdown_ray
+    from afm_ray.pipeline.cluster import ensure_ray, shutdown_ray
 
     if ray.is_initialized():  # started by a command run in-process earlier (e.g. evaluate), on this machine's CPUs
         shutdown_ray()

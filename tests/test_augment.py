@@ -6,7 +6,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from afm_ray.augment import AugmentConfig, CutoutConfig, ShiftConfig, augment, normalize_slices, shift_slices
+from afm_ray.samples.augment import AugmentConfig, CutoutConfig, ShiftConfig, augment, normalize_slices, shift_slices
 from afm_ray.errors import InputError
 
 B, NX, NY, NZ = 6, 48, 40, 20
@@ -145,8 +145,8 @@ def test_input_is_not_modified(stacks):
 def test_torch_augmentation_equals_the_numpy_chain_on_the_same_draws(stacks, config):
     import torch
 
-    from afm_ray.augment import apply_augmentation, draw_augmentation
-    from afm_ray.augment_torch import apply_augmentation as apply_on_device
+    from afm_ray.samples.augment import apply_augmentation, draw_augmentation
+    from afm_ray.samples.augment_torch import apply_augmentation as apply_on_device
 
     draws = draw_augmentation(stacks.shape, (3, 1, 4), config)
     expected = apply_augmentation(stacks, draws, config)
@@ -159,8 +159,8 @@ def test_torch_augmentation_equals_the_numpy_chain_on_the_same_draws(stacks, con
 def test_a_batch_of_two_tips_is_augmented_like_the_actor_does(stacks):
     import torch
 
-    from afm_ray.augment import augment_batch, draw_batch
-    from afm_ray.augment_torch import augment_batch as augment_batch_on_device
+    from afm_ray.samples.augment import augment_batch, draw_batch
+    from afm_ray.samples.augment_torch import augment_batch as augment_batch_on_device
 
     df = np.stack([stacks, stacks[::-1] * 2.0], axis=1)  # (B, 2 tips, nx, ny, nz)
     draws = draw_batch(df.shape, (7, 0, 2, 0), AugmentConfig())
@@ -178,8 +178,8 @@ def test_noise_drawn_on_the_device_is_the_numpy_noise_in_distribution_and_seeded
     torch.Generator seeded by the batch: the same batch seed gives the same field, each tip its own."""
     import torch
 
-    from afm_ray.augment import augment_batch
-    from afm_ray.augment_torch import augment_batch as augment_batch_on_device
+    from afm_ray.samples.augment import augment_batch
+    from afm_ray.samples.augment_torch import augment_batch as augment_batch_on_device
 
     config = AugmentConfig.model_validate({"noise": {"relative_amplitude": 0.1}, "cutout": {"probability": 0.5}})
     quiet = config.model_copy(update={"noise": config.noise.model_copy(update={"enabled": False})})

@@ -23,7 +23,7 @@ from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.loop import CHECKPOINT_FILE, HISTORY_FILE
 from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
-from afm_ray.train.steps import build_model
+from afm_ray.train.configured_model import build_model
 
 from conftest import CONFIGS
 from nanonis_files import write_3ds, write_sxm

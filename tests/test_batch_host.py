@@ -13,7 +13,7 @@ from afm_ray.descriptors.device_maps import DeviceMaps
 from afm_ray.descriptors.height_es import enqueue_height_and_es_maps
 from afm_ray.errors import InputError
 from afm_ray.molecules.molecule import Molecule
-from afm_ray.plan import plan_epoch
+from afm_ray.samples.plan import plan_epoch
 from afm_ray.sim import ScanParams, SimConfig, Simulator, draw_scan_params
 from afm_ray.sim.buffers import PinnedHostArrays
 from afm_ray.sim.simulator import derived_seeds
@@ -60,7 +60,7 @@ def test_one_load_and_one_wait_give_what_the_synchronous_calls_give(sim):
 
 
 def test_reused_host_memory_gives_the_same_batch_and_is_overwritten_by_the_next(tiny_config):
-    from afm_ray.batches import BatchFactory
+    from afm_ray.samples.batches import BatchFactory
     from afm_ray.pipeline.sources import load_split_samples, task_of
 
     settings = tiny_config.sample_settings.model_copy(update={"model": "es"})

@@ -285,7 +285,7 @@ def test_height_and_es_maps_of_one_charged_atom_from_the_simulator():
 
 # -- plot ---------------------------------------------------------------------------------------
 def test_plot_sample_writes_a_png(tmp_path):
-    from afm_ray.plots import plot_sample
+    from afm_ray.figures.scans import plot_sample
 
     molecule = (np.array([[0.0, 0, 0], [1.2, 0, -0.3], [-1.2, 0.3, -0.5]]), [CARBON, OXYGEN, HYDROGEN])
     targets = encode_xyz(molecule)

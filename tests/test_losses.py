@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from afm_ray.losses import FocalPositionLoss, WeightedMSELoss
+from afm_ray.models.losses import FocalPositionLoss, WeightedMSELoss
 from afm_ray.models import get_model_spec
-from afm_ray.optim import build_optimizer
+from afm_ray.train.optim import build_optimizer
 from afm_ray.train.config import LossSettings
 
 GAMMA, ALPHA_N, BETA_PL, Z_MIN = 1.25, 0.30, 0.15, -0.7
@@ -193,7 +193,7 @@ def test_optimizer_is_adam_with_inverse_time_decay():
 
 
 def test_restored_optimizer_keeps_its_state_and_takes_the_new_hyperparameters():
-    from afm_ray.optim import restore_optimizer
+    from afm_ray.train.optim import restore_optimizer
 
     parameter = torch.nn.Parameter(torch.zeros(3))
     optimizer, scheduler = build_optimizer([parameter])
@@ -220,7 +220,7 @@ def test_restored_optimizer_keeps_its_state_and_takes_the_new_hyperparameters():
 
 
 def test_learning_rate_follows_the_samples_seen_whatever_the_global_batch_and_warms_up():
-    from afm_ray.optim import SampleSchedule, scaled_learning_rate
+    from afm_ray.train.optim import SampleSchedule, scaled_learning_rate
 
     def lr_after(global_batch, samples, **settings):
         optimizer, schedule = build_optimizer([torch.nn.Parameter(torch.zeros(1))], global_batch_size=global_batch,

@@ -27,7 +27,7 @@ import csv
 import numpy as np
 import pytest
 
-from afm_ray.augment import AugmentConfig, augment
+from afm_ray.samples.augment import AugmentConfig, augment
 from afm_ray.molecules.database import read_molecules
 from afm_ray.molecules.io import read_molecule_file, write_xyz
 from afm_ray.predict.match import evenly_spread_rotations, normalised_cross_correlation, rotation_angle_deg

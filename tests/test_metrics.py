@@ -9,11 +9,11 @@ import torch
 from matplotlib.figure import Figure
 
 from afm_ray.descriptors.xyz_codec import Atoms, decode_xyz, non_max_suppression
-from afm_ray.metric_figures import (plot_confusion_matrix, plot_position_error_histogram, plot_pr_curve,
+from afm_ray.figures.metrics import (plot_confusion_matrix, plot_position_error_histogram, plot_pr_curve,
                                     write_xyz_figures)
-from afm_ray.metrics import (ImageMetricsAccumulator, XYZEvaluator, box_position_errors, box_precision_recall,
+from afm_ray.models.metrics import (ImageMetricsAccumulator, XYZEvaluator, box_position_errors, box_precision_recall,
                              confusion_matrix, match_atoms, per_output_mse)
-from afm_ray.plots import save_figure
+from afm_ray.figures.scans import save_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from afm_ray.models import (DEFAULT_ELEMENT_CLASSES, DSH, ES, XYZ, PaddedConv, count_parameters,
                             element_class_index, get_model_spec, pad_same)
 from afm_ray.models.blocks import Decoder2D, Encoder3D, fold_z_into_channels
-from afm_ray.optim import build_optimizer
+from afm_ray.train.optim import build_optimizer
 
 
 THESIS_NETWORKS = {"dsh": DSH, "es": ES, "xyz": XYZ}

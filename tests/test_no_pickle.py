@@ -164,7 +164,7 @@ def new_run(config) -> str:
     ("dsh-replicate", ["model.padding=replicate"]),  # the padding of the published ASD-AFM model
 ])
 def test_every_architecture_exports_exactly_and_without_mlflow_pickle_warning(store, label, overrides, monkeypatch, capfd):
-    from afm_ray.train.steps import build_model
+    from afm_ray.train.configured_model import build_model
 
     config = small_config(store, f"afm-np-{label}", overrides)
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def pickled_model(store):
     import mlflow
     from mlflow import MlflowClient
 
-    from afm_ray.train.steps import build_model
+    from afm_ray.train.configured_model import build_model
 
     config = small_config(store, "afm-np-old", [])
     torch.manual_seed(1)

@@ -42,7 +42,7 @@ def test_plan_is_deterministic_disjoint_and_equal_per_rank():
 
 
 def test_a_global_batch_is_cut_into_the_same_pieces_for_any_ranks_times_micro_batches():
-    from afm_ray.plan import micro_batches_for_rank
+    from afm_ray.samples.plan import micro_batches_for_rank
 
     plan = plan_epoch(40, 7, run_seed=1, epoch=0)  # 5 global batches of 7
     one_rank = micro_batches_for_rank(plan, 0, 1, micro_batches=2)
@@ -59,7 +59,8 @@ def test_a_global_batch_is_cut_into_the_same_pieces_for_any_ranks_times_micro_ba
 
 
 def test_importing_the_batch_stages_does_not_import_ray():
-    code = "import sys, afm_ray.batches, afm_ray.plan, afm_ray.train.config; assert 'ray' not in sys.modules"
+    code = ("import sys, afm_ray.samples.batches, afm_ray.samples.plan, afm_ray.train.config; "
+            "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -240,7 +241,7 @@ def test_killed_simulation_actor_restarts_and_every_sample_arrives_once(ray_sess
 
 def test_samples_that_cannot_be_simulated_are_skipped_with_their_molecule(tiny_config):
     """A 6.4 Å window holds every molecule of the tiny split but one rotation of one training molecule."""
-    from afm_ray.batches import BatchFactory
+    from afm_ray.samples.batches import BatchFactory
     from afm_ray.pipeline.sources import load_split_samples, task_of
 
     settings = tiny_config.sample_settings.model_copy(update={"sim": tiny_config.sim.model_copy(
@@ -343,8 +344,8 @@ def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_
 
     import torch
 
-    from afm_ray.augment_torch import augment_batch
-    from afm_ray.batches import BatchFactory
+    from afm_ray.samples.augment_torch import augment_batch
+    from afm_ray.samples.batches import BatchFactory
     from afm_ray.pipeline.sources import load_split_samples, task_of
 
     for model in ("dsh", "es"):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from afm_ray.augment import CutoutConfig, NoiseConfig, ShiftConfig, normalize_slices
-from afm_ray.batches import BatchFactory, SplitSamples
+from afm_ray.samples.augment import CutoutConfig, NoiseConfig, ShiftConfig, normalize_slices
+from afm_ray.samples.batches import BatchFactory, SplitSamples
 from afm_ray.molecules.database import read_molecules
 from afm_ray.pipeline.sources import task_of
-from afm_ray.plan import BatchSpec
+from afm_ray.samples.plan import BatchSpec
 from afm_ray.predict import Predictor, load_model
 from afm_ray.train.loop import load_checkpoint_model
 

@@ -150,7 +150,7 @@ def test_published_model_scores_lower_on_the_old_probe_geometry(published, clean
 
 
 def test_match_with_the_published_model_ranks_the_true_rotation_first(published, tmp_path, run_cli):
-    from afm_ray.augment import AugmentConfig, augment
+    from afm_ray.samples.augment import AugmentConfig, augment
     from afm_ray.molecules.database import read_molecules
     from afm_ray.molecules.io import write_xyz
     from afm_ray.predict.match import evenly_spread_rotations, rotation_angle_deg

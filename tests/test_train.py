@@ -115,7 +115,7 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_kille
     """
     from afm_ray.pipeline.fixed_sets import FixedSet
     from afm_ray.train.loop import evaluate
-    from afm_ray.train.steps import build_loss
+    from afm_ray.train.configured_model import build_loss
 
     def changed(section, **values):
         return getattr(tiny_config, section).model_copy(update=values)

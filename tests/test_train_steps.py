@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from afm_ray.optim import build_optimizer
-from afm_ray.plan import BatchSpec
+from afm_ray.train.optim import build_optimizer
+from afm_ray.samples.plan import BatchSpec
 from afm_ray.train.config import load_train_config
 from afm_ray.train.loader import StepLoader, prepare_batch
 from afm_ray.train.loop import StepRunner
-from afm_ray.train.steps import build_loss, build_model
+from afm_ray.train.configured_model import build_loss, build_model
 
 from conftest import CONFIGS
 
@@ -85,8 +85,8 @@ def test_the_loader_hands_out_every_step_in_plan_order_on_the_device_augmented(c
     """Raw Δf batches arrive in any order (as the stream completes them); the loader prepares them ahead in a
     background thread (depth ≥ 1) or in the loop (0): the same steps, in plan order, with the input augmented
     exactly as the trainer's augmentation of that piece's seed."""
-    from afm_ray.augment_torch import augment_batch
-    from afm_ray.plan import micro_batches_for_rank, plan_epoch
+    from afm_ray.samples.augment_torch import augment_batch
+    from afm_ray.samples.plan import micro_batches_for_rank, plan_epoch
 
     steps = micro_batches_for_rank(plan_epoch(24, 6, run_seed=0, epoch=0), 0, 1, micro_batches=2)
     nz = config.sim.num_slices
@@ -117,7 +117,7 @@ def test_the_loader_hands_out_every_step_in_plan_order_on_the_device_augmented(c
 def test_a_loader_failure_reaches_the_training_loop_and_stops_the_thread(config):
     import threading
 
-    from afm_ray.plan import micro_batches_for_rank, plan_epoch
+    from afm_ray.samples.plan import micro_batches_for_rank, plan_epoch
 
     def fetch(step):
         raise RuntimeError(f"stream broke at {step[0].index}")
@@ -133,7 +133,7 @@ def test_evaluation_reports_the_loss_with_the_thesis_weights_beside_the_configs(
     """Σ_k w_k · MSE_k by hand, with the config's weights (ASD-AFM's 20, 0.2, 0.1) and the thesis' (20, 0.3, 0.2),
     over two batches of unequal size; and the printed report shows both beside Table 6."""
     from afm_ray.train.evaluate import EvaluationReport, loss_descriptions
-    from afm_ray.train.steps import build_thesis_loss, compute_loss, evaluation_for
+    from afm_ray.train.configured_model import build_thesis_loss, compute_loss, evaluation_for
 
     config = load_train_config(CONFIGS / "quickstart.yaml", ["loss.dsh_weights=[20, 0.2, 0.1]"])
     spec = config.model.spec

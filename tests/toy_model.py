@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from afm_ray.losses import WeightedMSELoss
+from afm_ray.models.losses import WeightedMSELoss
 from afm_ray.models import ModelSpec, Objective, OutputSpec, register_model
 
 TOY_LOSS_WEIGHTS = (1.0,)

@@ -1,7 +1,7 @@
 """``afm-ray bench batch``: where a simulation actor's time goes, stage by stage, for one training batch.
 
 Workload: ``--batch-size`` molecules (default 32; ASE's g2 organics, as ``bench sim``) at the thesis
-scan (128 × 128 px, 20 slices → 10), made by the actor's own :class:`~afm_ray.batches.BatchFactory`
+scan (128 × 128 px, 20 slices → 10), made by the actor's own :class:`~afm_ray.samples.batches.BatchFactory`
 for ``--model`` (DSH: CO Δf, Atomic Disks, vdW Spheres, Height Map; ES: CO + Xe Δf, ES and Height
 Map; xyz: CO Δf, xyz grid). After one warm-up batch, ``--repeats`` batches are made and each
 figure is the median:
@@ -64,8 +64,8 @@ def register(subparsers) -> None:
 
 def make_factory(model: str, batch_size: int, size: int, device: str, profile: bool = True):
     """A BatchFactory over ``batch_size`` g2 molecules, one unrotated view each, set up as a simulation actor's."""
-    from afm_ray.augment import AugmentConfig
-    from afm_ray.batches import BatchFactory, SplitSamples, Task
+    from afm_ray.samples.augment import AugmentConfig
+    from afm_ray.samples.batches import BatchFactory, SplitSamples, Task
     from afm_ray.bench.sim import benchmark_molecules
     from afm_ray.descriptors import DescriptorsConfig
     from afm_ray.molecules.molecule import Molecule
@@ -83,7 +83,7 @@ def make_factory(model: str, batch_size: int, size: int, device: str, profile: b
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from afm_ray.plan import BatchSpec
+    from afm_ray.samples.plan import BatchSpec
 
     if args.batch_size < 1 or args.repeats < 1 or args.size < 16 or args.size % 8 or min(args.actors_per_device,
                                                                                           default=1) < 1:
@@ -173,7 +173,7 @@ def _collect(messages, workers: list, kind: str) -> list[float]:
 
 
 def _actor_process(args: argparse.Namespace, raw_df: bool, go, messages) -> None:
-    from afm_ray.plan import BatchSpec
+    from afm_ray.samples.plan import BatchSpec
 
     try:
         factory = make_factory(args.model, args.batch_size, args.size, args.device, profile=False)
@@ -193,7 +193,7 @@ def timed_batch(factory, spec, torch_device) -> dict[str, tuple[float, int]]:
     CPU time and ``wall: STAGE`` its wall time per host stage, ``host work`` its CPU time outside the wait."""
     import torch
 
-    from afm_ray.augment_torch import augment_batch
+    from afm_ray.samples.augment_torch import augment_batch
 
     factory.simulator.profile.reset()
     factory.stage_seconds.clear()

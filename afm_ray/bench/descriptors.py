@@ -59,7 +59,7 @@ def _molecules(batch_size: int) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from afm_ray.augment import augment
+    from afm_ray.samples.augment import augment
     from afm_ray.descriptors import ScanWindow, XyzGrid, atomic_disks, height_and_es_maps, vdw_spheres
 
     if args.batch_size < 1 or args.repeats < 1 or args.size < 16:

@@ -123,10 +123,10 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
     """One row of the table: a consumer training on ``n_batches`` batches from ``n_actors`` actors, then validating."""
     import torch
 
-    from afm_ray.optim import build_optimizer
+    from afm_ray.train.optim import build_optimizer
     from afm_ray.pipeline import BatchStream, plan_epoch
     from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
-    from afm_ray.train.steps import build_loss, build_model, compute_loss, to_tensors
+    from afm_ray.train.configured_model import build_loss, build_model, compute_loss, to_tensors
 
     pipeline = config.pipeline.model_copy(update={"num_sim_actors": n_actors})
     actors = create_simulation_actors(config.sample_settings, pipeline)
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from afm_ray.pipeline.sources import load_split_samples
-    from afm_ray.ray_cluster import ensure_ray, shutdown_ray
+    from afm_ray.pipeline.cluster import ensure_ray, shutdown_ray
     from afm_ray.train.config import load_train_config
     from afm_ray.train.run_state import with_absolute_paths
 

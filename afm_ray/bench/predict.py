@@ -57,7 +57,7 @@ def _loaded_model(args):
     from afm_ray.models.packed import PackedOutputs
     from afm_ray.predict.registry import LoadedModel, load_model
     from afm_ray.train.config import TrainConfig, load_train_config
-    from afm_ray.train.steps import build_model
+    from afm_ray.train.configured_model import build_model
 
     if args.model:
         return load_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle, allowed_modules=args.allow_module)
@@ -113,7 +113,7 @@ def g2_molecule(name: str):
 
 
 def bench_match(predictor, molecule, n_rotations: int, opencl_device: str | None) -> None:
-    from afm_ray.augment import AugmentConfig, augment
+    from afm_ray.samples.augment import AugmentConfig, augment
     from afm_ray.predict.inputs import AfmStack
     from afm_ray.predict.match import MatchSettings, evenly_spread_rotations, match_experiments, matching_sim_config
     from afm_ray.sim import ScanParams, Simulator

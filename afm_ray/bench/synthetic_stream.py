@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from afm_ray.pipeline.dispatch import BatchMaker
-from afm_ray.plan import BatchSpec
+from afm_ray.samples.plan import BatchSpec
 
 CASES = ("alike", "slow4", "slowhome", "dead", "killed")
 DEFAULT_LAYOUTS = "32x8,64x4,32x8:slow4,64x8:slowhome,32x8:dead,32x8:killed,32x4x2"
@@ -176,7 +176,7 @@ def parse_layout(text: str) -> tuple[int, int, int, str]:
 def run_synthetic(layouts: list[str], latency_s: float, rounds: int, num_cpus: int | None) -> int:
     import ray
 
-    from afm_ray.ray_cluster import ensure_ray, shutdown_ray
+    from afm_ray.pipeline.cluster import ensure_ray, shutdown_ray
 
     parsed = [parse_layout(layout) for layout in layouts]
     ensure_ray(num_cpus=num_cpus, log_to_driver=False, quiet=True)

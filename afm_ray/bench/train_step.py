@@ -1,7 +1,7 @@
 """``afm-ray bench train-step``: where a training step's time goes, with and without the overlapped loader.
 
 A real Ray actor makes ``--distinct`` real raw-Δf batches of ``--model`` once (its own
-:class:`~afm_ray.batches.BatchFactory`, ASE's g2 organics at ``--size`` px, 20 slices) and then answers
+:class:`~afm_ray.samples.batches.BatchFactory`, ASE's g2 organics at ``--size`` px, 20 slices) and then answers
 every ``make_batch`` call at once with one of them: a *saturated* stream, whose batches still travel
 through the object store and are deserialised by the real :class:`~afm_ray.pipeline.BatchStream`. The
 trainer (this process, on ``--device``) runs the training worker's own parts: the
@@ -55,7 +55,7 @@ class ReplayActor:
 
     def __init__(self, model: str, batch_size: int, size: int, distinct: int, slim: dict):
         from afm_ray.bench.batch import make_factory
-        from afm_ray.plan import BatchSpec
+        from afm_ray.samples.plan import BatchSpec
 
         factory = make_factory(model, batch_size, size, "auto")
         self.batches = [factory.make_batch(BatchSpec("bench", 0, index, np.arange(batch_size), (0, index), **slim))
@@ -84,7 +84,7 @@ def _round(actor, runner, config, device, depth: int, n_steps: int, first_index:
            distinct: int) -> dict[str, float]:
     """Per-step seconds of one round of ``n_steps`` steps through a fresh stream."""
     from afm_ray.pipeline import BatchStream
-    from afm_ray.plan import BatchSpec
+    from afm_ray.samples.plan import BatchSpec
     from afm_ray.train.loader import StepLoader
 
     samples = np.arange(config.run.batch_size)
@@ -110,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from afm_ray.models.memory_format import channels_last_is_faster, to_channels_last
-    from afm_ray.optim import build_optimizer
-    from afm_ray.ray_cluster import ensure_ray
+    from afm_ray.train.optim import build_optimizer
+    from afm_ray.pipeline.cluster import ensure_ray
     from afm_ray.train.loop import StepRunner, compiled
-    from afm_ray.train.steps import build_loss, build_model
+    from afm_ray.train.configured_model import build_loss, build_model
 
     if min(args.batch_size, args.steps, args.rounds, args.distinct) < 1 or args.warmup < 0 or args.depth < 1:
         raise InputError("bench train-step", "need --batch-size, --steps, --rounds, --distinct, --depth ≥ 1, --warmup ≥ 0")

@@ -138,7 +138,7 @@ def _ray_choice(args) -> bool | None:
     if args.local:
         return False
     if args.ray:
-        from afm_ray.ray_cluster import ensure_ray
+        from afm_ray.pipeline.cluster import ensure_ray
 
         ensure_ray()
     return None

@@ -91,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
 def draw_samples(folder: Path, molecules: list, stacks: np.ndarray, simulator, tip_name: str) -> list[Path]:
     """One PNG per molecule: Δf slices of its stack (nx, ny, nz; Hz) beside its descriptors."""
-    from afm_ray.batches import describe
+    from afm_ray.samples.batches import describe
     from afm_ray.descriptors import DescriptorsConfig, HeightMapConfig, ScanWindow, XyzGrid
-    from afm_ray.plots import plot_sample
+    from afm_ray.figures.scans import plot_sample
 
     if not molecules:
         return []

@@ -4,7 +4,7 @@ Encoding (:meth:`XyzGrid.encode`, :func:`encode_xyz`) builds the xyz descriptor,
 model's target; decoding (:func:`decode_xyz`, :meth:`XyzGrid.decode`) turns a predicted (or
 target) grid back into atoms, with non-maximum suppression (:func:`non_max_suppression`).
 
-The grid (shared with :mod:`afm_ray.models.xyz` and :mod:`afm_ray.metrics`):
+The grid (shared with :mod:`afm_ray.models.xyz` and :mod:`afm_ray.models.metrics`):
 
 * ``classes`` (B, n_classes, gx, gy) — probabilities, or float32 one-hot for a target; channel 0
   background, channel 1 atom — or, with ``element_groups``, channels 1..G one per group and a

@@ -26,7 +26,7 @@ from torch import nn
 
 from afm_ray.config import shown_value
 from afm_ray.errors import InputError
-from afm_ray.losses import WeightedMSELoss
+from afm_ray.models.losses import WeightedMSELoss
 
 if TYPE_CHECKING:  # the configs import this module; the spec only receives their instances
     from afm_ray.train.config import LossSettings, TrainConfig
@@ -73,7 +73,7 @@ class ModelSpec:
         build_network: config → untrained ``nn.Module`` whose forward takes ``(B, len(tips), X, Y,
             config.input_slices)`` and returns one tensor per output.
         build_loss: ``config.loss`` → a module called ``loss(outputs, targets)`` (tuples in output
-            order) returning :class:`afm_ray.losses.LossOutput`.
+            order) returning :class:`afm_ray.models.losses.LossOutput`.
         loss_defaults: the defaults of the ``loss.*`` fields this model reads (the only place they live;
             :class:`afm_ray.train.config.LossSettings` takes its defaults from here).
         describe_loss: config → a short line of the loss settings (model listings).

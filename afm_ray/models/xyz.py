@@ -2,7 +2,7 @@
 (thesis 3.3, Table 4; 560,941 parameters at the thesis settings).
 
 Grid layout shared with the xyz descriptor (``afm_ray.descriptors``) and
-:mod:`afm_ray.metrics`: the net down-samples xy by 8, so a 128 × 128 px scan of 16 × 16 Å
+:mod:`afm_ray.models.metrics`: the net down-samples xy by 8, so a 128 × 128 px scan of 16 × 16 Å
 gives a 16 × 16 grid of 1 Å boxes. Box ``(i, j)`` is ``[..., i, j]``: ``i`` along the scan's
 x axis (input axis 2), ``j`` along y (input axis 3).
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from afm_ray.elements import ELEMENT_TABLE
-from afm_ray.losses import FocalPositionLoss
+from afm_ray.models.losses import FocalPositionLoss
 from afm_ray.models.blocks import Encoder3D, PaddedConv, check_n_slices, check_padding_mode, check_stack, conv_leaky
 from afm_ray.models.spec import ModelSpec, Objective, OutputSpec, register_model
 

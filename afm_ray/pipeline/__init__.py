@@ -59,7 +59,7 @@ epoch** (46 s between epochs, almost all of it pool start-up), which for us woul
 every OpenCL context and kernel each epoch. A Ray queue of object refs was rejected earlier: refs
 ``ray.put`` by a producer die with it.
 
-Work is planned deterministically (:mod:`afm_ray.plan`): ``(run seed, epoch, batch)`` fixes every
+Work is planned deterministically (:mod:`afm_ray.samples.plan`): ``(run seed, epoch, batch)`` fixes every
 random draw, so the next epoch's batches can be requested while this one validates and
 checkpoints. Validation and test sets are simulated once and stored as Parquet shards
 (:mod:`afm_ray.pipeline.fixed_sets`), so every run and trial sees identical samples. This package
@@ -67,7 +67,7 @@ reads only its own settings (:mod:`afm_ray.pipeline.settings`), never the traini
 """
 
 from afm_ray.pipeline.settings import DataSettings, PipelineSettings, SampleSettings
-from afm_ray.plan import BatchSpec, batches_for_rank, plan_epoch
+from afm_ray.samples.plan import BatchSpec, batches_for_rank, plan_epoch
 
 __all__ = ["BatchSpec", "BatchStream", "DataSettings", "PipelineSettings", "SampleSettings", "StreamStats",
            "batches_for_rank", "plan_epoch"]

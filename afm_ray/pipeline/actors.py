@@ -1,4 +1,5 @@
-"""Simulation actors: one :class:`~afm_ray.batches.BatchFactory` (one OpenCL simulator) per actor, for the run's lifetime."""
+"""Simulation actors: one :class:`~afm_ray.samples.batches.BatchFactory` (one OpenCL simulator) per actor, for the run's
+lifetime."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from ray.exceptions import GetTimeoutError
 from afm_ray.errors import InputError
 from afm_ray.pipeline.dispatch import BatchMaker
 from afm_ray.pipeline.settings import PipelineSettings, SampleSettings
-from afm_ray.plan import BatchSpec
+from afm_ray.samples.plan import BatchSpec
 
 
 class SimulationActor(BatchMaker):
     """Makes batches for any subset of the run's split; created once, reused every epoch."""
 
     def __init__(self, settings_json: str, opencl_device: str = "auto"):
-        from afm_ray.batches import BatchFactory
+        from afm_ray.samples.batches import BatchFactory
         from afm_ray.pipeline.sources import load_split_samples, task_of
 
         settings = SampleSettings.model_validate_json(settings_json)

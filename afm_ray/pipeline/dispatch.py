@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from afm_ray.plan import BatchSpec
+from afm_ray.samples.plan import BatchSpec
 
 LATENCY_WINDOW = 200
 """Completed calls whose durations set the p95 of the straggler limits."""

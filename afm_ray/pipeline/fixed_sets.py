@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from afm_ray.pipeline.settings import SampleSettings
 from afm_ray.pipeline.stream import BatchStream
-from afm_ray.plan import plan_epoch
+from afm_ray.samples.plan import plan_epoch
 
 log = logging.getLogger("afm_ray.pipeline")
 FIXED_SET_BATCH_SIZE = 16

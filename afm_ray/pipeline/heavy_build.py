@@ -114,7 +114,7 @@ def _run_tasks(folder: Path, chunks: list[list[Candidate]], todo: list[int], opt
     import ray
     from tqdm import tqdm
 
-    from afm_ray.ray_cluster import ensure_ray, require_shared_paths
+    from afm_ray.pipeline.cluster import ensure_ray, require_shared_paths
 
     ensure_ray(num_cpus=num_cpus, quiet=True)
     if not folder.is_absolute():

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from afm_ray.augment import AugmentConfig
+from afm_ray.samples.augment import AugmentConfig
 from afm_ray.config import StrictModel
 from afm_ray.models import ModelSpec, get_model_spec, validated_model_spec
 from afm_ray.pipeline.dispatch import DispatchLimits
@@ -124,7 +124,7 @@ class PipelineSettings(StrictModel):
 
 
 class SampleSettings(StrictModel):
-    """Everything that turns a :class:`~afm_ray.plan.BatchSpec` into a batch: model task, molecules, stages."""
+    """Everything that turns a :class:`~afm_ray.samples.plan.BatchSpec` into a batch: model task, molecules, stages."""
 
     model: str = Field("dsh", description="the registered model whose inputs and targets are made")
     model_module: str | None = Field(None, description="the module that registers it, if not afm-ray's own")

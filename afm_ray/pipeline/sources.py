@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from afm_ray.batches import SplitSamples, Task
+from afm_ray.samples.batches import SplitSamples, Task
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
 from afm_ray.molecules.database import SPLIT_PREFIX, read_database, select, split_names, table_to_molecules

@@ -30,7 +30,7 @@ from ray.exceptions import RayError
 
 from afm_ray.pipeline.dispatch import DispatchLimits, batch_name
 from afm_ray.pipeline.dispatcher import ACTOR_LOST, start_dispatcher
-from afm_ray.plan import BatchSpec
+from afm_ray.samples.plan import BatchSpec
 
 log = logging.getLogger("afm_ray.pipeline")
 DEFAULT_BUDGET_MIB = 2048.0

@@ -14,8 +14,8 @@ Modules: :mod:`~afm_ray.predict.registry` (``models:/``, ``runs:/``, local folde
 :mod:`~afm_ray.predict.inputs` (``.npz``/``.npy``/Nanonis readers and their documented layout),
 :mod:`~afm_ray.predict.preprocess` (slice choice, resampling, normalisation — training's
 deterministic steps), :mod:`~afm_ray.predict.predictor` (batched inference, xyz decoding, output
-files), :mod:`~afm_ray.predict.match` (rotation search by cross-correlation of vdW Spheres),
-:mod:`~afm_ray.predict.figures`.
+files), :mod:`~afm_ray.predict.match` (rotation search by cross-correlation of vdW Spheres);
+the figures are drawn by :mod:`~afm_ray.figures.predictions`.
 """
 
 from afm_ray.predict.inputs import AfmStack, read_stacks

@@ -53,7 +53,7 @@ from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.errors import InputError
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import fibonacci_sphere, rotations_to_z
-from afm_ray.plan import BatchSpec
+from afm_ray.samples.plan import BatchSpec
 from afm_ray.predict.inputs import AfmStack
 from afm_ray.predict.predictor import Predictor
 from afm_ray.predict.preprocess import PreparedStack, PrepareSettings, prepare_stack
@@ -467,7 +467,7 @@ def write_match_outputs(out: str | Path, molecule: Molecule, result: MatchResult
     again here for that purpose (a few stacks; the search kept only their maps).
     """
     from afm_ray.molecules.io import write_xyz
-    from afm_ray.predict.figures import plot_match_rows  # matplotlib loads only when figures are drawn
+    from afm_ray.figures.predictions import plot_match_rows  # matplotlib loads only when figures are drawn
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

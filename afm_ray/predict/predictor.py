@@ -18,7 +18,7 @@ Per stack :func:`write_prediction` writes, into the output folder:
   extended xyz, readable by ``ase.io.read``: per-atom ``confidence`` and ``atom_class``; the
   symbol is the class's element where a class is one element, else ``X``. Positions: x, y in Å
   from the centre of the (resampled) scan window, z in Å relative to the highest atom (≤ 0);
-* ``NAME.png`` — input slices and predictions (:mod:`afm_ray.predict.figures`).
+* ``NAME.png`` — input slices and predictions (:mod:`afm_ray.figures.predictions`).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def write_atoms_xyz(path: str | Path, atoms: Atoms, class_names: Sequence[str], 
 def write_prediction(prediction: Prediction, out_dir: str | Path, predictor: Predictor,
                      figure: bool = True) -> dict[str, Path]:
     """Write ``NAME.npz``, ``NAME.xyz`` (xyz models) and ``NAME.png``; returns kind → path."""
-    from afm_ray.predict.figures import plot_prediction
+    from afm_ray.figures.predictions import plot_prediction
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Turning an AFM stack into model input: the deterministic part of training's augmentation.
 
-Training (:mod:`afm_ray.augment`) picks K slices from a random contiguous window, normalises every
+Training (:mod:`afm_ray.samples.augment`) picks K slices from a random contiguous window, normalises every
 slice, then adds noise, shifts and cutouts. Prediction does only the deterministic steps, in this
 order:
 
@@ -29,7 +29,7 @@ order:
    padding more than 10 % of the window along an axis gives a warning. Exactly matching pixels
    are not touched. The new pixel count is rounded, so the scale is exact to half a pixel over
    the scan.
-4. **Per-slice normalisation**: :func:`afm_ray.augment.normalize_slices` (mean 0, std 1 per
+4. **Per-slice normalisation**: :func:`afm_ray.samples.augment.normalize_slices` (mean 0, std 1 per
    slice), the same function training uses.
 
 No noise, shifts or cutouts. With the same slices, a simulated stack preprocessed here equals the
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from afm_ray.augment import normalize_slices
+from afm_ray.samples.augment import normalize_slices
 from afm_ray.config import StrictModel
 from afm_ray.errors import InputError
 from afm_ray.predict.inputs import AfmStack

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from afm_ray.plots import save_figure
+from afm_ray.figures.scans import save_figure
 
 
 def write_summary(trials: list[dict], hyperparameters: list[str], metric: str, mode: str, folder: Path) -> list[Path]:

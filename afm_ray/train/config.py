@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from afm_ray.augment import AugmentConfig
+from afm_ray.samples.augment import AugmentConfig
 from afm_ray.config import StrictModel, load_config
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.models import ModelSpec, get_model_spec, list_model_specs, validated_model_spec

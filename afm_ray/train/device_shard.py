@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from afm_ray.pipeline.fixed_sets import FixedSet, available_memory_bytes
-from afm_ray.train.steps import to_tensors
+from afm_ray.train.configured_model import to_tensors
 
 
 def free_device_bytes(device: torch.device, ranks_on_node: int = 1) -> int:

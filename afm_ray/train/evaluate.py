@@ -10,7 +10,7 @@ and on the thesis defaults.
 Figures per model: DSH/ES per-descriptor MSE beside the Pearson correlation (pooled over all pixels
 of all samples); xyz precision/recall curves, F1 and position error. The loss twice: weighted as the
 evaluation config says (``{subset}_loss``) and with the thesis' settings (``{subset}_loss_thesis_weights``,
-:func:`~afm_ray.train.steps.build_thesis_loss`), the one comparable with Table 6 whatever weights a
+:func:`~afm_ray.train.configured_model.build_thesis_loss`), the one comparable with Table 6 whatever weights a
 model was trained with. Everything is logged as one MLflow *evaluation run* (tag ``afm_ray.evaluates``)
 with figures, and printed beside the thesis' Table 6 loss for that model.
 """
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from afm_ray.errors import InputError
-from afm_ray.metric_figures import write_xyz_figures
+from afm_ray.figures.metrics import write_xyz_figures
 from afm_ray.train.config import LossSettings, TrainConfig
 
 EVALUATION_TAG = "afm_ray.evaluates"
@@ -129,9 +129,9 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
     from afm_ray.pipeline.fixed_sets import FixedSet, materialize
     from afm_ray.pipeline.sources import load_split_samples
     from afm_ray.predict.registry import load_model
-    from afm_ray.ray_cluster import ensure_ray
+    from afm_ray.pipeline.cluster import ensure_ray
     from afm_ray.train.loop import evaluate
-    from afm_ray.train.steps import build_loss, build_thesis_loss
+    from afm_ray.train.configured_model import build_loss, build_thesis_loss
     from afm_ray.train.run_state import with_absolute_paths
 
     if subset not in ("val", "test"):
@@ -172,7 +172,7 @@ def _log_run(loaded, reference: str, config: TrainConfig, subset: str, clean: bo
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from afm_ray.train.figures import plot_predictions
+    from afm_ray.figures.training import plot_predictions
     from afm_ray.train.run_state import create_config_run
     from afm_ray.train.tracking import ARCHITECTURE_TAG
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from afm_ray.augment import AugmentConfig
-from afm_ray.augment_torch import augment_batch
-from afm_ray.plan import BatchSpec
+from afm_ray.samples.augment import AugmentConfig
+from afm_ray.samples.augment_torch import augment_batch
+from afm_ray.samples.plan import BatchSpec
 
 _END = object()
 

@@ -1,8 +1,8 @@
 """The per-worker training loop run by Ray Train (one process per DDP rank).
 
 Each optimiser step trains one *global* batch (``run.batch_size`` samples, all ranks together): each
-rank trains its pieces of it (:func:`~afm_ray.plan.micro_batches_for_rank`, :class:`StepRunner`), so the
-recipe, and the learning rate per sample seen (:class:`~afm_ray.optim.SampleSchedule`), do not depend
+rank trains its pieces of it (:func:`~afm_ray.samples.plan.micro_batches_for_rank`, :class:`StepRunner`), so the
+recipe, and the learning rate per sample seen (:class:`~afm_ray.train.optim.SampleSchedule`), do not depend
 on the number of ranks. Each rank pulls its pieces from the simulation actors through one
 :class:`~afm_ray.pipeline.BatchStream` that lasts the whole run, via a background loader that prepares
 them on the device ahead of the step (:mod:`afm_ray.train.loader`); the next epoch's batches are
@@ -36,14 +36,14 @@ from afm_ray.config import one_line, validate
 from afm_ray.errors import InputError
 from afm_ray.models.memory_format import channels_last, channels_last_is_faster, to_channels_last
 from afm_ray.models.spec import refuse_untrusted_module
-from afm_ray.optim import SampleSchedule, build_optimizer, restore_optimizer
+from afm_ray.train.optim import SampleSchedule, build_optimizer, restore_optimizer
 from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
-from afm_ray.plan import micro_batches_for_rank
+from afm_ray.samples.plan import micro_batches_for_rank
 from afm_ray.pipeline.fixed_sets import FixedSet, available_memory_bytes, cache_budget_mib
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.device_shard import DeviceShard, free_device_bytes
 from afm_ray.train.loader import DeviceBatch, StepLoader
-from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
+from afm_ray.train.configured_model import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
                                  gathered_from_ranks, objective, to_tensors)
 
 CHECKPOINT_FILE = "state.pt"
@@ -105,7 +105,7 @@ def evaluate(model: torch.nn.Module, loss_fn, config: TrainConfig, fixed_set: Fi
              rank: int = 0, world_size: int = 1, thesis_loss_fn=None) -> Evaluation:
     """Loss and task metrics of ``model`` on shards ``rank::world_size`` of a fixed set (no gradient), or on
     a :class:`DeviceShard` (which names its own shards); with ``thesis_loss_fn``
-    (:func:`~afm_ray.train.steps.build_thesis_loss`) also the loss as Table 6 weighs it."""
+    (:func:`~afm_ray.train.configured_model.build_thesis_loss`) also the loss as Table 6 weighs it."""
     network = unwrap(model)
     network.eval()
     evaluation = evaluation_for(config)

@@ -27,21 +27,21 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from afm_ray.console import quiet_mlflow_notices
 from afm_ray.errors import TrackingUnavailableError
-from afm_ray.metric_figures import write_xyz_figures
+from afm_ray.figures.metrics import write_xyz_figures
 from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
 from afm_ray.pipeline.dispatcher import start_dispatcher
 from afm_ray.pipeline.fixed_sets import FixedSet, materialize
 from afm_ray.pipeline.sources import load_split_samples
-from afm_ray.ray_cluster import ensure_ray, require_shared_paths
+from afm_ray.pipeline.cluster import ensure_ray, require_shared_paths
 from afm_ray.train.config import TrainConfig
-from afm_ray.train.figures import plot_loss_curves, plot_predictions
+from afm_ray.figures.training import plot_loss_curves, plot_predictions
 from afm_ray.train.loop import (HISTORY_FILE, check_compile_backend, evaluate, load_checkpoint_model,
                                 train_loop_per_worker)
 from afm_ray.train.progress import EpochLinePrinter
 from afm_ray.train.registration import log_and_register
 from afm_ray.train.resources import check_batch_fills_workers, check_cluster_holds_training
 from afm_ray.train.run_state import open_mlflow_run, read_run_state, relative_paths, with_absolute_paths
-from afm_ray.train.steps import Evaluation, build_loss, objective
+from afm_ray.train.configured_model import Evaluation, build_loss, objective
 from afm_ray.train.tracking import MlflowReportCallback, RunTracker, preflight
 
 TRACKING_FAILURES = (MlflowException, requests.RequestException)

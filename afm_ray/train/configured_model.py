@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from afm_ray.losses import LossOutput
-from afm_ray.metrics import ImageMetricsAccumulator, XYZEvaluator
+from afm_ray.models.losses import LossOutput
+from afm_ray.models.metrics import ImageMetricsAccumulator, XYZEvaluator
 from afm_ray.models import ModelSpec, class_names, get_model_spec
 from afm_ray.train.config import LossSettings, TrainConfig
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from afm_ray.augment import AugmentConfig, augment_batch, read_slices, tip_seeds
+from afm_ray.samples.augment import AugmentConfig, augment_batch, read_slices, tip_seeds
 from afm_ray.descriptors import XyzGrid, atomic_disks, vdw_spheres
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.descriptors.device_maps import DeviceMaps
@@ -31,7 +31,7 @@ from afm_ray.errors import InputError
 from afm_ray.models import ModelSpec, get_model_spec
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import select_rotations
-from afm_ray.plan import BatchSpec
+from afm_ray.samples.plan import BatchSpec
 from afm_ray.sim import ScanParams, SimConfig, Simulator
 from afm_ray.sim.buffers import FRESH, FreshHostArrays, Pending, PinnedHostArrays
 from afm_ray.sim.simulator import LoadedBatch, derived_seeds
@@ -139,7 +139,7 @@ class BatchFactory:
 
         Returns a dict of NumPy arrays: ``x`` (B, C, nx, ny, K) float32 normalised Δf (C tips, K
         slices far → close), or with ``spec.raw_df`` instead ``df`` (B, C, nx, ny, nz) Hz in
-        ``spec.raw_df_dtype``, every simulated slice, for :func:`afm_ray.augment_torch.augment_batch`;
+        ``spec.raw_df_dtype``, every simulated slice, for :func:`afm_ray.samples.augment_torch.augment_batch`;
         the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
         (Å, or V for ``es_map``), or ``xyz_classes`` (B, n_classes, gx, gy) and ``xyz_offsets``
         (B, 3, gx, gy) Å; ``samples`` (B,) int64; timings ``sim_seconds`` and ``produce_seconds``.

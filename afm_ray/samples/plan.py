@@ -29,10 +29,10 @@ class BatchSpec:
         samples: (B,) int64 sample numbers (``molecule * R + rotation``).
         seed: entropy for every random draw of the batch (tilts, heights, noise, shifts, cutouts).
         raw_df: ship the raw Δf of every simulated slice (``df``) instead of the augmented input
-            (``x``); the consumer augments it with the same draws (:mod:`afm_ray.augment_torch`).
+            (``x``); the consumer augments it with the same draws (:mod:`afm_ray.samples.augment_torch`).
         raw_df_dtype: ``float32`` or ``float16`` (half the bytes) for ``df``.
         raw_df_read_slices: ship in ``df`` only the slices the augmentation reads (the seeded scan-height
-            choice, :func:`afm_ray.augment.read_slices`) rather than every simulated one.
+            choice, :func:`afm_ray.samples.augment.read_slices`) rather than every simulated one.
         target_dtype: ``float32`` or ``float16`` for the targets that come with raw Δf.
     """
 

@@ -1,8 +1,8 @@
-"""The augmentation of :mod:`afm_ray.augment` in torch, on the training worker's device.
+"""The augmentation of :mod:`afm_ray.samples.augment` in torch, on the training worker's device.
 
 A simulation actor then ships the raw Δf of every simulated slice (``BatchSpec.raw_df``) and the
 trainer augments it where it trains: the GPU does in microseconds what took the actor's CPU a
-tenth of a second per batch. The random choices are the NumPy ones: :func:`afm_ray.augment.draw_batch`
+tenth of a second per batch. The random choices are the NumPy ones: :func:`afm_ray.samples.augment.draw_batch`
 draws them from the batch's seed exactly as the actor does (one draw per tip, the second tip at
 the first tip's heights), so a batch augmented here equals the
 batch the actor would have made, within float32 rounding (normalisation statistics are summed in
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from afm_ray.augment import AugmentationDraws, AugmentConfig, draw_batch
+from afm_ray.samples.augment import AugmentationDraws, AugmentConfig, draw_batch
 
 
 def augment_batch(df: torch.Tensor, batch_seed: Sequence[int], config: AugmentConfig,
@@ -28,7 +28,7 @@ def augment_batch(df: torch.Tensor, batch_seed: Sequence[int], config: AugmentCo
     """(B, C, nx, ny, nz) raw Δf on any device → (B, C, nx, ny, K) float32 network input on that device.
 
     ``noise_on_device=False`` adds the actor's NumPy noise field instead (bitwise the actor's batch).
-    ``simulated_slices``: ``df`` holds only the slices :func:`afm_ray.augment.read_slices` kept of that many."""
+    ``simulated_slices``: ``df`` holds only the slices :func:`afm_ray.samples.augment.read_slices` kept of that many."""
     draws = draw_batch(tuple(df.shape), batch_seed, config, noise_on_device=noise_on_device,
                        simulated_slices=simulated_slices)
     return torch.stack([apply_augmentation(df[:, tip], tip_draws, config) for tip, tip_draws in enumerate(draws)],

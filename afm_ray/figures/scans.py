@@ -3,7 +3,7 @@
 
 Uses Matplotlib's object API with the Agg canvas (no pyplot state, safe in worker processes)::
 
-    from afm_ray.plots import plot_sample
+    from afm_ray.figures.scans import plot_sample
     plot_sample("sample.png", stack=stack[0], descriptors={"vdw_spheres": spheres[0]},
                 molecule=(positions, numbers))
 

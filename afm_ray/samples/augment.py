@@ -120,7 +120,7 @@ class AugmentationDraws:
     shifts: np.ndarray
     cutouts: np.ndarray
     noise_seed: int | None = None
-    """Seed of the noise field that :mod:`afm_ray.augment_torch` draws on the device (``noise_on_device``):
+    """Seed of the noise field that :mod:`afm_ray.samples.augment_torch` draws on the device (``noise_on_device``):
     the same uniform distribution, not the same numbers."""
 
 
@@ -242,9 +242,10 @@ def augment_batch(df: np.ndarray, batch_seed: Sequence[int], config: AugmentConf
 
 def apply_augmentation(stacks: np.ndarray, draws: AugmentationDraws, config: AugmentConfig) -> np.ndarray:
     """(B, nx, ny, nz) stacks → (B, nx, ny, K) float32 augmented with ``draws``: the NumPy reference of
-    :func:`afm_ray.augment_torch.apply_augmentation`."""
+    :func:`afm_ray.samples.augment_torch.apply_augmentation`."""
     if draws.noise_seed is not None:
-        raise ValueError("these draws leave the noise field to the device (noise_on_device): use afm_ray.augment_torch")
+        raise ValueError("these draws leave the noise field to the device (noise_on_device): "
+                         "use afm_ray.samples.augment_torch")
     out = np.take_along_axis(stacks, draws.slice_indices[:, None, None, :], axis=3).astype(np.float32)
     if config.normalization.enabled:
         out = normalize_slices(out)

@@ -1,7 +1,7 @@
 """Figures of predictions (thesis Figs. 16, 18, 19) and of experiment ↔ simulation matches (Fig. 17).
 
 Matplotlib object API with the Agg canvas (no pyplot state). Maps are drawn as in
-:mod:`afm_ray.plots`: arrays ``[i, j]`` with i along x, ``origin="lower"`` over the window's
+:mod:`afm_ray.figures.scans`: arrays ``[i, j]`` with i along x, ``origin="lower"`` over the window's
 extent in Å (window centred on (0, 0)).
 """
 
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from afm_ray.descriptors.geometry import ScanWindow, prepare_atoms
 from afm_ray.descriptors.xyz_codec import Atoms
 from afm_ray.models import get_model_spec
-from afm_ray.plots import DESCRIPTOR_STYLE, draw_map, draw_molecule, label_axes, save_figure
+from afm_ray.figures.scans import DESCRIPTOR_STYLE, draw_map, draw_molecule, label_axes, save_figure
 
 INPUT_SLICES_SHOWN = 3  # far, middle, close — as thesis Fig. 17
 

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.descriptors.xyz_codec import decode_xyz
 from afm_ray.models import get_model_spec
-from afm_ray.plots import DESCRIPTOR_STYLE, draw_map, label_axes, save_figure
+from afm_ray.figures.scans import DESCRIPTOR_STYLE, draw_map, label_axes, save_figure
 
 FIGURE_DPI = 100
 

@@ -4,7 +4,7 @@ position errors, atom matching and per-output MSE, and their accumulators over a
 Predictions and targets of the xyz model are grids in the layout of
 :mod:`afm_ray.descriptors.xyz_codec` (classes (B, n_classes, H, W), channel 0 background;
 offsets (B, 3, H, W) Å), decoded into atoms by :func:`~afm_ray.descriptors.xyz_codec.decode_xyz`.
-The figures of these metrics are drawn by :mod:`afm_ray.metric_figures`.
+The figures of these metrics are drawn by :mod:`afm_ray.figures.metrics`.
 
 Two ways to count, both reported by :class:`XYZEvaluator`:
 

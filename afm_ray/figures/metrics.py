@@ -1,8 +1,8 @@
 """Figures of the evaluation metrics (thesis Fig. 20): precision–recall curves, the confusion
-matrix and the position-error histogram of :mod:`afm_ray.metrics`.
+matrix and the position-error histogram of :mod:`afm_ray.models.metrics`.
 
 Matplotlib's object API (no pyplot, no global backend state); every figure is written as a PNG
-by :func:`afm_ray.plots.save_figure` at 120 dpi and its path returned.
+by :func:`afm_ray.figures.scans.save_figure` at 120 dpi and its path returned.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from afm_ray.descriptors.xyz_codec import DEFAULT_REPORT_THRESHOLD
-from afm_ray.metrics import ErrorStatistics, PrecisionRecall, XYZMetrics, ratio_or_one
-from afm_ray.plots import save_figure
+from afm_ray.models.metrics import ErrorStatistics, PrecisionRecall, XYZMetrics, ratio_or_one
+from afm_ray.figures.scans import save_figure
 
 METRIC_FIGURE_DPI = 120
 
