@@ -31,7 +31,7 @@ STAGES = {
     "rotate molecules": ["afm_ray.samples.batches:SplitSamples.molecule", "afm_ray.batches:SplitSamples.molecule"],
     "scan-parameter draws": ["afm_ray.sim.simulator:ScanParams.draw", "afm_ray.sim.simulator:ScanParams.draw_many",
                              "afm_ray.batches:_sample_seed", "afm_ray.batches:derived_seeds",
-                             "afm_ray.samples.batches:derived_seeds"],
+                             "afm_ray.samples.batches:sample_seeds"],
     "pack molecules": ["afm_ray.sim.simulator:Simulator._pack", "afm_ray.descriptors.height_es:as_atom_batch",
                        "afm_ray.descriptors.device_maps:prepare_atoms",
                        "afm_ray.descriptors.device_maps:padded_atom_batch",

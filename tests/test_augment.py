@@ -6,8 +6,11 @@ import numpy as np
 import pydantic
 import pytest
 
-from afm_ray.samples.augment import AugmentConfig, CutoutConfig, ShiftConfig, augment, normalize_slices, shift_slices
 from afm_ray.errors import InputError
+from afm_ray.samples.augment import (AugmentConfig, CutoutConfig, ShiftConfig, augment, draw_batch, normalize_slices,
+                                    shift_slices)
+from afm_ray.samples.plan import micro_batches_for_rank, plan_epoch
+from afm_ray.samples.seeds import sample_seeds, tip_seeds
 
 B, NX, NY, NZ = 6, 48, 40, 20
 
@@ -118,6 +121,22 @@ def test_full_pipeline_is_reproducible_from_a_seed(stacks):
     np.testing.assert_array_equal(first.cutouts, again.cutouts)
     assert not np.array_equal(first.stacks, other.stacks)
     assert not np.array_equal(first.slice_indices, other.slice_indices)
+
+
+def test_the_seed_tree_draws_what_stored_fixed_sets_were_made_with():
+    """Values drawn by afm-ray before the seeds moved to one module: a change here needs a new
+    SAMPLE_DRAWS_VERSION (afm_ray.pipeline.fixed_sets), or stored validation sets no longer match."""
+    plan = plan_epoch(10, 4, run_seed=7, epoch=2, split="val")
+    assert [batch.samples.tolist() for batch in plan] == [[1, 5, 3, 4], [6, 9, 0, 8]]
+    assert [batch.seed for batch in plan] == [(7, 2, 0, 1), (7, 2, 1, 1)]
+    assert [[piece.seed for piece in step] for step in micro_batches_for_rank(plan, 1, 2)] == [[(7, 2, 0, 1, 1)],
+                                                                                                [(7, 2, 1, 1, 1)]]
+    simulation, _ = tip_seeds(plan[1].seed, 2)
+    assert sample_seeds(simulation[1], [3, 8]).tolist() == [5681816088867268027, 2329858767315993696]
+    second_tip = draw_batch((2, 2, 8, 8, 20), plan[1].seed, AugmentConfig())[1]
+    assert second_tip.slice_indices.tolist() == [[3, 5, 6, 8, 9, 12, 13, 14, 15, 16], [3, 4, 5, 7, 8, 9, 10, 12, 13, 14]]
+    assert second_tip.shifts[:, :2].tolist() == [[[-1, -2], [0, -1]], [[1, 1], [-2, 3]]]
+    assert len(second_tip.cutouts) == 18 and second_tip.cutouts[0].tolist() == [0, 0, 4, 4, 2, 3]
 
 
 def test_switching_a_step_off_leaves_the_other_draws_alone(stacks):

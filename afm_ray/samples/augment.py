@@ -22,8 +22,9 @@ Descriptors are targets of the unshifted molecule: nothing here touches them.
 
 Reproducibility: every random draw comes from ``numpy.random.Generator`` s spawned from one
 :class:`numpy.random.SeedSequence` built from ``seed`` (an int or a tuple such as
-``(run_seed, epoch, batch_index)``), one child per step, so the same seed and config give the
-same batch bit for bit, and switching one step off does not change the draws of the others.
+``(run_seed, epoch, batch_index)``), one child per step (:func:`afm_ray.samples.seeds.augmentation_generators`),
+so the same seed and config give the same batch bit for bit, and switching one step off does not change the
+draws of the others.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pydantic import Field, model_validator
 
 from afm_ray.config import StrictModel
 from afm_ray.errors import InputError
+from afm_ray.samples.seeds import SeedLike, augmentation_generators, tip_seeds
 
 
 class ScanHeightConfig(StrictModel):
@@ -139,9 +141,6 @@ class AugmentedBatch:
     cutouts: np.ndarray
 
 
-SeedLike = int | Sequence[int] | np.random.SeedSequence
-
-
 def augment(stacks: np.ndarray, seed: SeedLike, config: AugmentConfig | None = None,
             slice_indices: np.ndarray | None = None) -> AugmentedBatch:
     """Apply the augmentation steps of ``config`` (default: thesis) to a batch of stacks.
@@ -177,8 +176,7 @@ def draw_augmentation(shape: tuple[int, ...], seed: SeedLike, config: AugmentCon
     """
     config = config or AugmentConfig()
     batch, nx, ny, nz = shape
-    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    height_rng, noise_rng, shift_rng, cutout_rng = (np.random.default_rng(child) for child in sequence.spawn(4))
+    height_rng, noise_rng, shift_rng, cutout_rng = augmentation_generators(seed)
     if slice_indices is None:
         slice_indices = _choose_slices(shape, config.scan_height, height_rng)
     elif slice_indices.shape[0] != batch or slice_indices.max(initial=0) >= nz:
@@ -197,12 +195,6 @@ def draw_augmentation(shape: tuple[int, ...], seed: SeedLike, config: AugmentCon
     if config.cutout.enabled and config.cutout.attempts_per_slice > 0:
         cutouts = _draw_cutouts(out_shape, config.cutout, cutout_rng)
     return AugmentationDraws(slice_indices, unit_noise, shifts, cutouts, noise_seed)
-
-
-def tip_seeds(batch_seed: Sequence[int], n_tips: int) -> tuple[list[np.random.SeedSequence], list[np.random.SeedSequence]]:
-    """(simulation seeds, augmentation seeds), one per tip, of a batch whose entropy is ``batch_seed``."""
-    children = np.random.SeedSequence(tuple(batch_seed)).spawn(2 * n_tips)
-    return children[0::2], children[1::2]
 
 
 def draw_batch(shape: tuple[int, ...], batch_seed: Sequence[int], config: AugmentConfig,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from afm_ray.samples.augment import AugmentConfig, augment_batch, read_slices, tip_seeds
+from afm_ray.samples.augment import AugmentConfig, augment_batch, read_slices
 from afm_ray.descriptors import XyzGrid, atomic_disks, vdw_spheres
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.descriptors.device_maps import DeviceMaps
@@ -32,9 +32,10 @@ from afm_ray.models import ModelSpec, get_model_spec
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import select_rotations
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.seeds import sample_seeds, tip_seeds
 from afm_ray.sim import ScanParams, SimConfig, Simulator
 from afm_ray.sim.buffers import FRESH, FreshHostArrays, Pending, PinnedHostArrays
-from afm_ray.sim.simulator import LoadedBatch, derived_seeds
+from afm_ray.sim.simulator import LoadedBatch
 
 
 @dataclass(frozen=True)
@@ -188,9 +189,7 @@ class BatchFactory:
         df = self.host.empty("df", (len(samples), len(tips), *simulator.config.scan_pixels, simulator.config.num_slices))
         with self._stage("scan draws + enqueue Δf"):
             for channel, (tip, tip_seed) in enumerate(zip(tips, tip_seeds(seed, len(tips))[0])):
-                # each sample's tilt and start distance depend on its number, not its place in the batch, so a
-                # sample simulated alone (to find the one a batch failed on) is the sample the batch had
-                scan_params = ScanParams.draw_many(simulator.config, derived_seeds(tip_seed, samples))
+                scan_params = ScanParams.draw_many(simulator.config, sample_seeds(tip_seed, samples))
                 simulator.enqueue_run(loaded, tip=tip, scan_params=scan_params, df_out=df, df_channel=channel)
         targets = self._targets(loaded, molecules)
         with self._stage("wait for the device"):

@@ -2,7 +2,7 @@
 
 A *sample* is one rotation of one molecule of a split, numbered ``sample = molecule * R + rotation``
 with ``R`` rotations per molecule. Each epoch shuffles all samples with a generator seeded by
-``(run_seed, epoch)``, cuts them into batches and deals the batches round-robin to the DDP ranks.
+``(run_seed, epoch)`` (every seed: :mod:`afm_ray.samples.seeds`), cuts them into batches and deals the batches round-robin to the DDP ranks.
 Incomplete batches and the batches that would leave ranks unequal are dropped, so every rank
 runs the same number of steps (DDP would hang otherwise). Plans are pure functions of their
 inputs: a resumed run, a restarted actor or another trial re-creates exactly the same batches.
@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from afm_ray.samples.seeds import batch_seed, epoch_order, piece_seed
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,10 @@ def plan_epoch(n_samples: int, batch_size: int, run_seed: int, epoch: int, split
     """All batches of one epoch over ``n_samples`` samples (shuffled with ``(run_seed, epoch)``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    order = np.arange(n_samples, dtype=np.int64)
-    if shuffle:
-        order = np.random.default_rng([run_seed, epoch, 0]).permutation(order)
+    order = epoch_order(n_samples, run_seed, epoch) if shuffle else np.arange(n_samples, dtype=np.int64)
     n_batches = n_samples // batch_size if drop_last else -(-n_samples // batch_size)
     return [BatchSpec(split, epoch, index, order[index * batch_size:(index + 1) * batch_size],
-                      (run_seed, epoch, index, _split_code(split)))
+                      batch_seed(run_seed, epoch, index, split))
             for index in range(n_batches)]
 
 
@@ -82,7 +82,8 @@ def micro_batches_for_rank(batches: list[BatchSpec], rank: int, world_size: int,
     steps = []
     for batch in batches:
         parts = np.array_split(batch.samples, pieces)
-        steps.append([replace(batch, index=batch.index * pieces + piece, samples=parts[piece], seed=(*batch.seed, piece))
+        steps.append([replace(batch, index=batch.index * pieces + piece, samples=parts[piece],
+                                   seed=piece_seed(batch.seed, piece))
                       for piece in mine if len(parts[piece])])
     return steps
 
@@ -91,7 +92,3 @@ def batches_for_rank(batches: list[BatchSpec], rank: int, world_size: int) -> li
     """Rank ``rank``'s share: batches ``rank, rank + W, …`` of an equal-length cut for all ranks."""
     usable = len(batches) - len(batches) % world_size
     return batches[rank:usable:world_size]
-
-
-def _split_code(split: str) -> int:
-    return {"train": 0, "val": 1, "test": 2}.get(split, 3)
