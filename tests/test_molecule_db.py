@@ -153,9 +153,8 @@ def test_interrupted_write_keeps_the_old_database(qm9_sample_db, monkeypatch):
     before = digest(qm9_sample_db)
     table = read_database(qm9_sample_db)
 
-    def write_half_then_die(table, where, **kwargs):
-        with open(where, "wb") as handle:
-            handle.write(b"PAR1 half a file")
+    def write_half_then_die(table, stream, **kwargs):
+        stream.write(b"PAR1 half a file")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pq, "write_table", write_half_then_die)

@@ -13,8 +13,6 @@ x, drawn with ``origin="lower"`` over the window's extent in Å, molecule-centre
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from matplotlib.patches import Rectangle
 
 from afm_ray.descriptors.geometry import DEFAULT_WINDOW, AtomBatch, ScanWindow, prepare_atoms
 from afm_ray.elements import ELEMENT_TABLE
+from afm_ray.files import atomic_file
 
 DESCRIPTOR_STYLE: dict[str, tuple[str, str, str]] = {
     # key: (title, colour-bar label, colormap)
@@ -105,27 +104,17 @@ def save_figure(figure: Figure, path: str | Path, *, dpi: float | str = "figure"
     """Write ``figure`` to ``path`` (format from the suffix, PNG when there is none) and return the path.
 
     Creates the parent folder, renders on the Agg canvas (no pyplot state, safe in worker
-    processes) into a temporary file beside ``path`` and moves it into place with
-    :func:`os.replace`, so a reader (MLflow's artifact upload, a browser) never sees half a file.
+    processes) through :func:`afm_ray.files.atomic_file`, so a reader (MLflow's artifact upload, a
+    browser) never sees half a file.
     The figure is cleared afterwards to free its artists; it must not be drawn again.
 
     Args:
         dpi: dots per inch, or ``"figure"`` for the figure's own.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    file_format = path.suffix.lstrip(".").lower() or "png"
     FigureCanvasAgg(figure)
-    # a unique name opened with "xb" (not mkstemp, whose 0600 mode would survive the rename): the
-    # file gets the usual umask permissions, like the direct savefig it replaces
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "xb") as stream:
-            figure.savefig(stream, dpi=dpi, format=file_format)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as stream:
+        figure.savefig(stream, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
     figure.clear()
     return path
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from afm_ray.errors import InputError
+from afm_ray.files import atomic_file
 from afm_ray.molecules.molecule import Molecule
 
 FORMAT_VERSION = "1"
@@ -107,7 +107,7 @@ def _check_output_path(path: Path) -> None:
 
 def write_table_atomic(table: pa.Table, path: str | os.PathLike, splits: dict | None = None,
                        extra_metadata: dict[bytes, bytes] | None = None) -> Path:
-    """Write ``table`` to ``path`` atomically (temp file in the same directory + ``os.replace``).
+    """Write ``table`` to ``path`` atomically (:func:`afm_ray.files.atomic_file`).
 
     Ids must be unique. ``splits`` (split metadata, see :func:`split_metadata`) defaults to the
     table's own; ``extra_metadata`` adds key-value pairs (a heavy-set shard's skipped molecules).
@@ -120,17 +120,8 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike, splits: dict | 
                 b"afm_ray.splits": json.dumps(split_metadata(table) if splits is None else splits).encode(),
                 **(extra_metadata or {})}
     table = table.replace_schema_metadata(metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, temp_name, compression="zstd")
-        with open(temp_name, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as stream:
+        pq.write_table(table, stream, compression="zstd")
     return path
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ import pyarrow.parquet as pq
 
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
+from afm_ray.files import atomic_file
 from afm_ray.molecules.database import atom_rows, molecules_to_table, write_table_atomic
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.smiles import embedded_3d, read_smiles_file
@@ -321,12 +321,10 @@ def read_shards(paths: Sequence[Path]) -> tuple[pa.Table, list[SkippedMolecule]]
 
 def write_skipped_csv(skipped: Sequence[SkippedMolecule], path: Path) -> Path:
     """``id,source,smiles,reason`` per skipped molecule, written atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    with atomic_file(path, text=True) as stream:
+        writer = csv.writer(stream)
         writer.writerow(("id", "source", "smiles", "reason"))
         writer.writerows((entry.id, entry.source, entry.smiles, entry.reason) for entry in skipped)
-    os.replace(temporary, path)
     return path
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from afm_ray.errors import InputError
+from afm_ray.files import atomic_file
 from afm_ray.molecules.database import write_table_atomic
 from afm_ray.molecules.heavy import (Candidate, SkippedMolecule, build_shard, read_shards, select_like_table1,
                                      write_skipped_csv)
@@ -103,10 +104,8 @@ def _check_manifest(folder: Path, entries: list[Candidate], optimize: str, seed:
             raise InputError(str(folder), f"shards were built with other settings ({', '.join(changed)} differ); "
                                           f"pass --fresh to discard them, or repeat the first command")
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{MANIFEST_NAME}.tmp")
-    temporary.write_text(json.dumps(manifest, indent=1))
-    temporary.replace(path)
+    with atomic_file(path, text=True) as stream:
+        stream.write(json.dumps(manifest, indent=1))
 
 
 def _run_tasks(folder: Path, chunks: list[list[Candidate]], todo: list[int], optimize: str, seed: int,

@@ -12,13 +12,13 @@ started with (``afm_ray_run.json``); a config that differs in anything but
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from afm_ray.errors import InputError
+from afm_ray.files import atomic_file
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.loop import HISTORY_FILE
 from afm_ray.train.tracking import ARCHITECTURE_TAG, resolve_tracking_uri
@@ -109,10 +109,8 @@ def read_run_state(run_dir: Path) -> dict:
 
 def write_run_state(run_dir: Path, state: dict) -> None:
     """Replace ``run_dir/afm_ray_run.json`` atomically: a crash leaves the old state or the new one."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    temporary = run_dir / f".{RUN_STATE_FILE}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(state, indent=1, default=_json_value))
-    os.replace(temporary, run_dir / RUN_STATE_FILE)
+    with atomic_file(run_dir / RUN_STATE_FILE, text=True) as stream:
+        stream.write(json.dumps(state, indent=1, default=_json_value))
 
 
 def _json_value(value):
