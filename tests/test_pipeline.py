@@ -17,7 +17,9 @@ import torch
 
 from afm_ray.bench.synthetic_stream import FixedLatencyActor, measure_layout
 from afm_ray.pipeline import BatchStream, batches_for_rank, plan_epoch
+from afm_ray.errors import InputError
 from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
+from afm_ray.pipeline.cluster import assigned_opencl_device
 from afm_ray.pipeline.fixed_sets import FixedSet, fixed_set_key, materialize
 from afm_ray.train.device_shard import DeviceShard
 
@@ -62,6 +64,18 @@ def test_importing_the_batch_stages_does_not_import_ray():
     code = ("import sys, afm_ray.samples.batches, afm_ray.samples.plan, afm_ray.train.config; "
             "assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_actor_asking_for_the_gpu_ray_assigned_it_needs_one(ray_session):
+    @ray.remote(num_cpus=0, num_gpus=0)
+    def simulator_device(spec):
+        try:
+            return assigned_opencl_device(spec)
+        except InputError as error:
+            return str(error)
+
+    assert ray.get([simulator_device.remote(spec) for spec in ("auto", 1, "nvidia:0")]) == ["auto", 1, "nvidia:0"]
+    assert "Ray assigned no GPU to this actor" in ray.get(simulator_device.remote("ray"))
 
 
 def test_every_actor_works_for_lockstep_consumers_and_a_slow_one_less(ray_session):

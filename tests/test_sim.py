@@ -3,8 +3,11 @@ Giessibl's formula against scipy quadrature, geometry, seeds, batching, input er
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from afm_ray.errors import InputError
 from afm_ray.sim import ScanParams, SimConfig, Simulator, draw_scan_params, giessibl_weights
 from afm_ray.sim.config import COULOMB_CONSTANT_EV_ANGSTROM, EV_PER_ANGSTROM2_PER_N_PER_M
-from afm_ray.sim.device import select_device
+from afm_ray.sim.device import list_devices, select_device
 
 
 @dataclass
@@ -324,6 +327,24 @@ def test_device_selection(cpu_device):
         select_device("no-such-device-name")
     with pytest.raises(InputError, match="out of range"):
         select_device(999)
+    with pytest.raises(InputError, match="chosen by the pipeline's actors"):
+        select_device("ray")
+
+
+def test_an_nvidia_gpu_number_needs_an_nvidia_opencl_device(cpu_device):
+    if any("nvidia" in d.platform.vendor.lower() for d in list_devices()):
+        pytest.skip("an NVIDIA OpenCL device is present")
+    with pytest.raises(InputError, match="NVIDIA GPU 0 wanted but no NVIDIA OpenCL device"):
+        select_device("nvidia:0")
+
+
+def test_the_simulator_imports_no_ray():
+    """The device Ray assigned an actor is the pipeline's business: the simulator takes a concrete one."""
+    for module in Path(inspect.getfile(Simulator)).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [name for name in names if name.split(".")[0] == "ray"], module
 
 
 # -- command line ----------------------------------------------------------------------------------

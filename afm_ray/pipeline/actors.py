@@ -9,6 +9,7 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from afm_ray.errors import InputError
+from afm_ray.pipeline.cluster import assigned_opencl_device
 from afm_ray.pipeline.dispatch import BatchMaker
 from afm_ray.pipeline.settings import PipelineSettings, SampleSettings
 from afm_ray.samples.plan import BatchSpec
@@ -25,7 +26,8 @@ class SimulationActor(BatchMaker):
         # a returned batch is serialised into the object store before the next call: its arrays may be
         # the page-locked host memory the factory reuses
         self.factory = BatchFactory(task_of(settings), settings.sim, settings.augment, settings.descriptors,
-                                    load_split_samples(settings), device=opencl_device, reuse_host_memory=True)
+                                    load_split_samples(settings), device=assigned_opencl_device(opencl_device),
+                                    reuse_host_memory=True)
 
     def make_batch(self, spec: BatchSpec) -> dict:
         return self.factory.make_batch(spec)

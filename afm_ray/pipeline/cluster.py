@@ -82,6 +82,22 @@ def shutdown_ray() -> None:
     _started_address = None
 
 
+def assigned_opencl_device(spec: str | int | None) -> str | int | None:
+    """The OpenCL device spec a Ray actor hands its simulator: ``"ray"`` becomes the GPU Ray assigned to
+    this actor (``"nvidia:<id>"``, see :func:`afm_ray.sim.device.select_device`); any other spec stays."""
+    if str(spec).strip().lower() != "ray":
+        return spec
+    import ray
+
+    from afm_ray.errors import InputError
+
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if not gpu_ids:
+        raise InputError("pipeline.opencl_device", "'ray' but Ray assigned no GPU to this actor "
+                                                   "(set pipeline.sim_num_gpus > 0, or opencl_device: auto)")
+    return f"nvidia:{gpu_ids[0]}"
+
+
 def alive_nodes() -> list[dict]:
     """The alive nodes of the connected Ray cluster (``ray.nodes()`` entries)."""
     import ray

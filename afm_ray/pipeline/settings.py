@@ -64,7 +64,7 @@ class PipelineSettings(StrictModel):
     actor_queue_depth: int = Field(
         2, ge=1, description="calls an actor holds at once (one being made, one queued behind it so that it never "
                              "waits for the dispatcher); the rest wait in the pool's queue for whichever actor frees")
-    opencl_device: str = Field("auto", description="auto | cpu | gpu | ray (the GPU Ray assigned) | index | name")
+    opencl_device: str = Field("auto", description="auto | cpu | gpu | ray (the GPU Ray assigned the actor) | nvidia:<N> | index | name")
     augment_on: Literal["auto", "actor", "trainer"] = Field(
         "auto", description="where training batches are augmented: trainer = in torch on each training worker's device "
                             "from the raw Δf the actor ships (every simulated slice: ~2× the bytes, none of the actor's "

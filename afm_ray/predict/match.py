@@ -53,13 +53,14 @@ from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.errors import InputError
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import fibonacci_sphere, rotations_to_z
-from afm_ray.samples.plan import BatchSpec
+from afm_ray.pipeline.cluster import assigned_opencl_device
+from afm_ray.pipeline.dispatch import BatchMaker
+from afm_ray.pipeline.settings import PipelineSettings
 from afm_ray.predict.inputs import AfmStack
 from afm_ray.predict.predictor import Predictor
 from afm_ray.predict.preprocess import PreparedStack, PrepareSettings, prepare_stack
+from afm_ray.samples.plan import BatchSpec
 from afm_ray.sim import ScanParams, SimConfig
-from afm_ray.pipeline.dispatch import BatchMaker
-from afm_ray.pipeline.settings import PipelineSettings
 
 MATCH_OUTPUT = "vdw_spheres"
 DEFAULT_DIRECTIONS = 500
@@ -184,7 +185,8 @@ class RotationSimulator(BatchMaker):
         rotations: (R, 3, 3) matrices (``Molecule.rotated``).
         sim_config: simulator settings (:func:`matching_sim_config` of the model's).
         tip: probe name.
-        device: OpenCL device (see :func:`afm_ray.sim.device.select_device`), None = the config's.
+        device: OpenCL device (see :func:`afm_ray.sim.device.select_device`), None = the config's; in a Ray
+            actor also ``"ray"``, the GPU Ray assigned it.
     """
 
     def __init__(self, molecule: Molecule, rotations: np.ndarray, sim_config: SimConfig, tip: str,
@@ -195,7 +197,7 @@ class RotationSimulator(BatchMaker):
         self.rotations = np.asarray(rotations, dtype=np.float64)
         self.tip = tip
         self.scan_params = ScanParams.fixed(sim_config)
-        self.simulator = Simulator(sim_config, device=device)
+        self.simulator = Simulator(sim_config, device=assigned_opencl_device(device))
 
     def make_batch(self, spec: BatchSpec) -> dict:
         """``{"df": (B, nx, ny, nz) float32 Hz, "produce_seconds": float}`` for rotations ``spec.samples``."""

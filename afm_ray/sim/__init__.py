@@ -78,7 +78,7 @@ waits once, ``sim.finish()``, and then takes each returned :class:`~afm_ray.sim.
 ``.result()``. ``df_out`` (B, C, nx, ny, n_slices) receives each tip's Δf at its channel straight
 from the device; ``host=PinnedHostArrays(sim.queue)`` reads results into reused page-locked memory.
 
-Devices: ``afm_ray.sim.device.select_device`` (``"auto"``, ``"cpu"``, ``"gpu"``, ``"ray"``, index, name).
+Devices: ``afm_ray.sim.device.select_device`` (``"auto"``, ``"cpu"``, ``"gpu"``, ``"nvidia:<N>"``, index, name).
 """
 
 from afm_ray.sim.config import SimConfig, TipConfig

@@ -139,7 +139,7 @@ class SimConfig(StrictModel):
     relax_max_step_angstrom: float = Field(0.1, gt=0.0, description="trust radius: the longest probe move per iteration")
 
     # -- where to run --------------------------------------------------------------------------------
-    device: str | int = Field("auto", description="'auto' | 'cpu' | 'gpu' | 'ray' | device index | device-name substring")
+    device: str | int = Field("auto", description="'auto' | 'cpu' | 'gpu' | 'nvidia:<N>' | device index | device-name substring")
 
     @model_validator(mode="before")
     @classmethod

@@ -5,10 +5,11 @@
 * ``"auto"``: the first GPU that can build kernels, else the first CPU that can;
 * ``"cpu"`` / ``"gpu"``: the first device of that type that can build kernels;
 * an ``int`` (or digit string): an index into :func:`list_devices` (all platforms, in order);
-* ``"ray"``: the GPU Ray assigned to this process (``ray.get_gpu_ids()``), matched to the NVIDIA
+* ``"nvidia:<N>"``: the NVIDIA GPU that ``nvidia-smi``, CUDA and Ray number ``N``, matched to the NVIDIA
   OpenCL device with the same PCI bus id when the driver exposes ``cl_nv_device_attribute_query``
   and ``nvidia-smi`` is there, else by position in ``CUDA_VISIBLE_DEVICES`` (NVIDIA's OpenCL lists
-  only the visible GPUs, in that order);
+  only the visible GPUs, in that order). The pipeline's ``opencl_device: ray`` becomes this in each
+  simulation actor, with the GPU Ray assigned it: nothing here imports Ray;
 * any other string: the first device whose ``"platform: device"`` name contains it (case-insensitive).
 
 "Can build kernels" is checked by compiling a one-line kernel, because an installed OpenCL driver
@@ -79,8 +80,11 @@ def select_device(spec: str | int | cl.Device = "auto") -> cl.Device:
     if wanted in ("cpu", "gpu"):
         candidates = [d for d in devices if _is_gpu(d) == (wanted == "gpu")]
         return _first_buildable(candidates, wanted.upper(), devices)
+    if wanted.startswith("nvidia:"):
+        return _nvidia_device(wanted.removeprefix("nvidia:").strip(), devices)
     if wanted == "ray":
-        return _ray_device(devices)
+        raise InputError("device", "'ray' (the GPU Ray assigned) is chosen by the pipeline's actors "
+                                   "(pipeline.opencl_device); give the simulator nvidia:<N>, an index or a name")
     matches = [d for d in devices if wanted in describe(d).lower()]
     if not matches:
         raise InputError("device", f"no OpenCL device matches {spec!r}; devices: {_listing(devices)}")
@@ -105,18 +109,12 @@ def _first_buildable(candidates: list[cl.Device], kind: str, devices: list[cl.De
                                "newer than pocl's LLVM knows, install a newer pocl (Debian: apt-get install pocl-opencl-icd)")
 
 
-def _ray_device(devices: list[cl.Device]) -> cl.Device:
-    try:
-        import ray
-    except ImportError:
-        raise InputError("device", "device='ray' needs Ray installed") from None
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    if not gpu_ids:
-        raise InputError("device", "device='ray' but Ray assigned no GPU to this process (request num_gpus > 0)")
+def _nvidia_device(gpu_id: str, devices: list[cl.Device]) -> cl.Device:
     nvidia = [d for d in devices if _is_gpu(d) and "nvidia" in d.platform.vendor.lower()]
     if not nvidia:
-        raise InputError("device", f"Ray assigned GPU {gpu_ids[0]} but no NVIDIA OpenCL device is visible; devices: {_listing(devices)}")
-    wanted_bus = _nvidia_pci_bus_ids().get(gpu_ids[0])
+        raise InputError("device", f"NVIDIA GPU {gpu_id} wanted but no NVIDIA OpenCL device is visible; "
+                                   f"devices: {_listing(devices)}")
+    wanted_bus = _nvidia_pci_bus_ids().get(gpu_id)
     if wanted_bus is not None:
         try:
             on_bus = [d for d in nvidia if d.pci_bus_id_nv == wanted_bus]
@@ -125,16 +123,16 @@ def _ray_device(devices: list[cl.Device]) -> cl.Device:
         if len(on_bus) == 1:
             return on_bus[0]
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if gpu_ids[0] in visible and len(nvidia) == len(visible):
-        return nvidia[visible.index(gpu_ids[0])]
+    if gpu_id in visible and len(nvidia) == len(visible):
+        return nvidia[visible.index(gpu_id)]
     if len(nvidia) == 1:
         return nvidia[0]
-    index = int(gpu_ids[0]) if gpu_ids[0].isdigit() else 0
+    index = int(gpu_id) if gpu_id.isdigit() else 0
     return nvidia[min(index, len(nvidia) - 1)]
 
 
 def _nvidia_pci_bus_ids() -> dict[str, int]:
-    """GPU index (as Ray and nvidia-smi number them) → PCI bus number; empty when unknown."""
+    """GPU index (as nvidia-smi and Ray number them) → PCI bus number; empty when unknown."""
     if shutil.which("nvidia-smi") is None:
         return {}
     try:
