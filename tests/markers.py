@@ -43,6 +43,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "test_device_maps": CHEAP,
     "test_dispatch": CHEAP,
     "test_elements": CHEAP,
+    "test_figures": CHEAP,
     "test_files": CHEAP,
     "test_gpu_check": SLOW,
     "test_heavy_set": CHEAP,                            # the Ray build killed and resumed: ray, slow below                             # benchmarks/gpu_check.sh: quick CPU dry run, broken driver

@@ -15,7 +15,6 @@ from matplotlib.figure import Figure
 
 from afm_ray.descriptors.geometry import ScanWindow, prepare_atoms
 from afm_ray.descriptors.xyz_codec import Atoms
-from afm_ray.models import get_model_spec
 from afm_ray.figures.scans import DESCRIPTOR_STYLE, draw_map, draw_molecule, label_axes, save_figure
 
 INPUT_SLICES_SHOWN = 3  # far, middle, close — as thesis Fig. 17
@@ -45,18 +44,26 @@ def draw_atoms(axes, atoms: Atoms, window: ScanWindow, threshold: float, title: 
     label_axes(axes, f"{title}: {len(shown)} atoms ≥ {threshold:g}")
 
 
-def plot_prediction(path: str | Path, prediction, model_name: str, window: ScanWindow, threshold: float,
-                    title: str | None = None) -> Path:
+def plot_prediction(path: str | Path, x: np.ndarray, outputs: dict[str, np.ndarray], atoms: Atoms | None,
+                    window: ScanWindow, threshold: float, title: str | None = None) -> Path:
     """Input slices (far, middle, close of the first channel; the closest of the others), then every
-    output map; xyz: the atom confidence per box and the decoded atoms."""
+    output map; xyz: the atom confidence per box and the decoded atoms.
+
+    Args:
+        x: (C, nx, ny, K) the normalised network input, slices far → close.
+        outputs: output name → the model's output for this stack: maps (nx, ny); xyz ``xyz_classes``
+            (n_classes, gx, gy), background first.
+        atoms: the atoms decoded from an xyz model's outputs (window-centred x, y in Å), None for map models.
+        window: the scan window the maps cover.
+        threshold: the confidence atoms were decoded with (shown in the title).
+    """
     path = Path(path)
-    x = prediction.stack.x
     panels: list[tuple[str, object]] = [("slice", (0, k)) for k in _shown_slices(x.shape[3])]
     panels += [("slice", (c, x.shape[3] - 1)) for c in range(1, x.shape[0])]
-    if get_model_spec(model_name).predicts_atoms:
+    if atoms is not None:
         panels += [("confidence", None), ("atoms", None)]
     else:
-        panels += [("map", name) for name in prediction.outputs]
+        panels += [("map", name) for name in outputs]
     figure = Figure(figsize=(3.7 * len(panels), 3.4), layout="constrained")
     axes_row = np.atleast_1d(figure.subplots(1, len(panels)))
     for axes, (kind, item) in zip(axes_row, panels):
@@ -66,15 +73,15 @@ def plot_prediction(path: str | Path, prediction, model_name: str, window: ScanW
                       f"input ch {channel}, slice {k + 1}/{x.shape[3]}", "normalised Δf", "gray")
         elif kind == "map":
             label, unit, cmap = DESCRIPTOR_STYLE.get(item, (item, "", "viridis"))
-            draw_map(figure, axes, prediction.outputs[item], window, f"{label} (predicted)", unit, cmap,
+            draw_map(figure, axes, outputs[item], window, f"{label} (predicted)", unit, cmap,
                       symmetric=item == "es_map")
         elif kind == "confidence":
-            confidence = 1.0 - prediction.outputs["xyz_classes"][0]
+            confidence = 1.0 - outputs["xyz_classes"][0]
             shown = axes.imshow(confidence.T, origin="lower", extent=window.extent, cmap="magma", vmin=0, vmax=1)
             figure.colorbar(shown, ax=axes, label="1 − p(background)", shrink=0.85)
             label_axes(axes, "atom confidence per box")
         else:
-            draw_atoms(axes, prediction.atoms, window, threshold)
+            draw_atoms(axes, atoms, window, threshold)
     if title:
         figure.suptitle(title, fontsize="small")
     return save_figure(figure, path, dpi=90)

@@ -37,7 +37,11 @@ def plot_loss_curves(history: list[dict], path: str | Path) -> Path:
 
 def plot_predictions(model_name: str, samples: dict, outputs, path: str | Path, sim_config) -> Path:
     """Rows of samples: the closest AFM slice, then reference and prediction of each of the model's
-    ``figure_maps`` (an output map, or the atoms decoded from the xyz outputs)."""
+    ``figure_maps`` (an output map, or the atoms decoded from the xyz outputs).
+
+    ``samples``: a batch's arrays (``x`` (B, C, nx, ny, K) and the model's targets); ``outputs``: the model's
+    outputs for it, in its spec's order, (B, …) arrays or CPU tensors.
+    """
     path = Path(path)
     window = ScanWindow.from_sim_config(sim_config)
     n_rows = len(samples["x"])
@@ -54,14 +58,14 @@ def plot_predictions(model_name: str, samples: dict, outputs, path: str | Path, 
             if name == "atoms":
                 _draw_atoms(reference_axes, samples["xyz_classes"][row], samples["xyz_offsets"][row], window,
                             "reference")
-                _draw_atoms(prediction_axes, predicted["xyz_classes"][row].numpy(),
-                            predicted["xyz_offsets"][row].numpy(), window, "prediction")
+                _draw_atoms(prediction_axes, np.asarray(predicted["xyz_classes"][row]),
+                            np.asarray(predicted["xyz_offsets"][row]), window, "prediction")
                 continue
             target = spec.targets[spec.output_names.index(name)]
             title, unit, cmap = DESCRIPTOR_STYLE.get(name, (name, "", "viridis"))
             symmetric = name == "es_map"
             draw_map(figure, reference_axes, samples[target][row], window, f"{title}: reference", unit, cmap, symmetric)
-            draw_map(figure, prediction_axes, predicted[name][row].numpy(), window, f"{title}: prediction", unit,
+            draw_map(figure, prediction_axes, np.asarray(predicted[name][row]), window, f"{title}: prediction", unit,
                       cmap, symmetric)
     return save_figure(figure, path, dpi=FIGURE_DPI)
 

@@ -214,7 +214,7 @@ def write_prediction(prediction: Prediction, out_dir: str | Path, predictor: Pre
                                           "nms_radius_angstrom": predictor.nms_radius,
                                           "frame": "x,y from the scan window centre; z from the top atom"})
     if figure:
-        written["png"] = plot_prediction(out_dir / f"{stack.name}.png", prediction, predictor.model.model_name,
+        written["png"] = plot_prediction(out_dir / f"{stack.name}.png", stack.x, prediction.outputs, prediction.atoms,
                                          window, predictor.threshold, title=f"{stack.name} — {predictor.model.describe()}")
     return written
 
