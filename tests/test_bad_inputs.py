@@ -20,7 +20,7 @@ import yaml
 
 from afm_ray.config import SHOWN_VALUE_CHARS
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 from afm_ray.train.loop import CHECKPOINT_FILE, HISTORY_FILE
 from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
 from afm_ray.train.steps import build_model

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from afm_ray.errors import InputError
 from afm_ray.models import get_model_spec, list_model_specs
-from afm_ray.train.config import LossSettings, TrainConfig
+from afm_ray.recipe import LossSettings, TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

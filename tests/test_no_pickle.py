@@ -144,7 +144,7 @@ def store(tmp_path_factory):
 
 
 def small_config(store: str, name: str, overrides: list[str]):
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     return load_train_config(CONFIGS / "quickstart.yaml", [
         f"mlflow.tracking_uri={store}", f"mlflow.registered_model_name={name}", *overrides])

@@ -8,7 +8,7 @@ import torch
 
 from afm_ray.optim import build_optimizer
 from afm_ray.plan import BatchSpec
-from afm_ray.train.config import load_train_config
+from afm_ray.recipe import load_train_config
 from afm_ray.train.loader import StepLoader, prepare_batch
 from afm_ray.train.loop import StepRunner
 from afm_ray.train.steps import build_loss, build_model

@@ -54,7 +54,7 @@ def register(subparsers) -> None:
 
 
 def _evaluate(args) -> int:
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
     from afm_ray.train.evaluate import evaluate_registered
 
     config = load_train_config(args.config, args.overrides)

@@ -101,7 +101,7 @@ def run_models_show(args: argparse.Namespace) -> int:
 
 
 def run_models_import_asdafm(args: argparse.Namespace) -> int:
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
     from afm_ray.train.published import import_asdafm
 
     config = load_train_config(args.config)

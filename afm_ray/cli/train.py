@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def _train(args) -> int:
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     configure_console(verbose=args.verbose)
     config = load_train_config(args.config, args.overrides)

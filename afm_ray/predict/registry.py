@@ -11,7 +11,7 @@ A *model reference* is one of
   or a training checkpoint folder (it holds ``state.pt``; ``runs/NAME/checkpoint_…``).
 
 :func:`load_model` returns a :class:`LoadedModel`: the packed network in eval mode on the CPU and
-its :class:`~afm_ray.train.config.TrainConfig`, read from the model's ``afm_ray_config`` metadata
+its :class:`~afm_ray.recipe.TrainConfig`, read from the model's ``afm_ray_config`` metadata
 (or the checkpoint), which says what input the model expects (scan window, pixels, slices, tips).
 Nothing global is changed: the tracking URI is passed to an :class:`mlflow.MlflowClient` and to the
 artifact download, never set process-wide.
@@ -50,7 +50,7 @@ from afm_ray.config import one_line, validate
 from afm_ray.errors import InputError
 from afm_ray.models.spec import refuse_untrusted_module
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY, ExportedPackedOutputs, PackedOutputs, PackedSpec
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
 from afm_ray.train.tracking import ARCHITECTURE_TAG, resolve_tracking_uri
 

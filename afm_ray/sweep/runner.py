@@ -22,7 +22,7 @@ from afm_ray.errors import InputError
 from afm_ray.sweep.config import SweepConfig
 from afm_ray.sweep.space import check_space, param_path, param_space, trial_config
 from afm_ray.sweep.summary import write_summary
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 from afm_ray.train.run_state import (RESUMABLE_FIELDS, config_changes, describe_changes, latest_history,
                                      open_mlflow_run, read_run_state, record_run_id, recorded_run_id)
 from afm_ray.train.progress import TuneEpochLines

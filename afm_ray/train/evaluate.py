@@ -29,7 +29,7 @@ import torch
 
 from afm_ray.errors import InputError
 from afm_ray.metric_figures import write_xyz_figures
-from afm_ray.train.config import LossSettings, TrainConfig
+from afm_ray.recipe import LossSettings, TrainConfig
 
 EVALUATION_TAG = "afm_ray.evaluates"
 

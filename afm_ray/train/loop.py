@@ -40,7 +40,7 @@ from afm_ray.optim import SampleSchedule, build_optimizer, restore_optimizer
 from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
 from afm_ray.plan import micro_batches_for_rank
 from afm_ray.pipeline.fixed_sets import FixedSet, available_memory_bytes, cache_budget_mib
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 from afm_ray.train.device_shard import DeviceShard, free_device_bytes
 from afm_ray.train.loader import DeviceBatch, StepLoader
 from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,

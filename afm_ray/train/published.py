@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from afm_ray.errors import InputError
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 
 PREPROCESSING = ("input (B, 1, 128, 128, 10): CO-tip Δf, z far → close 0.1 Å apart, the whole simulated stack "
                  "(no slice choice); each slice normalised to mean 0, std 1 (afm-ray predict does this)")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY, PackedOutputs
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 from afm_ray.train.tracking import ARCHITECTURE_TAG
 
 CONFIG_METADATA_KEY = "afm_ray_config"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from afm_ray.errors import InputError
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 from afm_ray.train.loop import HISTORY_FILE
 from afm_ray.train.tracking import ARCHITECTURE_TAG, resolve_tracking_uri
 

@@ -33,7 +33,7 @@ from afm_ray.pipeline.dispatcher import start_dispatcher
 from afm_ray.pipeline.fixed_sets import FixedSet, materialize
 from afm_ray.pipeline.sources import load_split_samples
 from afm_ray.ray_cluster import ensure_ray, require_shared_paths
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 from afm_ray.train.figures import plot_loss_curves, plot_predictions
 from afm_ray.train.loop import (HISTORY_FILE, check_compile_backend, evaluate, load_checkpoint_model,
                                 train_loop_per_worker)
