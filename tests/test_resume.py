@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from afm_ray.sweep.runner import REPORTED_FROM_CHECKPOINT
-from afm_ray.train.loop import load_checkpoint_model
+from afm_ray.registry.checkpoints import load_checkpoint_model
 from afm_ray.train.run_state import RUN_STATE_FILE, latest_history
 from afm_ray.train.trainer import run_training
 

@@ -201,8 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
     from afm_ray.pipeline.sources import load_split_samples
     from afm_ray.ray_cluster import ensure_ray, shutdown_ray
-    from afm_ray.recipe import load_train_config
-    from afm_ray.train.run_state import with_absolute_paths
+    from afm_ray.recipe import load_train_config, with_absolute_paths
 
     if args.synthetic:
         from afm_ray.bench.synthetic_stream import parse_layout, run_synthetic

@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 def _loaded_model(args):
     from afm_ray.models.packed import PackedOutputs
-    from afm_ray.predict.registry import LoadedModel, load_model
+    from afm_ray.registry.loading import LoadedModel, load_model
     from afm_ray.recipe import TrainConfig, load_train_config
     from afm_ray.train.steps import build_model
 

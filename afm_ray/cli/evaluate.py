@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 def _evaluate(args) -> int:
     from afm_ray.recipe import load_train_config
-    from afm_ray.train.evaluate import evaluate_registered
+    from afm_ray.evaluation import evaluate_registered
 
     config = load_train_config(args.config, args.overrides)
     report = evaluate_registered(args.model, config, args.split, args.tracking_uri, args.device, clean=args.clean,

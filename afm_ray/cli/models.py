@@ -1,6 +1,6 @@
 """``afm-ray models list|show|import-asdafm|reregister``: the MLflow model registry that training fills.
 
-See :mod:`afm_ray.predict.registry` for the library behind these commands.
+See :mod:`afm_ray.registry` for the library behind these commands.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def register(subparsers) -> None:
 
 
 def run_models_list(args: argparse.Namespace) -> int:
-    from afm_ray.predict.registry import list_models
-    from afm_ray.train.tracking import resolve_tracking_uri
+    from afm_ray.recipe import resolve_tracking_uri
+    from afm_ray.registry.catalog import list_models
 
     models = list_models(args.tracking_uri)
     if not models:
@@ -81,7 +81,7 @@ def run_models_list(args: argparse.Namespace) -> int:
 def run_models_show(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from afm_ray.predict.registry import describe_model
+    from afm_ray.registry.catalog import describe_model
 
     model = describe_model(args.name, args.tracking_uri)
     aliases = ", ".join(f"@{alias} → v{version}" for alias, version in sorted(model.aliases.items())) or "none"
@@ -102,7 +102,7 @@ def run_models_show(args: argparse.Namespace) -> int:
 
 def run_models_import_asdafm(args: argparse.Namespace) -> int:
     from afm_ray.recipe import load_train_config
-    from afm_ray.train.published import import_asdafm
+    from afm_ray.registry.published import import_asdafm
 
     config = load_train_config(args.config)
     version, run_id = import_asdafm(args.file, args.name, args.alias, config, str(args.config), args.tracking_uri)
@@ -111,7 +111,7 @@ def run_models_import_asdafm(args: argparse.Namespace) -> int:
 
 
 def run_models_reregister(args: argparse.Namespace) -> int:
-    from afm_ray.predict.registry import reregister_model
+    from afm_ray.registry.reregister import reregister_model
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from afm_ray.errors import InputError
-from afm_ray.recipe import TrainConfig
+from afm_ray.recipe import TrainConfig, with_absolute_paths
 
 PREPROCESSING = ("input (B, 1, 128, 128, 10): CO-tip Δf, z far → close 0.1 Å apart, the whole simulated stack "
                  "(no slice choice); each slice normalised to mean 0, std 1 (afm-ray predict does this)")
@@ -31,9 +31,8 @@ def import_asdafm(h5_path: str | Path, name: str, alias: str, config: TrainConfi
     from mlflow import MlflowClient
 
     from afm_ray.models.asdafm import ASDAFM_SOURCE, N_SLICES, load_asdafm_dsh
-    from afm_ray.train.registration import log_and_register
-    from afm_ray.train.run_state import create_config_run, with_absolute_paths
-    from afm_ray.train.tracking import ARCHITECTURE_TAG, preflight
+    from afm_ray.registry.registration import log_and_register
+    from afm_ray.registry.tracking import ARCHITECTURE_TAG, create_config_run, preflight
 
     h5_path = Path(h5_path)
     wanted = {"model.name": (config.model.name, "dsh"), "model.padding": (config.model.padding, "replicate"),
