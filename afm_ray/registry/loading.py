@@ -179,7 +179,7 @@ def registered_model(client, name: str, tracking_uri: str, where: str = "--model
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.getregistered_model(name)
+        return client.get_registered_model(name)
     except MlflowException:
         known = sorted(model.name for model in all_registered_models(client, tracking_uri))
         raise InputError(where, f"no registered model {name!r} in {tracking_uri} "
