@@ -17,6 +17,7 @@ from afm_ray.config import StrictModel, load_config
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.models import ModelSpec, get_model_spec, list_model_specs, validated_model_spec
 from afm_ray.pipeline.settings import DataSettings, PipelineSettings, SampleSettings
+from afm_ray.presets import find_config
 from afm_ray.sim.config import SimConfig
 
 __all__ = ["DataSettings", "PipelineSettings", "TrainConfig", "load_train_config"]
@@ -242,7 +243,9 @@ class TrainConfig(StrictModel):
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    return load_config(TrainConfig, path, overrides)
+    """The recipe in ``path`` (a YAML file or a preset name, :func:`afm_ray.presets.find_config`; ``None``: the
+    thesis defaults) with ``overrides`` (``key.path=value``) applied."""
+    return load_config(TrainConfig, None if path is None else find_config(path, "train"), overrides)
 
 
 # -- where a recipe's files and tracking store are, seen from the driver's working directory --------------

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a model folder")
-    parser.add_argument("--config", type=Path, required=True, help="training config whose data to evaluate on")
+    parser.add_argument("--config", type=Path, required=True, help="training config whose data to evaluate on: a YAML file or a preset name")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
                         help="override config fields, e.g. data.max_eval_molecules=50")
     parser.add_argument("--split", default="test", choices=("val", "test"),

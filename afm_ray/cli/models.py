@@ -45,9 +45,9 @@ def register(subparsers) -> None:
     imported.add_argument("file", metavar="FILE.h5", help="Keras HDF5 weights of the ASD-AFM DSH model")
     imported.add_argument("--name", required=True, help="registered model name")
     imported.add_argument("--alias", default="published", help="alias set on the new version (default published)")
-    imported.add_argument("--config", type=Path, default=Path("configs/published_asdafm.yaml"),
-                          help="the data preset the model expects, recorded as its config "
-                               "(default configs/published_asdafm.yaml)")
+    imported.add_argument("--config", type=Path, default=Path("published_asdafm"),
+                          help="the data preset the model expects, recorded as its config: a YAML file or a "
+                               "preset name (default published_asdafm, shipped: afm-ray configs show published_asdafm)")
     imported.add_argument("--tracking-uri", help=TRACKING_HELP)
     imported.set_defaults(handler=run_models_import_asdafm)
 
