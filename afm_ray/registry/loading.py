@@ -5,8 +5,8 @@ A *model reference* is one of
 * ``models:/NAME@ALIAS`` — the registered version an alias points to (``afm-ray train`` sets
   ``mlflow.alias``, default ``current``);
 * ``models:/NAME/VERSION`` or ``models:/NAME/latest`` — a version number, or the newest version;
-* ``runs:/RUN_ID/model`` — the model a training run logged (``model`` is the name
-  :func:`afm_ray.train.trainer.finish` logs it under);
+* ``runs:/RUN_ID/model`` — the model a training run logged (``model`` is the name ``afm-ray
+  train`` logs it under);
 * a local folder: an MLflow model folder (it holds an ``MLmodel`` file, e.g. a downloaded model)
   or a training checkpoint folder (it holds ``state.pt``; ``runs/NAME/checkpoint_…``).
 
