@@ -1,8 +1,9 @@
 """``afm-ray models import-asdafm``: the published ASD-AFM DSH weights as a registered afm-ray model.
 
 The weights (:mod:`afm_ray.models.asdafm`) are logged like a model ``afm-ray train`` produced: its
-training config is the data preset it expects (default ``configs/published_asdafm.yaml``: the
-published generator's scan, slices, tilt and ppafm descriptor conventions), with provenance
+training config is the data preset it expects (default the shipped preset ``published_asdafm``,
+``configs/published_asdafm.yaml``: the published generator's scan, slices, tilt and ppafm descriptor
+conventions), with provenance
 (source, licence, file digest) and preprocessing in the model's metadata. So ``afm-ray predict``,
 ``match``, ``evaluate`` and ``models show`` use it as any other registered model.
 """
