@@ -82,9 +82,9 @@ def main() -> int:
 
     from afm_ray.samples.augment import augment
     from afm_ray.pipeline.sources import load_split_samples
-    from afm_ray.predict.registry import load_model
-    from afm_ray.train.config import load_train_config
-    from afm_ray.train.evaluate import EvaluationReport, check_compatible, clean_scans, loss_descriptions
+    from afm_ray.registry.loading import load_model
+    from afm_ray.recipe import load_train_config
+    from afm_ray.evaluation.registered import EvaluationReport, check_compatible, clean_scans, loss_descriptions
     from afm_ray.train.configured_model import build_loss, build_thesis_loss, compute_loss, evaluation_for
 
     config = load_train_config(args.config, args.overrides)

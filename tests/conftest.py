@@ -120,7 +120,7 @@ def tiny_database(tmp_path_factory):
 @pytest.fixture
 def tiny_config(tiny_database, tmp_path):
     """A training config small enough for a 2-core CI machine: 32×32 px scans, 12 → 8 → 6 slices."""
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     return load_train_config(CONFIGS / "quickstart.yaml", [
         f"data.database={tiny_database}", *TINY_TRAINING, f"data.fixed_set_dir={tmp_path / 'fixed'}",
@@ -139,7 +139,7 @@ def model_store(tmp_path_factory):
 
 def _train_tiny(database, store, name: str, overrides: list[str]):
     """Train quickstart on the 'tiny' split (12 molecules) with ``overrides``; returns (config, outcome)."""
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
     from afm_ray.train.trainer import run_training
 
     folder, tracking_uri = store
@@ -176,7 +176,7 @@ def cli_trained_dsh(tiny_database, model_store) -> CliTraining:
     ``models:/afm-test-dsh@current`` in :func:`model_store`: the session's end-to-end run of the command."""
     from mlflow import MlflowClient
 
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
     from afm_ray.train.run_state import RUN_STATE_FILE
     from afm_ray.train.trainer import TrainingOutcome
 

@@ -47,6 +47,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "test_files": CHEAP,
     "test_gpu_check": SLOW,
     "test_heavy_set": CHEAP,                            # the Ray build killed and resumed: ray, slow below                             # benchmarks/gpu_check.sh: quick CPU dry run, broken driver
+    "test_installed_package": RAY_SLOW,                 # builds the wheel, installs it; trains from an empty dir
     "test_job_submit": RAY_SLOW,                        # `ray start` head + `ray job submit` of a training
     "test_k8s": frozenset({"k8s"}),                     # pure manifest checks: also unit
     "test_losses": CHEAP,
@@ -62,6 +63,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "test_no_pickle": SLOW,                             # exports every architecture; trained_dsh users: ray too
     "test_pipeline": CHEAP,                             # ray_session users: ray (fixtures)
     "test_predict": RAY_SLOW,                           # every test reads a model trained in this session
+    "test_presets": CHEAP,
     "test_published": SLOW,                             # imports and evaluates the published weights
     "test_resume": RAY_SLOW,                            # trainings, sweeps and a Ray cluster in subprocesses
     "test_sim": CHEAP,

@@ -20,9 +20,9 @@ import yaml
 
 from afm_ray.config import SHOWN_VALUE_CHARS
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY
-from afm_ray.train.config import TrainConfig
-from afm_ray.train.loop import CHECKPOINT_FILE, HISTORY_FILE
-from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
+from afm_ray.recipe import TrainConfig
+from afm_ray.registry.checkpoints import CHECKPOINT_FILE, HISTORY_FILE
+from afm_ray.registry.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
 from afm_ray.train.configured_model import build_model
 
 from conftest import CONFIGS
@@ -209,7 +209,7 @@ def test_a_checkpoint_naming_a_module_is_refused_before_anything_is_imported(wor
 
 def test_a_module_listed_in_the_trusted_setting_may_be_imported(hostile_module, tmp_path, monkeypatch):
     from afm_ray.errors import InputError
-    from afm_ray.predict.registry import load_model
+    from afm_ray.registry.loading import load_model
 
     name, marker = hostile_module
     model = mlflow_model_folder(tmp_path / "plugin", {"model": {"name": "hostile", "module": name}}, tiny_pt2())

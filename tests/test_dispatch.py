@@ -15,7 +15,7 @@ import pytest
 from afm_ray.errors import InputError
 from afm_ray.pipeline.dispatch import DispatchLimits, DispatchPolicy
 from afm_ray.samples.plan import batches_for_rank, plan_epoch
-from afm_ray.train.config import load_train_config
+from afm_ray.recipe import load_train_config
 
 from conftest import CONFIGS
 

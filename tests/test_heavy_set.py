@@ -176,7 +176,7 @@ def test_build_heavy_killed_and_resumed_skips_and_records_sources(ray_session, t
 
 @pytest.mark.parametrize("model", ["dsh", "es", "xyz"])
 def test_dataset2_configs_are_the_thesis_configs_on_dataset2(model):
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     from conftest import CONFIGS
 

@@ -727,7 +727,7 @@ def parse_entrypoint(entrypoint: str):
 def job_train_configs(job: dict):
     """(TrainConfig, how many trials at once) of a RayJob's entrypoint (for a sweep: of its trials,
     whose run.storage_path the sweep sets under its own storage_path)."""
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     args = parse_entrypoint(job["spec"]["entrypoint"])
     if args.command == "train":
@@ -810,7 +810,7 @@ def test_rayjob_entrypoints_parse_and_name_the_worker_group_resources(rendered, 
 @pytest.mark.parametrize("name", ["base", *OVERLAYS])
 def test_prepare_data_job_builds_the_database_the_jobs_read(rendered, name):
     from afm_ray.cli import build_parser
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     job = ray_container(one(rendered[name], "Job", "prepare-data")["spec"]["template"])
     assert job["command"] == ["sh", "-c"]

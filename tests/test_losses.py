@@ -11,7 +11,7 @@ import torch
 from afm_ray.models.losses import FocalPositionLoss, WeightedMSELoss
 from afm_ray.models import get_model_spec
 from afm_ray.train.optim import build_optimizer
-from afm_ray.train.config import LossSettings
+from afm_ray.recipe import LossSettings
 
 GAMMA, ALPHA_N, BETA_PL, Z_MIN = 1.25, 0.30, 0.15, -0.7
 

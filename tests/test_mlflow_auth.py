@@ -232,7 +232,7 @@ def test_wrong_password_gives_one_clear_line(bootstrapped, server_ca, tiny_datab
 
 def test_missing_credentials_name_the_variables(bootstrapped, login):
     from afm_ray.errors import InputError
-    from afm_ray.train.tracking import preflight
+    from afm_ray.registry.tracking import preflight
 
     login(None)
     with pytest.raises(InputError, match=r"requires credentials \(HTTP 401\): set MLFLOW_TRACKING_USERNAME"):
@@ -310,7 +310,7 @@ def test_a_client_without_the_servers_ca_is_refused_in_one_line(bootstrapped, lo
     assert not (tmp_path / "runs").exists()
 
     from afm_ray.errors import InputError
-    from afm_ray.train.tracking import preflight
+    from afm_ray.registry.tracking import preflight
 
     stranger = TestCA.create(tmp_path / "other-ca").ca_path
     login(*JOB)

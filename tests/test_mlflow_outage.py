@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from afm_ray.train.loop import load_checkpoint_model
+from afm_ray.registry.checkpoints import load_checkpoint_model
 from afm_ray.train.trainer import run_training
 from servers import free_port, start_mlflow_server, stop_process_group
 

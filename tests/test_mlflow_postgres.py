@@ -246,7 +246,7 @@ def test_mlflow_tracking_and_registry_on_postgres(postgres, mlflow_globals, tmp_
     check_model_loads(mlflow, "afm-pg-dsh", example)
 
     # afm-ray's own tracking helpers on the same store
-    from afm_ray.train.tracking import ARCHITECTURE_TAG, RunTracker, preflight
+    from afm_ray.registry.tracking import ARCHITECTURE_TAG, RunTracker, preflight
 
     client = mlflow.MlflowClient(uri)
     client.set_registered_model_tag("afm-pg-dsh", ARCHITECTURE_TAG, "dsh")

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from afm_ray.errors import InputError
 from afm_ray.models import get_model_spec, list_model_specs
-from afm_ray.train.config import LossSettings, TrainConfig
+from afm_ray.recipe import LossSettings, TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def test_a_toy_model_registered_outside_afm_ray_trains_registers_and_loads(ray_s
     # root, where tests/ lies) on their path; the driver gets it here whatever pytest's import mode.
     monkeypatch.syspath_prepend(str(REPO))
     from afm_ray.predict import load_model
-    from afm_ray.train.loop import load_checkpoint_model
+    from afm_ray.registry.checkpoints import load_checkpoint_model
     from afm_ray.train.trainer import run_training
 
     config = TrainConfig.model_validate(tiny_config.model_dump(mode="json") | {

@@ -194,7 +194,7 @@ def _overfit(model, loss_fn, stack, targets, steps):
 
 
 def _thesis_loss(name: str):
-    from afm_ray.train.config import LossSettings
+    from afm_ray.recipe import LossSettings
 
     return get_model_spec(name).build_loss(LossSettings())
 

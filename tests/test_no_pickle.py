@@ -23,9 +23,9 @@ from afm_ray.errors import InputError
 from afm_ray.models.memory_format import channels_last
 from afm_ray.models.packed import ExportedPackedOutputs, PackedOutputs
 from afm_ray.predict import Predictor, load_model
-from afm_ray.predict.registry import PickledModelWarning, reregister_model
-from afm_ray.train.loop import CHECKPOINT_FILE, HISTORY_FILE, load_checkpoint_model
-from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_METADATA_KEY, log_and_register
+from afm_ray.registry import PickledModelWarning, reregister_model
+from afm_ray.registry.checkpoints import CHECKPOINT_FILE, HISTORY_FILE, load_checkpoint_model
+from afm_ray.registry.registration import CONFIG_METADATA_KEY, SERIALIZATION_METADATA_KEY, log_and_register
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -144,7 +144,7 @@ def store(tmp_path_factory):
 
 
 def small_config(store: str, name: str, overrides: list[str]):
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     return load_train_config(CONFIGS / "quickstart.yaml", [
         f"mlflow.tracking_uri={store}", f"mlflow.registered_model_name={name}", *overrides])
@@ -153,7 +153,7 @@ def small_config(store: str, name: str, overrides: list[str]):
 def new_run(config) -> str:
     from mlflow import MlflowClient
 
-    from afm_ray.train.run_state import create_config_run
+    from afm_ray.registry.tracking import create_config_run
 
     return create_config_run(MlflowClient(config.mlflow.tracking_uri), config, "no-pickle test", {})
 

@@ -61,8 +61,7 @@ def test_a_global_batch_is_cut_into_the_same_pieces_for_any_ranks_times_micro_ba
 
 
 def test_importing_the_batch_stages_does_not_import_ray():
-    code = ("import sys, afm_ray.samples.batches, afm_ray.samples.plan, afm_ray.train.config; "
-            "assert 'ray' not in sys.modules")
+    code = "import sys, afm_ray.samples.batches, afm_ray.samples.plan, afm_ray.recipe; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

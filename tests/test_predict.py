@@ -18,7 +18,7 @@ from afm_ray.molecules.database import read_molecules
 from afm_ray.pipeline.sources import task_of
 from afm_ray.samples.plan import BatchSpec
 from afm_ray.predict import Predictor, load_model
-from afm_ray.train.loop import load_checkpoint_model
+from afm_ray.registry.checkpoints import load_checkpoint_model
 
 from nanonis_files import write_3ds, write_sxm
 

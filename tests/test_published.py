@@ -155,7 +155,7 @@ def test_match_with_the_published_model_ranks_the_true_rotation_first(published,
     from afm_ray.molecules.io import write_xyz
     from afm_ray.predict.match import evenly_spread_rotations, rotation_angle_deg
     from afm_ray.sim import ScanParams, Simulator
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     uri, database, _ = published
     (molecule,) = read_molecules(database, ids=["qm9:000019"])  # acetamide

@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 
 from afm_ray.sweep.runner import REPORTED_FROM_CHECKPOINT
-from afm_ray.train.loop import load_checkpoint_model
+from afm_ray.registry.checkpoints import load_checkpoint_model
 from afm_ray.train.run_state import RUN_STATE_FILE, latest_history
 from afm_ray.train.trainer import run_training
 
@@ -219,7 +219,7 @@ MULTI_NODE_SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from afm_ray.cli import main
     from afm_ray.errors import InputError
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
     from afm_ray.train.trainer import prepare
 
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2})

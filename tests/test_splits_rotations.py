@@ -111,7 +111,7 @@ def test_thesis_configs_evaluate_as_many_rotations_as_they_train_on(tiny_databas
     """Thesis: 20 (DSH, ES) or 30 (xyz) best rotations per molecule in every split; quickstart stays quick;
     a quicker evaluation is an override."""
     from afm_ray.pipeline.sources import load_split_samples
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     from conftest import CONFIGS
 

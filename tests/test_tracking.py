@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from afm_ray.train.tracking import RunTracker, whole_steps
+from afm_ray.registry.tracking import RunTracker, whole_steps
 
 
 def metrics(steps: dict[int, int]) -> list[Metric]:

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from afm_ray.errors import InputError
 from afm_ray.pipeline.actors import SimulationActor
-from afm_ray.train.loop import load_checkpoint_model
+from afm_ray.registry.checkpoints import load_checkpoint_model
 from afm_ray.train.trainer import evaluate_on_workers, run_training
 
 from conftest import CONFIGS
@@ -92,7 +92,7 @@ def test_bad_training_input_fails_before_cluster_work(run_cli, tiny_database, tm
 
 
 def test_model_name_registered_with_another_architecture_is_refused(tiny_config, tmp_path):
-    from afm_ray.train.tracking import ARCHITECTURE_TAG, preflight
+    from afm_ray.registry.tracking import ARCHITECTURE_TAG, preflight
 
     uri = tiny_config.mlflow.tracking_uri
     client = MlflowClient(uri)

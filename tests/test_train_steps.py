@@ -8,7 +8,7 @@ import torch
 
 from afm_ray.train.optim import build_optimizer
 from afm_ray.samples.plan import BatchSpec
-from afm_ray.train.config import load_train_config
+from afm_ray.recipe import load_train_config
 from afm_ray.train.loader import StepLoader, prepare_batch
 from afm_ray.train.loop import StepRunner
 from afm_ray.train.configured_model import build_loss, build_model
@@ -132,7 +132,7 @@ def test_a_loader_failure_reaches_the_training_loop_and_stops_the_thread(config)
 def test_evaluation_reports_the_loss_with_the_thesis_weights_beside_the_configs():
     """Σ_k w_k · MSE_k by hand, with the config's weights (ASD-AFM's 20, 0.2, 0.1) and the thesis' (20, 0.3, 0.2),
     over two batches of unequal size; and the printed report shows both beside Table 6."""
-    from afm_ray.train.evaluate import EvaluationReport, loss_descriptions
+    from afm_ray.evaluation.registered import EvaluationReport, loss_descriptions
     from afm_ray.train.configured_model import build_thesis_loss, compute_loss, evaluation_for
 
     config = load_train_config(CONFIGS / "quickstart.yaml", ["loss.dsh_weights=[20, 0.2, 0.1]"])

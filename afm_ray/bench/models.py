@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 
 def bench_config(name: str, size: int, slices: int):
     """Thesis settings of model ``name`` at ``size`` × ``size`` px (0.125 Å/px, as the thesis) and ``slices`` slices."""
-    from afm_ray.train.config import TrainConfig
+    from afm_ray.recipe import TrainConfig
 
     return TrainConfig.model_validate({
         "model": {"name": name}, "augment": {"scan_height": {"enabled": False}},

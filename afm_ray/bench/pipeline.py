@@ -51,9 +51,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "pipeline", help="training samples/s with 1, 2, 4 simulation actors; data wait; object-store peak",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=Path("configs/quickstart.yaml"),
+    parser.add_argument("--config", type=Path, default=Path("quickstart"),
                         help="training config whose data/sim/augment/model/pipeline settings are used "
-                             "(default configs/quickstart.yaml)")
+                             "(a file or a preset name; default quickstart)")
     parser.add_argument("--actors", default="1,2,4", help="comma-separated actor counts (default 1,2,4)")
     parser.add_argument("--batches", type=int, default=12, help="timed batches per actor count (default 12)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
@@ -201,8 +201,7 @@ def run(args: argparse.Namespace) -> int:
 
     from afm_ray.pipeline.sources import load_split_samples
     from afm_ray.pipeline.cluster import ensure_ray, shutdown_ray
-    from afm_ray.train.config import load_train_config
-    from afm_ray.train.run_state import with_absolute_paths
+    from afm_ray.recipe import load_train_config, with_absolute_paths
 
     if args.synthetic:
         from afm_ray.bench.synthetic_stream import parse_layout, run_synthetic

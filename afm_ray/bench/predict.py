@@ -55,8 +55,8 @@ def register(subparsers) -> None:
 
 def _loaded_model(args):
     from afm_ray.models.packed import PackedOutputs
-    from afm_ray.predict.registry import LoadedModel, load_model
-    from afm_ray.train.config import TrainConfig, load_train_config
+    from afm_ray.registry.loading import LoadedModel, load_model
+    from afm_ray.recipe import TrainConfig, load_train_config
     from afm_ray.train.configured_model import build_model
 
     if args.model:

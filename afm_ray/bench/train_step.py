@@ -72,7 +72,7 @@ class ReplayActor:
 
 def _config(args):
     from afm_ray.config import validate
-    from afm_ray.train.config import TrainConfig
+    from afm_ray.recipe import TrainConfig
 
     last = {"auto": "auto", "true": True, "false": False}[args.channels_last]
     return validate(TrainConfig, {"model": {"name": args.model}, "sim": {"scan_pixels": [args.size, args.size]},

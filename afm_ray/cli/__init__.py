@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "afm_ray.cli.predict",
     "afm_ray.cli.models",
     "afm_ray.cli.bench",
+    "afm_ray.cli.configs",
 )
 
 DESCRIPTION = """\
@@ -39,6 +40,7 @@ The data flow, one command group per stage:
               orientation in experiments (thesis Fig. 17)
   models      the model registry: list, show a model's versions and metrics, import published weights
   bench       measure throughput of the simulator, models and pipeline
+  configs     the shipped configs: list them, print one to copy (every --config takes a preset name)
 
 Start with:
   afm-ray molecules build-qm9 --out data/qm9.parquet

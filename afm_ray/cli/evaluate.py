@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a model folder")
-    parser.add_argument("--config", type=Path, required=True, help="training config whose data to evaluate on")
+    parser.add_argument("--config", type=Path, required=True, help="training config whose data to evaluate on: a YAML file or a preset name")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
                         help="override config fields, e.g. data.max_eval_molecules=50")
     parser.add_argument("--split", default="test", choices=("val", "test"),
@@ -54,8 +54,8 @@ def register(subparsers) -> None:
 
 
 def _evaluate(args) -> int:
-    from afm_ray.train.config import load_train_config
-    from afm_ray.train.evaluate import evaluate_registered
+    from afm_ray.recipe import load_train_config
+    from afm_ray.evaluation import evaluate_registered
 
     config = load_train_config(args.config, args.overrides)
     report = evaluate_registered(args.model, config, args.split, args.tracking_uri, args.device, clean=args.clean,

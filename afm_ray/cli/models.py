@@ -1,6 +1,6 @@
 """``afm-ray models list|show|import-asdafm|reregister``: the MLflow model registry that training fills.
 
-See :mod:`afm_ray.predict.registry` for the library behind these commands.
+See :mod:`afm_ray.registry` for the library behind these commands.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def register(subparsers) -> None:
     imported.add_argument("file", metavar="FILE.h5", help="Keras HDF5 weights of the ASD-AFM DSH model")
     imported.add_argument("--name", required=True, help="registered model name")
     imported.add_argument("--alias", default="published", help="alias set on the new version (default published)")
-    imported.add_argument("--config", type=Path, default=Path("configs/published_asdafm.yaml"),
-                          help="the data preset the model expects, recorded as its config "
-                               "(default configs/published_asdafm.yaml)")
+    imported.add_argument("--config", type=Path, default=Path("published_asdafm"),
+                          help="the data preset the model expects, recorded as its config: a YAML file or a "
+                               "preset name (default published_asdafm, shipped: afm-ray configs show published_asdafm)")
     imported.add_argument("--tracking-uri", help=TRACKING_HELP)
     imported.set_defaults(handler=run_models_import_asdafm)
 
@@ -64,8 +64,8 @@ def register(subparsers) -> None:
 
 
 def run_models_list(args: argparse.Namespace) -> int:
-    from afm_ray.predict.registry import list_models
-    from afm_ray.train.tracking import resolve_tracking_uri
+    from afm_ray.recipe import resolve_tracking_uri
+    from afm_ray.registry.catalog import list_models
 
     models = list_models(args.tracking_uri)
     if not models:
@@ -81,7 +81,7 @@ def run_models_list(args: argparse.Namespace) -> int:
 def run_models_show(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from afm_ray.predict.registry import describe_model
+    from afm_ray.registry.catalog import describe_model
 
     model = describe_model(args.name, args.tracking_uri)
     aliases = ", ".join(f"@{alias} → v{version}" for alias, version in sorted(model.aliases.items())) or "none"
@@ -101,8 +101,8 @@ def run_models_show(args: argparse.Namespace) -> int:
 
 
 def run_models_import_asdafm(args: argparse.Namespace) -> int:
-    from afm_ray.train.config import load_train_config
-    from afm_ray.train.published import import_asdafm
+    from afm_ray.recipe import load_train_config
+    from afm_ray.registry.published import import_asdafm
 
     config = load_train_config(args.config)
     version, run_id = import_asdafm(args.file, args.name, args.alias, config, str(args.config), args.tracking_uri)
@@ -111,7 +111,7 @@ def run_models_import_asdafm(args: argparse.Namespace) -> int:
 
 
 def run_models_reregister(args: argparse.Namespace) -> int:
-    from afm_ray.predict.registry import reregister_model
+    from afm_ray.registry.reregister import reregister_model
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

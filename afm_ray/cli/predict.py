@@ -177,7 +177,7 @@ def _prepare_settings(args):
 def _load_model(args):
     """``--model`` loaded; a pickled model only with ``--trust-pickle`` (and then with a warning), a plugin
     model only with ``--allow-module``."""
-    from afm_ray.predict.registry import load_model
+    from afm_ray.registry.loading import load_model
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--tip", default="CO", help="probe particle, a name in the config's tips (default CO; also Xe)")
     parser.add_argument("--tilt", type=float, metavar="RADIUS_A",
                         help="tilt radius in Å: probe rest offsets drawn in this disk (default: config, thesis 1.0; 0 = none)")
-    parser.add_argument("--config", metavar="sim.yaml", help="simulator config (default: built-in thesis values)")
+    parser.add_argument("--config", metavar="sim.yaml", help="simulator config: a YAML file or the preset sim (default: built-in thesis values)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-sample tilt draws (default 0)")
     parser.add_argument("--device", help="auto | cpu | gpu | ray | index | name substring (default: config)")
     parser.add_argument("--batch-size", type=int, default=32, help="molecules per simulator call (default 32)")

@@ -34,7 +34,7 @@ examples:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a model (Ray Train + simulation actors + MLflow)",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML config (configs/*.yaml); defaults = thesis values")
+    parser.add_argument("--config", type=Path, help="training config: a YAML file or a preset name (quickstart, dsh, …: afm-ray configs list); defaults = thesis values")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE",
                         help="override config fields, e.g. run.epochs=3 optimizer.learning_rate=5e-4")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def _train(args) -> int:
-    from afm_ray.train.config import load_train_config
+    from afm_ray.recipe import load_train_config
 
     configure_console(verbose=args.verbose)
     config = load_train_config(args.config, args.overrides)

@@ -32,7 +32,7 @@ config is refused with the list of changed fields (choose another sweep name).
 def register(subparsers) -> None:
     parser = subparsers.add_parser("tune", help="hyperparameter sweep (Ray Tune + MLflow parent/child runs)",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True, help="sweep YAML (tune/*.yaml; tune/README.md)")
+    parser.add_argument("--config", type=Path, required=True, help="sweep YAML or preset name (tune/*.yaml: afm-ray configs list --kind tune; tune/README.md)")
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="override sweep fields")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")

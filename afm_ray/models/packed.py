@@ -5,7 +5,7 @@ networks return a tuple of maps. :class:`PackedOutputs` wraps a network and conc
 outputs along the channel axis; :meth:`PackedOutputs.unpack` splits them again by name.
 
 A registered model is a ``torch.export`` program of a :class:`PackedOutputs` (MLflow's ``pt2``
-format, :mod:`afm_ray.train.registration`): a graph and raw weight bytes, no pickle. Loaded, it is a
+format, :mod:`afm_ray.registry.registration`): a graph and raw weight bytes, no pickle. Loaded, it is a
 ``torch.fx.GraphModule`` that knows nothing of output names, so :class:`ExportedPackedOutputs`
 puts back what prediction and evaluation use — ``forward``, ``unpack``, ``output_names``,
 ``network`` — from the :class:`PackedSpec` kept in the model's MLflow metadata.

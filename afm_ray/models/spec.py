@@ -29,7 +29,7 @@ from afm_ray.errors import InputError
 from afm_ray.models.losses import WeightedMSELoss
 
 if TYPE_CHECKING:  # the configs import this module; the spec only receives their instances
-    from afm_ray.train.config import LossSettings, TrainConfig
+    from afm_ray.recipe import LossSettings, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ModelSpec:
         build_loss: ``config.loss`` → a module called ``loss(outputs, targets)`` (tuples in output
             order) returning :class:`afm_ray.models.losses.LossOutput`.
         loss_defaults: the defaults of the ``loss.*`` fields this model reads (the only place they live;
-            :class:`afm_ray.train.config.LossSettings` takes its defaults from here).
+            :class:`afm_ray.recipe.LossSettings` takes its defaults from here).
         describe_loss: config → a short line of the loss settings (model listings).
         objective: metric and direction that pick the best checkpoint and rank sweep trials.
         metrics: ``"maps"``: per-output MSE and correlation; ``"atoms"``: the outputs are the xyz
@@ -223,7 +223,7 @@ def weighted_mse_map_model(*, name: str, description: str, tips: tuple[str, ...]
 
     ``network(n_slices=, skip_connections=, padding_mode=)`` builds it from ``config.input_slices``
     and ``config.model``; ``weights_field`` names the field of
-    :class:`~afm_ray.train.config.LossSettings` holding its MSE weights (one per output,
+    :class:`~afm_ray.recipe.LossSettings` holding its MSE weights (one per output,
     dimensionless), whose default is ``default_weights``.
     """
     names = tuple(output.name for output in outputs)

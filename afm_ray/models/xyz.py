@@ -26,7 +26,7 @@ from afm_ray.models.blocks import Encoder3D, PaddedConv, check_n_slices, check_p
 from afm_ray.models.spec import ModelSpec, Objective, OutputSpec, register_model
 
 if TYPE_CHECKING:
-    from afm_ray.train.config import LossSettings, TrainConfig
+    from afm_ray.recipe import LossSettings, TrainConfig
 
 TRUNK_CHANNELS = 128
 HEAD_CHANNELS = 64

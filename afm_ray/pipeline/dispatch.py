@@ -27,7 +27,7 @@ actor is passed over until it answers, and the batch is tried again elsewhere. A
 most ``max_attempts`` times (a hedge is an attempt), so a consumer waits at most
 ``max_attempts × timeout_cap_s`` for any batch before it is dropped (handed out as ``None``; DDP
 ranks stay in step); the training run's collective timeout is checked to be at least twice that
-(:class:`~afm_ray.train.config.TrainConfig`).
+(:class:`~afm_ray.recipe.TrainConfig`).
 
 **Failures.** A call that fails is tried again on an actor that has not failed that batch. An actor
 that died (:data:`ACTOR_LOST` errors) or failed three calls in a row is passed over for

@@ -1,6 +1,6 @@
 """The pipeline's own settings: which samples to make (:class:`SampleSettings`) and how (:class:`PipelineSettings`).
 
-:class:`~afm_ray.train.config.TrainConfig` holds these and hands them down
+:class:`~afm_ray.recipe.TrainConfig` holds these and hands them down
 (``config.sample_settings``); nothing in :mod:`afm_ray.pipeline` reads the training config.
 """
 

@@ -10,8 +10,8 @@ From Python, without the CLI::
     predictions = predictor.predict([prepare_stack(s, predictor.model_input) for s in stacks])
     predictions[0].outputs["vdw_spheres"]                      # (nx, ny) Å, x first
 
-Modules: :mod:`~afm_ray.predict.registry` (``models:/``, ``runs:/``, local folders; list/show),
-:mod:`~afm_ray.predict.inputs` (``.npz``/``.npy``/Nanonis readers and their documented layout),
+Models come from the registry (:func:`afm_ray.registry.load_model`: ``models:/``, ``runs:/``, local
+folders; re-exported here). Modules: :mod:`~afm_ray.predict.inputs` (``.npz``/``.npy``/Nanonis readers and their documented layout),
 :mod:`~afm_ray.predict.preprocess` (slice choice, resampling, normalisation — training's
 deterministic steps), :mod:`~afm_ray.predict.predictor` (batched inference, xyz decoding, output
 files), :mod:`~afm_ray.predict.match` (rotation search by cross-correlation of vdW Spheres);
@@ -23,10 +23,10 @@ from afm_ray.predict.match import (MatchSettings, evenly_spread_rotations, match
                                    normalised_cross_correlation)
 from afm_ray.predict.predictor import Prediction, Predictor, write_prediction
 from afm_ray.predict.preprocess import ModelInput, PreparedStack, PrepareSettings, choose_slices, prepare_stack
-from afm_ray.predict.registry import LoadedModel, describe_model, list_models, load_model
+from afm_ray.registry.loading import LoadedModel, load_model
 
 __all__ = [
     "AfmStack", "LoadedModel", "MatchSettings", "ModelInput", "Prediction", "Predictor", "PrepareSettings",
-    "PreparedStack", "choose_slices", "describe_model", "evenly_spread_rotations", "list_models", "load_model",
+    "PreparedStack", "choose_slices", "evenly_spread_rotations", "load_model",
     "match_experiments", "normalised_cross_correlation", "prepare_stack", "read_stacks", "write_prediction",
 ]

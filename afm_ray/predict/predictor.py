@@ -37,7 +37,7 @@ from afm_ray.descriptors.xyz_codec import DEFAULT_NMS_RADIUS, DEFAULT_REPORT_THR
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
 from afm_ray.predict.preprocess import ModelInput, PreparedStack
-from afm_ray.predict.registry import LoadedModel
+from afm_ray.registry.loading import LoadedModel
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -63,7 +63,7 @@ class Predictor:
     """Batched inference with one loaded model.
 
     Args:
-        model: from :func:`afm_ray.predict.registry.load_model`.
+        model: from :func:`afm_ray.registry.load_model`.
         device: torch device for the local path (``cpu`` or ``cuda``).
         batch_size: stacks per forward pass.
         threshold: xyz atom confidence threshold (1 − p_background ≥ threshold).

@@ -51,7 +51,7 @@ from afm_ray.samples.augment import normalize_slices
 from afm_ray.config import StrictModel
 from afm_ray.errors import InputError
 from afm_ray.predict.inputs import AfmStack
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 
 SLICE_STRATEGIES = ("auto", "closest", "even")
 PIXEL_SIZE_TOLERANCE = 1e-6  # relative: pixel sizes this close are taken as equal (no resampling)

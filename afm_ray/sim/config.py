@@ -44,6 +44,7 @@ from pydantic import Field, model_validator
 
 from afm_ray.config import StrictModel, load_yaml_text, one_line, validate
 from afm_ray.errors import InputError
+from afm_ray.presets import find_config
 
 EV_PER_ANGSTROM2_PER_N_PER_M = 0.0624150907
 """1 N/m expressed in eV/Å² (the simulator's internal stiffness unit)."""
@@ -202,8 +203,9 @@ class SimConfig(StrictModel):
     # -- files ---------------------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SimConfig":
-        """Load a YAML file; a top-level ``sim:`` section is accepted too. Errors name the file and field."""
-        path = Path(path)
+        """Load a YAML file (or a preset name, :func:`afm_ray.presets.find_config`); a top-level ``sim:`` section
+        is accepted too. Errors name the file and field."""
+        path = find_config(path, "sim")
         try:
             data = load_yaml_text(path.read_text(encoding="utf-8")) or {}
         except OSError as exc:

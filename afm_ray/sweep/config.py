@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from afm_ray.config import StrictModel, apply_overrides, read_yaml, validate
 from afm_ray.errors import InputError
+from afm_ray.presets import find_config
 
 
 class Dimension(StrictModel):
@@ -114,10 +115,13 @@ class SweepConfig(StrictModel):
 
 
 def load_sweep_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
-    """Load and validate a sweep YAML; ``train_config`` becomes absolute (relative to the YAML)."""
-    path = Path(path)
+    """Load and validate a sweep YAML (a file or a preset name, :func:`afm_ray.presets.find_config`);
+    ``train_config`` becomes absolute (relative to the YAML)."""
+    path = find_config(path, "tune")
     config = validate(SweepConfig, apply_overrides(read_yaml(path), overrides), str(path))
     train_config = config.train_config if config.train_config.is_absolute() else path.parent / config.train_config
+    if not train_config.exists():  # a copied preset: its ../configs/NAME.yaml is the shipped one
+        train_config = find_config(config.train_config, "train", f"{path}: train_config")
     if not train_config.exists():
         raise InputError(f"{path}: train_config", f"training config {train_config} not found")
     return config.model_copy(update={"train_config": train_config.resolve()})

@@ -22,12 +22,12 @@ from afm_ray.errors import InputError
 from afm_ray.sweep.config import SweepConfig
 from afm_ray.sweep.space import check_space, param_path, param_space, trial_config
 from afm_ray.sweep.summary import write_summary
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
+from afm_ray.registry.tracking import RunTracker
 from afm_ray.train.run_state import (RESUMABLE_FIELDS, config_changes, describe_changes, latest_history,
                                      open_mlflow_run, read_run_state, record_run_id, recorded_run_id)
 from afm_ray.train.progress import TuneEpochLines
 from afm_ray.train.configured_model import objective, reported_metrics
-from afm_ray.train.tracking import RunTracker
 from afm_ray.train.trainer import (Pipeline, backfill_run, best_and_latest_checkpoints, build_trainer, finish,
                                    prepare, resolve_paths, start_pipeline)
 

@@ -8,7 +8,7 @@ from ray import tune
 from afm_ray.config import apply_overrides, validate
 from afm_ray.errors import InputError
 from afm_ray.sweep.config import Dimension
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 
 # Tune splits param_space keys on "." (nesting) and its searchers flatten them with "/": neither may
 # appear in a flat key, so config paths are spelled with this separator inside Tune.

@@ -12,7 +12,7 @@ from torch import nn
 from afm_ray.models.losses import LossOutput
 from afm_ray.models.metrics import ImageMetricsAccumulator, XYZEvaluator
 from afm_ray.models import ModelSpec, class_names, get_model_spec
-from afm_ray.train.config import LossSettings, TrainConfig
+from afm_ray.recipe import LossSettings, TrainConfig
 
 
 def build_model(config: TrainConfig) -> nn.Module:

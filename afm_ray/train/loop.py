@@ -12,7 +12,7 @@ one evaluation equal to a single-rank one, training figures are summed over all 
 data figures say what the most starved rank saw (:func:`data_metrics`). Rank 0
 writes the checkpoint (state dicts of model, optimiser and scheduler, epoch and config; history as
 JSON; read back with ``weights_only=True``); the controller logs each report to MLflow once the
-checkpoint is saved (:class:`~afm_ray.train.tracking.MlflowReportCallback`).
+checkpoint is saved (:class:`~afm_ray.train.mlflow_callback.MlflowReportCallback`).
 A restarted worker group resumes from the latest checkpoint.
 """
 
@@ -21,10 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import pickle
 import tempfile
 import time
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,23 +30,18 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
-from afm_ray.config import one_line, validate
 from afm_ray.errors import InputError
 from afm_ray.models.memory_format import channels_last, channels_last_is_faster, to_channels_last
-from afm_ray.models.spec import refuse_untrusted_module
 from afm_ray.train.optim import SampleSchedule, build_optimizer, restore_optimizer
 from afm_ray.pipeline import BatchSpec, BatchStream, StreamStats, plan_epoch
 from afm_ray.samples.plan import micro_batches_for_rank
 from afm_ray.pipeline.fixed_sets import FixedSet, available_memory_bytes, cache_budget_mib
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
+from afm_ray.registry.checkpoints import CHECKPOINT_FILE, HISTORY_FILE, read_checkpoint_state
 from afm_ray.train.device_shard import DeviceShard, free_device_bytes
 from afm_ray.train.loader import DeviceBatch, StepLoader
 from afm_ray.train.configured_model import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
                                  gathered_from_ranks, objective, to_tensors)
-
-CHECKPOINT_FILE = "state.pt"
-HISTORY_FILE = "history.json"
-
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The network inside torch.compile's and DDP's wrappers."""
@@ -397,52 +390,3 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def _blank_input(config: TrainConfig, device) -> torch.Tensor:
     """One all-zero input sample, (1, tips, nx, ny, slices)."""
     return torch.zeros(1, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices, device=device)
-
-
-def read_checkpoint_state(checkpoint_path: str | Path, map_location="cpu") -> dict:
-    """The ``state.pt`` of a checkpoint folder: ``model``, ``optimizer`` and ``scheduler`` state dicts,
-    ``epoch`` and ``config_json``. Read with ``weights_only=True``: tensors and plain data only, so
-    a crafted file cannot run code; anything else is refused with :class:`InputError`."""
-    path = Path(checkpoint_path) / CHECKPOINT_FILE
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), "")
-        raise InputError(str(path), "holds objects other than tensors and plain data, which afm-ray does not "
-                                    f"unpickle (not an afm-ray checkpoint?) {reason[:200]}".rstrip()) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:  # torch's zip reader: truncated or corrupt
-        raise InputError(str(path), f"not a readable checkpoint (truncated or corrupt?): {one_line(exc, 200)}") from None
-    missing = {"model", "config_json"} - set(state if isinstance(state, dict) else ())
-    if missing:
-        raise InputError(str(path), f"not an afm-ray checkpoint: no {', '.join(sorted(missing))}")
-    return state
-
-
-def load_checkpoint_model(checkpoint_path: str | Path, allowed_modules: Collection[str] | None = None
-                          ) -> tuple[torch.nn.Module, TrainConfig, list[dict]]:
-    """The trained network (eval mode, CPU), its config and its history from a checkpoint folder.
-
-    ``allowed_modules``: for a checkpoint from elsewhere, the model modules its config may import
-    (:func:`~afm_ray.models.spec.refuse_untrusted_module`); ``None``: a checkpoint this afm-ray wrote (trusted).
-    """
-    folder = Path(checkpoint_path)
-    state = read_checkpoint_state(folder)
-    where = str(folder / CHECKPOINT_FILE)
-    try:
-        config_data = json.loads(state["config_json"])
-    except (TypeError, ValueError) as exc:
-        raise InputError(where, f"config_json is not JSON ({one_line(exc, 200)})") from None
-    if allowed_modules is not None:
-        refuse_untrusted_module(config_data, where, allowed_modules)
-    config = validate(TrainConfig, config_data, f"{where}: config_json")
-    model = build_model(config)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, AttributeError) as exc:  # missing, extra or misshapen weights
-        raise InputError(where, f"its weights do not fit a {config.model.name} model: {one_line(exc, 200)}") from None
-    model.eval()
-    try:
-        history = json.loads((folder / HISTORY_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(str(folder / HISTORY_FILE), f"unreadable training history ({one_line(exc, 200)})") from None
-    return model, config, history

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from afm_ray.errors import InputError
 from afm_ray.pipeline.actors import check_cluster_fits
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig
 
 
 def check_batch_fills_workers(config: TrainConfig, train_samples: int) -> None:

@@ -1,4 +1,4 @@
-"""A training run's state: its paths, its run folder's ``afm_ray_run.json`` and its MLflow run.
+"""A training run's state: its run folder's ``afm_ray_run.json`` and its MLflow run.
 
 Resuming: running the same config again (same ``run.name`` and ``run.storage_path``) continues
 from the latest checkpoint, in the same MLflow run. The run folder keeps the config the run was
@@ -19,57 +19,11 @@ import numpy as np
 
 from afm_ray.errors import InputError
 from afm_ray.files import atomic_file
-from afm_ray.train.config import TrainConfig
-from afm_ray.train.loop import HISTORY_FILE
-from afm_ray.train.tracking import ARCHITECTURE_TAG, resolve_tracking_uri
+from afm_ray.recipe import TrainConfig
+from afm_ray.registry.checkpoints import HISTORY_FILE
+from afm_ray.registry.tracking import ARCHITECTURE_TAG, create_config_run, flatten
 
 RUN_STATE_FILE = "afm_ray_run.json"
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` (MLflow params)."""
-    flat = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = json.dumps(value) if not isinstance(value, str) else value
-    return flat
-
-
-def relative_paths(config: TrainConfig, storage_field: str = "run.storage_path") -> dict[str, str]:
-    """The config's data, run and tracking paths that are relative (field name → value as given).
-
-    ``storage_field`` names the field that set ``run.storage_path`` (a sweep sets it from its own
-    ``storage_path``).
-    """
-    paths = {"data.database": config.data.database, "data.fixed_set_dir": config.data.fixed_set_dir,
-             storage_field: config.run.storage_path}
-    relative = {field: str(path) for field, path in paths.items() if not path.is_absolute()}
-    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    if _relative_sqlite_file(tracking_uri) is not None:
-        relative["mlflow.tracking_uri"] = tracking_uri
-    return relative
-
-
-def _relative_sqlite_file(tracking_uri: str) -> str | None:
-    """The file of a ``sqlite:///relative.db`` URI (three slashes: relative to the working directory), else None."""
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        return tracking_uri[len("sqlite:///"):]
-    return None
-
-
-def with_absolute_paths(config: TrainConfig) -> TrainConfig:
-    """Paths resolved against the driver's working directory: Ray workers run elsewhere."""
-    data = config.data.model_copy(update={"database": config.data.database.resolve(),
-                                          "fixed_set_dir": config.data.fixed_set_dir.resolve()})
-    run = config.run.model_copy(update={"storage_path": config.run.storage_path.resolve()})
-    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    if (relative_file := _relative_sqlite_file(tracking_uri)) is not None:
-        tracking_uri = "sqlite:///" + str(Path(relative_file).resolve())
-    mlflow = config.mlflow.model_copy(update={"tracking_uri": tracking_uri})
-    return config.model_copy(update={"data": data, "run": run, "mlflow": mlflow})
 
 
 # -- the run folder's state: MLflow run id, the config it runs, the runs it continues ----------------
@@ -272,18 +226,4 @@ def _continue_in_new_run(client, config: TrainConfig, run_dir: Path, state: dict
                               "previous_runs": [*state.get("previous_runs", []), previous]})
     print(f"config changed ({describe_changes(changes)}): continuing {run_dir.name} from epoch {first_epoch} "
           f"in MLflow run {run_id}, linked to {old_run_id}", flush=True)
-    return run_id
-
-
-def create_config_run(client, config: TrainConfig, run_name: str, tags: dict[str, str]) -> str:
-    """A new MLflow run in ``config.mlflow.experiment`` (created if missing) with ``tags`` and the config's
-    fields as params; returns its id. Training, evaluation and model imports all start their runs here."""
-    from mlflow.entities import Param
-
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-    params = [Param(key, value[:6000]) for key, value in flatten(config.model_dump(mode="json")).items()]
-    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=params[start:start + 100])
     return run_id

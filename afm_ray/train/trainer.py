@@ -4,7 +4,7 @@ Order of work, so that mistakes fail before any cluster work: config → molecul
 split → MLflow store and registry name → Ray cluster resources (:mod:`afm_ray.train.resources`) →
 simulation actors → fixed validation/test sets → :class:`ray.train.torch.TorchTrainer` → test
 evaluation, figures and the model registered in MLflow under ``NAME@ALIAS``
-(:mod:`afm_ray.train.registration`). The run folder and its MLflow run, and how a run resumes:
+(:mod:`afm_ray.registry.registration`). The run folder and its MLflow run, and how a run resumes:
 :mod:`afm_ray.train.run_state`.
 """
 
@@ -33,16 +33,17 @@ from afm_ray.pipeline.dispatcher import start_dispatcher
 from afm_ray.pipeline.fixed_sets import FixedSet, materialize
 from afm_ray.pipeline.sources import load_split_samples
 from afm_ray.pipeline.cluster import ensure_ray, require_shared_paths
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig, relative_paths, with_absolute_paths
+from afm_ray.registry.checkpoints import HISTORY_FILE, load_checkpoint_model
+from afm_ray.registry.registration import log_and_register
+from afm_ray.registry.tracking import RunTracker, preflight
 from afm_ray.figures.training import plot_loss_curves, plot_predictions
-from afm_ray.train.loop import (HISTORY_FILE, check_compile_backend, evaluate, load_checkpoint_model,
-                                train_loop_per_worker)
+from afm_ray.train.loop import check_compile_backend, evaluate, train_loop_per_worker
+from afm_ray.train.mlflow_callback import MlflowReportCallback
 from afm_ray.train.progress import EpochLinePrinter
-from afm_ray.train.registration import log_and_register
 from afm_ray.train.resources import check_batch_fills_workers, check_cluster_holds_training
-from afm_ray.train.run_state import open_mlflow_run, read_run_state, relative_paths, with_absolute_paths
+from afm_ray.train.run_state import open_mlflow_run, read_run_state
 from afm_ray.train.configured_model import Evaluation, build_loss, objective
-from afm_ray.train.tracking import MlflowReportCallback, RunTracker, preflight
 
 TRACKING_FAILURES = (MlflowException, requests.RequestException)
 """What MLflow's client raises when its store fails or does not answer (HTTP errors wrapped, or raw)."""

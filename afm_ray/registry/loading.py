@@ -1,23 +1,23 @@
-"""Finding and loading trained models: the MLflow registry, run models, local folders.
+"""Loading trained models: the MLflow registry, run models, local folders.
 
 A *model reference* is one of
 
 * ``models:/NAME@ALIAS`` — the registered version an alias points to (``afm-ray train`` sets
   ``mlflow.alias``, default ``current``);
 * ``models:/NAME/VERSION`` or ``models:/NAME/latest`` — a version number, or the newest version;
-* ``runs:/RUN_ID/model`` — the model a training run logged (``model`` is the name
-  :func:`afm_ray.train.trainer.finish` logs it under);
+* ``runs:/RUN_ID/model`` — the model a training run logged (``model`` is the name ``afm-ray
+  train`` logs it under);
 * a local folder: an MLflow model folder (it holds an ``MLmodel`` file, e.g. a downloaded model)
   or a training checkpoint folder (it holds ``state.pt``; ``runs/NAME/checkpoint_…``).
 
 :func:`load_model` returns a :class:`LoadedModel`: the packed network in eval mode on the CPU and
-its :class:`~afm_ray.train.config.TrainConfig`, read from the model's ``afm_ray_config`` metadata
+its :class:`~afm_ray.recipe.TrainConfig`, read from the model's ``afm_ray_config`` metadata
 (or the checkpoint), which says what input the model expects (scan window, pixels, slices, tips).
 Nothing global is changed: the tracking URI is passed to an :class:`mlflow.MlflowClient` and to the
 artifact download, never set process-wide.
 
 Loading never unpickles. A registered model is a ``torch.export`` archive (MLflow's ``pt2``,
-:mod:`afm_ray.train.registration`): it is checked to hold only JSON, raw tensor bytes and records
+:mod:`afm_ray.registry.registration`): it is checked to hold only JSON, raw tensor bytes and records
 that ``torch.load(weights_only=True)`` accepts, then loaded as an
 :class:`~afm_ray.models.packed.ExportedPackedOutputs`. A checkpoint folder is read with
 ``weights_only=True``. The format is read from the model's MLmodel file before any weights are
@@ -28,9 +28,6 @@ An artifact never chooses code: the format and the archive's pickle-freedom are 
 a config naming a ``model.module`` (a plugin model) is refused unless the caller trusts that module
 (``allowed_modules``, ``--allow-module NAME``, or ``$AFM_RAY_TRUSTED_MODULES``), and only then is the
 config validated (which imports it).
-
-:func:`list_models` and :func:`describe_model` serve ``afm-ray models list|show``;
-:func:`reregister_model` serves ``afm-ray models reregister`` (a pickled model as a new, safe version).
 """
 
 from __future__ import annotations
@@ -41,18 +38,16 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from afm_ray.config import one_line, validate
 from afm_ray.errors import InputError
 from afm_ray.models.spec import refuse_untrusted_module
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY, ExportedPackedOutputs, PackedOutputs, PackedSpec
-from afm_ray.train.config import TrainConfig
-from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
-from afm_ray.train.tracking import ARCHITECTURE_TAG, resolve_tracking_uri
+from afm_ray.recipe import TrainConfig, resolve_tracking_uri
+from afm_ray.registry.checkpoints import CHECKPOINT_FILE, load_checkpoint_model
+from afm_ray.registry.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
@@ -143,7 +138,7 @@ class _Trust:
 
 
 # -- registry -------------------------------------------------------------------------------------
-def _client(tracking_uri: str):
+def mlflow_client(tracking_uri: str):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -156,8 +151,8 @@ def _load_registered(reference: str, tracking_uri: str, trust: _Trust) -> Loaded
     if match is None:
         raise InputError("--model", f"{reference!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
     name, alias, version = match["name"], match["alias"], match["version"]
-    client = _client(tracking_uri)
-    registered = _registered_model(client, name, tracking_uri)
+    client = mlflow_client(tracking_uri)
+    registered = registered_model(client, name, tracking_uri)
     if alias is not None:
         if alias not in registered.aliases:
             known = ", ".join(f"@{a} → v{v}" for a, v in sorted(registered.aliases.items())) or "none"
@@ -180,15 +175,23 @@ def _load_registered(reference: str, tracking_uri: str, trust: _Trust) -> Loaded
     return LoadedModel(packed, config, reference, name, str(model_version.version), model_version.run_id)
 
 
-def _registered_model(client, name: str, tracking_uri: str, where: str = "--model"):
+def registered_model(client, name: str, tracking_uri: str, where: str = "--model"):
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_registered_model(name)
     except MlflowException:
-        known = sorted(model.name for model in _all_registered_models(client, tracking_uri))
+        known = sorted(model.name for model in all_registered_models(client, tracking_uri))
         raise InputError(where, f"no registered model {name!r} in {tracking_uri} "
                                 f"(registered: {', '.join(known) or 'none'})") from None
+
+
+def all_registered_models(client, tracking_uri: str) -> list:
+    try:
+        return list(client.search_registered_models())
+    except Exception as exc:  # connection errors surface as several exception types
+        raise InputError("--tracking-uri", f"MLflow store {tracking_uri} cannot be read: "
+                                           f"{str(exc).splitlines()[0][:200]}") from None
 
 
 def _load_run_model(reference: str, tracking_uri: str, trust: _Trust) -> LoadedModel:
@@ -198,7 +201,7 @@ def _load_run_model(reference: str, tracking_uri: str, trust: _Trust) -> LoadedM
     if match is None:
         raise InputError("--model", f"{reference!r} is not runs:/RUN_ID/model")
     run_id, path = match["run_id"], match["path"].strip("/")
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -215,7 +218,7 @@ def _load_run_model(reference: str, tracking_uri: str, trust: _Trust) -> LoadedM
 def _load_mlflow_model(location: str, tracking_uri: str, reference: str,
                        trust: _Trust) -> tuple[ExportedPackedOutputs | PackedOutputs, TrainConfig]:
     """Load the MLflow model stored at ``location`` (a local path or an artifact URI)."""
-    local = _local_path(location)
+    local = local_path(location)
     if local is not None:
         return _read_mlflow_folder(local, reference, trust)
     from mlflow.artifacts import download_artifacts
@@ -237,7 +240,7 @@ def _load_mlflow_model(location: str, tracking_uri: str, reference: str,
         return _read_mlflow_folder(Path(path), reference, trust)
 
 
-def _local_path(location: str) -> Path | None:
+def local_path(location: str) -> Path | None:
     if location.startswith("file://"):
         location = location[len("file://"):]
     if re.match(r"^[a-z][a-z0-9+.-]*:", location):
@@ -351,179 +354,9 @@ def _load_local(path: Path, reference: str, trust: _Trust) -> LoadedModel:
     if (path / "MLmodel").is_file():
         packed, config = _read_mlflow_folder(path, reference, trust)
         return LoadedModel(packed, config, reference)
-    from afm_ray.train.loop import CHECKPOINT_FILE, load_checkpoint_model
-
     if (path / CHECKPOINT_FILE).is_file():
         network, config, _ = load_checkpoint_model(path, allowed_modules=trust.modules)
         packed = PackedOutputs(network, config.model.spec.output_names, config.model.name).eval()
         return LoadedModel(packed, config, reference)
     raise InputError("--model", f"{reference}: neither an MLflow model folder (MLmodel) nor a training "
                                 f"checkpoint ({CHECKPOINT_FILE})")
-
-
-# -- re-registering pickled models ----------------------------------------------------------------
-def reregister_model(reference: str, tracking_uri: str | None = None, trust_pickle: bool = False,
-                     allowed_modules: Collection[str] = ()) -> tuple[str, str]:
-    """Register the model of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` again in the safe
-    format, as a new version of NAME; returns (new version, MLflow run id).
-
-    For models an older afm-ray registered pickled (loading them needs ``trust_pickle``). The new
-    version keeps the old one's metadata (config, provenance) and records where it came from
-    (``afm_ray_reregistered_from``); every alias that pointed at the old version moves to it.
-    """
-    from mlflow import MlflowClient
-
-    from afm_ray.train.registration import log_and_register
-    from afm_ray.train.run_state import create_config_run
-
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    if not str(reference).startswith("models:/"):
-        raise InputError("--model", f"{reference!r}: reregister takes models:/NAME@ALIAS or models:/NAME/VERSION")
-    loaded = load_model(reference, tracking_uri, trust_pickle=trust_pickle, allowed_modules=allowed_modules)
-    name, old_version = loaded.registered_name, loaded.version
-    if isinstance(loaded.packed, ExportedPackedOutputs):
-        raise InputError("--model", f"{reference} (version {old_version}) is already in the safe format")
-    client = MlflowClient(tracking_uri)
-    aliases = sorted(alias for alias, version in client.get_registered_model(name).aliases.items()
-                     if str(version) == old_version)
-    source = f"models:/{name}/{old_version}"
-    metadata = {key: value for key, value in _version_metadata(client, name, old_version, tracking_uri).items()
-                if key not in (CONFIG_METADATA_KEY, PACKED_SPEC_METADATA_KEY, SERIALIZATION_METADATA_KEY)}
-    settings = loaded.config.mlflow.model_copy(update={"registered_model_name": name, "tracking_uri": tracking_uri,
-                                                       "alias": aliases[0] if aliases else loaded.config.mlflow.alias})
-    config = loaded.config.model_copy(update={"mlflow": settings})
-    run_id = create_config_run(client, config, f"reregister {name} v{old_version}",
-                               {ARCHITECTURE_TAG: config.model.name, "afm_ray.reregistered_from": source})
-    example = np.zeros((1, len(loaded.tips), *config.sim.scan_pixels, config.input_slices), np.float32)
-    version = log_and_register(loaded.packed.network, config, example, tracking_uri, run_id,
-                               {**metadata, "afm_ray_reregistered_from": source}, set_alias=bool(aliases))
-    for alias in aliases[1:]:
-        client.set_registered_model_alias(name, alias, version)
-    client.set_terminated(run_id, status="FINISHED")
-    return version, run_id
-
-
-# -- listing --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VersionSummary:
-    """One registered version: where it came from, its aliases, training config and run metrics."""
-
-    version: str
-    aliases: tuple[str, ...]
-    run_id: str | None
-    status: str
-    created_ms: int
-    config_summary: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RegisteredModelSummary:
-    """A registered model: name, architecture tag, aliases (alias → version), versions."""
-
-    name: str
-    architecture: str | None
-    aliases: dict[str, str]
-    n_versions: int
-    latest_version: str | None
-    versions: tuple[VersionSummary, ...] = ()
-
-
-def list_models(tracking_uri: str | None = None) -> list[RegisteredModelSummary]:
-    """Every registered model of the store, sorted by name (versions not expanded)."""
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    client = _client(tracking_uri)
-    out = []
-    for model in _all_registered_models(client, tracking_uri):
-        versions = client.search_model_versions(f"name = '{model.name}'")
-        latest = max((int(v.version) for v in versions), default=None)
-        out.append(RegisteredModelSummary(model.name, model.tags.get(ARCHITECTURE_TAG),
-                                          {a: str(v) for a, v in model.aliases.items()}, len(versions),
-                                          None if latest is None else str(latest)))
-    return sorted(out, key=lambda m: m.name)
-
-
-def _all_registered_models(client, tracking_uri: str) -> list:
-    try:
-        return list(client.search_registered_models())
-    except Exception as exc:  # connection errors surface as several exception types
-        raise InputError("--tracking-uri", f"MLflow store {tracking_uri} cannot be read: "
-                                           f"{str(exc).splitlines()[0][:200]}") from None
-
-
-def describe_model(name: str, tracking_uri: str | None = None) -> RegisteredModelSummary:
-    """One registered model with every version's aliases, config summary and run metrics."""
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    client = _client(tracking_uri)
-    registered = _registered_model(client, name, tracking_uri, where="models show")
-    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
-    summaries = []
-    for version in versions:
-        aliases = tuple(sorted(a for a, v in registered.aliases.items() if str(v) == str(version.version)))
-        summaries.append(VersionSummary(str(version.version), aliases, version.run_id, str(version.status),
-                                        int(version.creation_timestamp or 0),
-                                        _version_config_summary(client, name, version, tracking_uri),
-                                        _run_metrics(client, version.run_id)))
-    latest = summaries[-1].version if summaries else None
-    return RegisteredModelSummary(name, registered.tags.get(ARCHITECTURE_TAG),
-                                  {a: str(v) for a, v in registered.aliases.items()}, len(summaries), latest,
-                                  tuple(summaries))
-
-
-def _run_metrics(client, run_id: str | None) -> dict[str, float]:
-    if not run_id:
-        return {}
-    try:
-        return dict(sorted(client.get_run(run_id).data.metrics.items()))
-    except Exception:  # the run may have been deleted; the version still lists
-        return {}
-
-
-def _version_metadata(client, name: str, version: str, tracking_uri: str) -> dict:
-    """The MLmodel metadata of a registered version (the MLmodel file only, no weights)."""
-    from mlflow.models import Model
-
-    location = client.get_model_version_download_uri(name, version)
-    local = _local_path(location)
-    if local is not None:
-        return Model.load(str(local)).metadata or {}
-    from mlflow.artifacts import download_artifacts
-
-    with tempfile.TemporaryDirectory(prefix="afm-ray-mlmodel-") as folder:
-        path = download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=folder,
-                                  tracking_uri=tracking_uri)
-        return Model.load(path).metadata or {}
-
-
-def _version_config_summary(client, name: str, version, tracking_uri: str) -> dict[str, str]:
-    """The training config of a version, read from its MLmodel metadata only (no weights loaded)."""
-    try:
-        metadata = _version_metadata(client, name, version.version, tracking_uri)
-    except Exception:  # unreadable artifact store: show the version without its config
-        return {}
-    if CONFIG_METADATA_KEY not in metadata:
-        return {}
-    try:
-        where = f"{name} v{version.version}"
-        refuse_untrusted_module(metadata[CONFIG_METADATA_KEY], where)  # listing never imports a plugin
-        return config_summary(validate(TrainConfig, metadata[CONFIG_METADATA_KEY], where))
-    except InputError as exc:  # listed anyway, with the reason its config cannot be shown
-        return {"config": str(exc)}
-
-
-def config_summary(config: TrainConfig) -> dict[str, str]:
-    """The training settings that matter when using a model, as short strings."""
-    sim, scan = config.sim, config.augment.scan_height
-    slices = (f"{scan.kept_slices} of a random window of {scan.window_slices} (of {sim.num_slices} simulated)"
-              if scan.enabled else f"all {sim.num_slices}")
-    summary = {
-        "model": config.model.name + (" +skip" if config.model.skip_connections else ""),
-        "input": f"{'+'.join(config.model.spec.tips)}, {sim.scan_pixels[0]}×{sim.scan_pixels[1]} px over "
-                 f"{sim.scan_size_angstrom[0]:g}×{sim.scan_size_angstrom[1]:g} Å, {config.input_slices} slices",
-        "slices": f"{slices}, dz {sim.dz_angstrom:g} Å",
-        "data": f"{config.data.database.name} split {config.data.split}, {config.rotations_per_molecule} rotations/molecule",
-        "training": f"{config.run.epochs} epochs, global batch {config.run.batch_size} on {config.scaling.num_workers} workers, "
-                    f"lr {config.optimizer.learning_rate:g}",
-    }
-    summary["loss"] = config.model.spec.describe_loss(config)
-    return summary

@@ -1,8 +1,9 @@
 """``afm-ray models import-asdafm``: the published ASD-AFM DSH weights as a registered afm-ray model.
 
 The weights (:mod:`afm_ray.models.asdafm`) are logged like a model ``afm-ray train`` produced: its
-training config is the data preset it expects (default ``configs/published_asdafm.yaml``: the
-published generator's scan, slices, tilt and ppafm descriptor conventions), with provenance
+training config is the data preset it expects (default the shipped preset ``published_asdafm``,
+``configs/published_asdafm.yaml``: the published generator's scan, slices, tilt and ppafm descriptor
+conventions), with provenance
 (source, licence, file digest) and preprocessing in the model's metadata. So ``afm-ray predict``,
 ``match``, ``evaluate`` and ``models show`` use it as any other registered model.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from afm_ray.errors import InputError
-from afm_ray.train.config import TrainConfig
+from afm_ray.recipe import TrainConfig, with_absolute_paths
 
 PREPROCESSING = ("input (B, 1, 128, 128, 10): CO-tip Δf, z far → close 0.1 Å apart, the whole simulated stack "
                  "(no slice choice); each slice normalised to mean 0, std 1 (afm-ray predict does this)")
@@ -31,9 +32,8 @@ def import_asdafm(h5_path: str | Path, name: str, alias: str, config: TrainConfi
     from mlflow import MlflowClient
 
     from afm_ray.models.asdafm import ASDAFM_SOURCE, N_SLICES, load_asdafm_dsh
-    from afm_ray.train.registration import log_and_register
-    from afm_ray.train.run_state import create_config_run, with_absolute_paths
-    from afm_ray.train.tracking import ARCHITECTURE_TAG, preflight
+    from afm_ray.registry.registration import log_and_register
+    from afm_ray.registry.tracking import ARCHITECTURE_TAG, create_config_run, preflight
 
     h5_path = Path(h5_path)
     wanted = {"model.name": (config.model.name, "dsh"), "model.padding": (config.model.padding, "replicate"),

@@ -6,6 +6,7 @@ key.path=value …`` overrides single fields. Units are in field names or descri
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from afm_ray.config import StrictModel, load_config
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.models import ModelSpec, get_model_spec, list_model_specs, validated_model_spec
 from afm_ray.pipeline.settings import DataSettings, PipelineSettings, SampleSettings
+from afm_ray.presets import find_config
 from afm_ray.sim.config import SimConfig
 
 __all__ = ["DataSettings", "PipelineSettings", "TrainConfig", "load_train_config"]
@@ -241,4 +243,49 @@ class TrainConfig(StrictModel):
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    return load_config(TrainConfig, path, overrides)
+    """The recipe in ``path`` (a YAML file or a preset name, :func:`afm_ray.presets.find_config`; ``None``: the
+    thesis defaults) with ``overrides`` (``key.path=value``) applied."""
+    return load_config(TrainConfig, None if path is None else find_config(path, "train"), overrides)
+
+
+# -- where a recipe's files and tracking store are, seen from the driver's working directory --------------
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """Config value, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def relative_paths(config: TrainConfig, storage_field: str = "run.storage_path") -> dict[str, str]:
+    """The config's data, run and tracking paths that are relative (field name → value as given).
+
+    ``storage_field`` names the field that set ``run.storage_path`` (a sweep sets it from its own
+    ``storage_path``).
+    """
+    paths = {"data.database": config.data.database, "data.fixed_set_dir": config.data.fixed_set_dir,
+             storage_field: config.run.storage_path}
+    relative = {field: str(path) for field, path in paths.items() if not path.is_absolute()}
+    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+    if _relative_sqlite_file(tracking_uri) is not None:
+        relative["mlflow.tracking_uri"] = tracking_uri
+    return relative
+
+
+def _relative_sqlite_file(tracking_uri: str) -> str | None:
+    """The file of a ``sqlite:///relative.db`` URI (three slashes: relative to the working directory), else None."""
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        return tracking_uri[len("sqlite:///"):]
+    return None
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Paths resolved against the driver's working directory: Ray workers run elsewhere."""
+    data = config.data.model_copy(update={"database": config.data.database.resolve(),
+                                          "fixed_set_dir": config.data.fixed_set_dir.resolve()})
+    run = config.run.model_copy(update={"storage_path": config.run.storage_path.resolve()})
+    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+    if (relative_file := _relative_sqlite_file(tracking_uri)) is not None:
+        tracking_uri = "sqlite:///" + str(Path(relative_file).resolve())
+    mlflow = config.mlflow.model_copy(update={"tracking_uri": tracking_uri})
+    return config.model_copy(update={"data": data, "run": run, "mlflow": mlflow})

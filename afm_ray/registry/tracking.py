@@ -1,5 +1,6 @@
-"""MLflow tracking that a tracking outage cannot kill.
+"""MLflow runs: created with a recipe's fields as params, and tracked so that an outage cannot kill training.
 
+Training, evaluation and model imports start their MLflow runs with :func:`create_config_run`.
 Training must neither die nor lose checkpoints because the tracking server is down. The
 :class:`RunTracker` logs to one MLflow run through :class:`mlflow.MlflowClient`; when a call fails
 it warns once, keeps the metrics (and artifact paths) in memory and sends them with the next
@@ -7,33 +8,27 @@ successful call or at :meth:`RunTracker.close`. Before any cluster work starts,
 :func:`preflight` checks that the tracking store answers and that the registered model name is
 not taken by another architecture, so configuration mistakes fail fast.
 
-Embedded default: ``sqlite:///mlruns.db`` in the working directory (MLflow 3 no longer accepts
-the plain file store); ``MLFLOW_TRACKING_URI`` or the config's ``tracking_uri`` points elsewhere.
+Which store: :func:`afm_ray.recipe.resolve_tracking_uri` (embedded default ``sqlite:///mlruns.db``
+in the working directory; MLflow 3 no longer accepts the plain file store).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 import warnings
 from pathlib import Path
 
-from ray.train import UserCallback
-
 from afm_ray.errors import InputError
+from afm_ray.recipe import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 ARCHITECTURE_TAG = "afm_ray.architecture"
 # MLflow retries HTTP calls for minutes by default; a training step must not wait that long.
 _HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-def resolve_tracking_uri(configured: str | None) -> str:
-    """Config value, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def _bounded_http_retries() -> None:
@@ -209,26 +204,27 @@ class RunTracker:
         return len(self._pending_metrics) + len(self._pending_artifacts)
 
 
-class MlflowReportCallback(UserCallback):
-    """Logs every epoch's report (rank 0's metrics) to the run's MLflow run, from the Train controller.
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": "1"}`` (MLflow params)."""
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if not isinstance(value, str) else value
+    return flat
 
-    Ray Train calls it after the checkpoint manager has saved the report's checkpoint, so an epoch
-    is in MLflow only once it is durable: an epoch lost to a crash is trained again and logged
-    once, never twice. Epochs whose logging was lost with the controller are sent by the driver
-    from the checkpoint's history (:meth:`RunTracker.backfill`).
-    """
 
-    def __init__(self, tracking_uri: str, run_id: str):
-        self.tracking_uri, self.run_id = tracking_uri, run_id
-        self._tracker: RunTracker | None = None  # built in the controller process, not pickled there
+def create_config_run(client, config: TrainConfig, run_name: str, tags: dict[str, str]) -> str:
+    """A new MLflow run in ``config.mlflow.experiment`` (created if missing) with ``tags`` and the config's
+    fields as params; returns its id. Training, evaluation and model imports all start their runs here."""
+    from mlflow.entities import Param
 
-    def __getstate__(self) -> dict:
-        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "_tracker": None}
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        if checkpoint is None or not metrics:
-            return
-        if self._tracker is None:
-            self._tracker = RunTracker(self.tracking_uri, self.run_id)
-        values = metrics[0]
-        self._tracker.log_metrics({k: v for k, v in values.items() if k != "epoch"}, step=int(values["epoch"]))
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.mlflow.experiment)
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    params = [Param(key, value[:6000]) for key, value in flatten(config.model_dump(mode="json")).items()]
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=params[start:start + 100])
+    return run_id

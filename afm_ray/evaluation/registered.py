@@ -29,7 +29,7 @@ import torch
 
 from afm_ray.errors import InputError
 from afm_ray.figures.metrics import write_xyz_figures
-from afm_ray.train.config import LossSettings, TrainConfig
+from afm_ray.recipe import LossSettings, TrainConfig, with_absolute_paths
 
 EVALUATION_TAG = "afm_ray.evaluates"
 
@@ -121,18 +121,17 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
 
     ``clean``: on :func:`clean_scans` of the config (the model's accuracy on ideal scans rather than
     its robustness to the training randomisation). ``trust_pickle``: also load a model an older
-    afm-ray registered pickled (:func:`afm_ray.predict.registry.load_model`). ``allowed_modules``: plugin
+    afm-ray registered pickled (:func:`afm_ray.registry.load_model`). ``allowed_modules``: plugin
     modules the model may name (``--allow-module``) besides the config's own ``model.module``. Raises
     :class:`InputError` for an unknown model, an incompatible config or a bad subset.
     """
     from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
     from afm_ray.pipeline.fixed_sets import FixedSet, materialize
     from afm_ray.pipeline.sources import load_split_samples
-    from afm_ray.predict.registry import load_model
+    from afm_ray.registry.loading import load_model
     from afm_ray.pipeline.cluster import ensure_ray
     from afm_ray.train.loop import evaluate
     from afm_ray.train.configured_model import build_loss, build_thesis_loss
-    from afm_ray.train.run_state import with_absolute_paths
 
     if subset not in ("val", "test"):
         raise InputError("--split", f"expected val or test, got {subset!r}")
@@ -173,8 +172,7 @@ def _log_run(loaded, reference: str, config: TrainConfig, subset: str, clean: bo
     from mlflow.entities import Metric
 
     from afm_ray.figures.training import plot_predictions
-    from afm_ray.train.run_state import create_config_run
-    from afm_ray.train.tracking import ARCHITECTURE_TAG
+    from afm_ray.registry.tracking import ARCHITECTURE_TAG, create_config_run
 
     client = MlflowClient(config.mlflow.tracking_uri)
     label = f"{loaded.registered_name} v{loaded.version}" if loaded.registered_name else reference

@@ -9,7 +9,7 @@ metadata (provenance, preprocessing), and the architecture tag.
 
 Format: MLflow's ``pt2`` (``torch.export``), not pickle. The model is a graph of ATen operations and
 its weights as raw tensor bytes, so loading it runs no code from the artifact (the registry checks
-the archive is pickle-free before ``torch.export.load``; :mod:`afm_ray.predict.registry`). Chosen
+the archive is pickle-free before ``torch.export.load``; :mod:`afm_ray.registry.loading`). Chosen
 over state dict + code by measurement: DSH (plain and with skip connections, zero and replicate
 padding: the published ASD-AFM model), ES and xyz all export, and the exported graph gives the
 eager network's outputs exactly (max abs difference 0.0 at batch 1 and 5, contiguous and
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY, PackedOutputs
-from afm_ray.train.config import TrainConfig
-from afm_ray.train.tracking import ARCHITECTURE_TAG
+from afm_ray.recipe import TrainConfig
+from afm_ray.registry.tracking import ARCHITECTURE_TAG
 
 CONFIG_METADATA_KEY = "afm_ray_config"
 """Key of the training config in the logged model's MLflow metadata."""
