@@ -43,7 +43,7 @@ from afm_ray.pipeline.fixed_sets import FixedSet, available_memory_bytes, cache_
 from afm_ray.train.config import TrainConfig
 from afm_ray.train.device_shard import DeviceShard, free_device_bytes
 from afm_ray.train.loader import DeviceBatch, StepLoader
-from afm_ray.train.steps import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
+from afm_ray.train.steps import (Evaluation, build_loss, compute_loss, evaluation_for, forward,
                                  gathered_from_ranks, objective, to_tensors)
 
 CHECKPOINT_FILE = "state.pt"
@@ -63,9 +63,9 @@ def prepare_network(config: TrainConfig, device: torch.device) -> tuple[torch.nn
     if last == "auto":  # rank 0's measurement for all: DDP needs the same parameter strides on every rank
         sample = torch.randn(2, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices,
                              device=device)
-        last = gathered_from_ranks(channels_last_is_faster(lambda: build_model(config), sample))[0]
+        last = gathered_from_ranks(channels_last_is_faster(config.build_network, sample))[0]
     torch.manual_seed(config.run.seed)  # the same initial weights whatever the measurement drew
-    network = build_model(config)
+    network = config.build_network()
     model = ray.train.torch.prepare_model(to_channels_last(network) if last else network)
     return compiled(model, config), last
 
@@ -435,7 +435,7 @@ def load_checkpoint_model(checkpoint_path: str | Path, allowed_modules: Collecti
     if allowed_modules is not None:
         refuse_untrusted_module(config_data, where, allowed_modules)
     config = validate(TrainConfig, config_data, f"{where}: config_json")
-    model = build_model(config)
+    model = config.build_network()
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:  # missing, extra or misshapen weights
