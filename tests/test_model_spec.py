@@ -113,3 +113,17 @@ def test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_lo
     outcome = run_sweep(load_sweep_config(tmp_path / "sweep.yaml"), progress=False)
     assert sorted(trial["loss.footprint_weight"] for trial in outcome.trials) == [0.0, 2.0]
     assert all(trial["epochs"] == 1 for trial in outcome.trials)
+
+
+def test_targets_are_registered_descriptors_and_a_name_has_one_owner():
+    from afm_ray.batches import Task
+    from afm_ray.descriptors.registry import descriptor_names, register_descriptor
+
+    assert {"atomic_disks", "vdw_spheres", "height_map", "es_map", "xyz_classes", "xyz_offsets"} <= set(
+        descriptor_names())
+    for spec in list_model_specs():
+        assert set(spec.targets) <= set(descriptor_names()), spec.name
+    with pytest.raises(InputError, match=r"targets: unknown descriptor 'vdw_sphere'; registered: .*vdw_spheres"):
+        Task(("CO",), ("vdw_sphere",))
+    with pytest.raises(ValueError, match="descriptor 'vdw_spheres' is already registered by afm_ray.descriptors"):
+        register_descriptor("vdw_spheres")(lambda batch: None)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from afm_ray.descriptors.xyz_classes import class_names
+from afm_ray.descriptors.xyz_classes import ATOM_CLASS, BACKGROUND_CLASS, class_names
 from afm_ray.losses import LossOutput
 from afm_ray.metrics import ImageMetricsAccumulator, XYZEvaluator
 from afm_ray.models import ModelSpec, get_model_spec
@@ -62,7 +62,7 @@ class Evaluation:
     """
 
     model_name: str
-    class_names: tuple[str, ...] = ("background", "atom")
+    class_names: tuple[str, ...] = (BACKGROUND_CLASS, ATOM_CLASS)
     _loss_sum: dict[str, float] = field(default_factory=dict)
     _samples: float = 0.0
     _thesis_loss_sum: float = 0.0
