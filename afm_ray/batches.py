@@ -238,4 +238,3 @@ class BatchFactory:
         self.simulator.release()
         if isinstance(self.host, PinnedHostArrays):
             self.host.release()
-

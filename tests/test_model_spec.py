@@ -78,7 +78,8 @@ def test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_lo
 
     train = tiny_config.model_dump(mode="json") | {"model": {"name": "toy", "module": "tests.toy_model"},
                                                    "loss": {"footprint_weight": 0.25}}
-    train["run"] |= {"epochs": 1, "name": "toy"}
+    train["run"] |= {"epochs": 1, "name": "toy", "num_figure_samples": 0}
+    train["pipeline"]["num_sim_actors"] = 1
     train["mlflow"]["registered_model_name"] = "afm-test-toy"
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(train))
     code, out, err = run_cli("train", "--config", tmp_path / "toy.yaml")
