@@ -160,6 +160,16 @@ def test_element_classes_widen_the_class_head():
     assert probs.shape == (1, 6, 4, 4)
 
 
+def test_the_network_and_the_descriptor_share_the_xyz_class_layout():
+    from afm_ray.descriptors import XyzGrid
+    from afm_ray.descriptors.xyz_classes import element_groups
+
+    groups = [["H"], ["C"], ["N", "O", "F"]]
+    assert (XYZ(element_classes=groups).class_names == XyzGrid(element_groups=element_groups(groups)).class_names
+            == ("background", "H", "C", "N,O,F", "other"))
+    assert XYZ().class_names == XyzGrid().class_names == ("background", "atom")
+
+
 def test_element_classes_are_validated():
     with pytest.raises(ValueError, match="more than one"):
         XYZ(element_classes=[["H"], ["H", "C"]])
