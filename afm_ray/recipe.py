@@ -10,48 +10,22 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+from torch import nn
 
 from afm_ray.samples.augment import AugmentConfig
 from afm_ray.config import StrictModel, load_config
 from afm_ray.descriptors.config import DescriptorsConfig
-from afm_ray.models import ModelSpec, get_model_spec, list_model_specs, validated_model_spec
+from afm_ray.models import LossSettings, ModelSettings
 from afm_ray.pipeline.settings import DataSettings, PipelineSettings, SampleSettings
 from afm_ray.presets import find_config
 from afm_ray.sim.config import SimConfig
 
 __all__ = ["DataSettings", "PipelineSettings", "TrainConfig", "load_train_config"]
 
-
-def _loss_default(model: str, field: str):
-    """A ``loss.*`` default, kept in the model's spec (its ``loss_defaults``)."""
-    return get_model_spec(model).loss_defaults[field]
-
-
-class ModelSettings(StrictModel):
-    """Which network, with the thesis' section-5 options (off by default: exact thesis models)."""
-
-    name: str = Field("dsh", description="a registered model: " + "; ".join(
-        f"{spec.name} ({spec.description})" for spec in list_model_specs()))
-    module: str | None = Field(None, description="a model from another package: the module that registers it "
-                                                 "(imported first, on every node)")
-    skip_connections: bool = Field(False, description="1×1-conv skips from the 3D encoder into the 2D decoders")
-    padding: Literal["reflect", "replicate"] = Field(
-        "reflect", description="convolution padding: reflect (thesis text) or replicate (the published ASD-AFM Keras "
-                               "code, whose 1-pixel 'reflective' padding repeats the edge pixel)")
-    element_classes: list[list[str]] | None = Field(
-        None, description="xyz only: atom classes as element-symbol groups, e.g. [[H], [C], [N, O, F]]; "
-                          "None = one 'atom' class as in the thesis")
-
-    @model_validator(mode="after")
-    def _registered(self) -> "ModelSettings":
-        validated_model_spec(self.name, self.module)
-        return self
-
-    @property
-    def spec(self) -> ModelSpec:
-        """The registered :class:`~afm_ray.models.ModelSpec` of :attr:`name`."""
-        return get_model_spec(self.name, self.module)
+SHARED_LOSS_FIELDS = frozenset({"dsh_weights", "es_weights", "gamma", "alpha_n", "beta_pl", "z_min_angstrom"})
+"""The fields of the one loss section every model shared before each model had its own type: a stored config
+(registered model, checkpoint) holds them all."""
 
 
 class ScalingSettings(StrictModel):
@@ -84,19 +58,6 @@ class OptimizerSettings(StrictModel):
                                                      "seen (0: none)")
     beta1: float = Field(0.9, ge=0, lt=1, description="Adam β1 (dimensionless)")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam β2 (dimensionless)")
-
-
-class LossSettings(StrictModel):
-    """Loss hyperparameters (what Ray Tune searches); each model's loss reads its own (defaults: its spec)."""
-
-    dsh_weights: tuple[float, float, float] = Field(_loss_default("dsh", "dsh_weights"),
-                                                    description="Disks, Spheres, Height")
-    es_weights: tuple[float, float] = Field(_loss_default("es", "es_weights"), description="ES Map, Height")
-    gamma: float = Field(_loss_default("xyz", "gamma"), ge=0, description="focal-loss exponent γ")
-    alpha_n: float = Field(_loss_default("xyz", "alpha_n"), gt=0, lt=1, description="background class weight αn")
-    beta_pl: float = Field(_loss_default("xyz", "beta_pl"), ge=0, description="position-loss weight βPL")
-    z_min_angstrom: float = Field(_loss_default("xyz", "z_min_angstrom"), lt=0,
-                                  description="xyz depth cut-off z_min, Å")
 
 
 class MlflowSettings(StrictModel):
@@ -166,7 +127,9 @@ class TrainConfig(StrictModel):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
-    loss: LossSettings = Field(default_factory=LossSettings)
+    loss: SerializeAsAny[LossSettings] = Field(
+        default_factory=dict, validate_default=True,
+        description="the chosen model's loss settings (its spec's loss_settings type; defaults: the thesis')")
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     run: RunSettings = Field(default_factory=RunSettings)
 
@@ -181,12 +144,24 @@ class TrainConfig(StrictModel):
             data["descriptors"] = descriptors
         return data
 
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _model_loss(cls, loss, info: ValidationInfo):
+        model = info.data.get("model")
+        if model is None:  # model.name is invalid: that error is reported
+            return LossSettings()
+        settings_type = model.spec.loss_settings
+        if isinstance(loss, settings_type):
+            return loss
+        if isinstance(loss, BaseModel):
+            loss = loss.model_dump()
+        if isinstance(loss, dict) and SHARED_LOSS_FIELDS <= set(loss):  # stored by afm-ray 0.1: keep the model's own
+            loss = {name: value for name, value in loss.items() if name in settings_type.model_fields}
+        return settings_type.model_validate(loss)
+
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         spec = self.model.spec
-        if self.model.element_classes is not None and not spec.uses_element_classes:
-            raise ValueError(f"model.element_classes applies to "
-                             f"{' and '.join(s.name for s in list_model_specs() if s.uses_element_classes)} only")
         pixels = self.sim.scan_pixels
         if any(count % 8 for count in pixels):
             raise ValueError(f"sim.scan_pixels {list(pixels)}: the networks pool x and y by 8; use multiples of 8")
@@ -205,11 +180,15 @@ class TrainConfig(StrictModel):
         if self.run.batch_size < self.scaling.num_workers:
             raise ValueError(f"run.batch_size ({self.run.batch_size}) is the global batch: it must give each of the "
                              f"{self.scaling.num_workers} workers (scaling.num_workers) at least one sample")
-        if spec.check_config is not None:
-            spec.check_config(self)
+        if spec.check_scan is not None:
+            spec.check_scan(self.sim.scan_pixels, self.sim.scan_size_angstrom)
         return self
 
     # -- derived ---------------------------------------------------------------------------------
+    def build_network(self) -> nn.Module:
+        """The untrained network of this run: the one way every command builds it from a config."""
+        return self.model.build_network(self.input_slices)
+
     @property
     def rotations_per_molecule(self) -> int:
         return self.data.rotations_per_molecule or self.model.spec.rotations_per_molecule

@@ -93,7 +93,7 @@ TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
         "test_full_qm9_build_matches_thesis_table1_and_dataset1": SLOW,  # 134k molecules, where qm9pack is installed
     },
     "test_model_spec": {
-        "test_a_toy_model_registered_outside_afm_ray_trains_registers_and_loads": RAY_SLOW,
+        "test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_loads_and_is_swept": RAY_SLOW,
     },
     "test_models": {
         # a few hundred optimiser steps each: 5 s alone, minutes when torch's threads compete for the cores

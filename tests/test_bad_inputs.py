@@ -23,7 +23,6 @@ from afm_ray.models.packed import PACKED_SPEC_METADATA_KEY
 from afm_ray.recipe import TrainConfig
 from afm_ray.registry.checkpoints import CHECKPOINT_FILE, HISTORY_FILE
 from afm_ray.registry.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
-from afm_ray.train.configured_model import build_model
 
 from conftest import CONFIGS
 from nanonis_files import write_3ds, write_sxm
@@ -104,7 +103,7 @@ def checkpoint_folder(folder: Path, config: dict | None = None) -> Path:
     """A training checkpoint of an untrained DSH (quickstart settings), its config replaced by ``config``."""
     trained = TrainConfig.model_validate(yaml.safe_load((CONFIGS / "quickstart.yaml").read_text()))
     folder.mkdir()
-    torch.save({"model": build_model(trained).state_dict(), "config_json": json.dumps(config) if config else
+    torch.save({"model": trained.build_network().state_dict(), "config_json": json.dumps(config) if config else
                 trained.model_dump_json(), "epoch": 0}, folder / CHECKPOINT_FILE)
     (folder / HISTORY_FILE).write_text("[]")
     return folder

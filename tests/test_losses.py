@@ -11,7 +11,6 @@ import torch
 from afm_ray.models.losses import FocalPositionLoss, WeightedMSELoss
 from afm_ray.models import get_model_spec
 from afm_ray.train.optim import build_optimizer
-from afm_ray.recipe import LossSettings
 
 GAMMA, ALPHA_N, BETA_PL, Z_MIN = 1.25, 0.30, 0.15, -0.7
 
@@ -24,7 +23,8 @@ def _focal(gamma=GAMMA, alpha_n=ALPHA_N, beta_pl=BETA_PL, z_min=Z_MIN, from_logi
 
 
 def _thesis_loss(name: str):
-    return get_model_spec(name).build_loss(LossSettings())
+    spec = get_model_spec(name)
+    return spec.build_loss(spec.loss_settings())
 
 
 def _grid(values):

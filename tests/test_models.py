@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afm_ray.models import (DEFAULT_ELEMENT_CLASSES, DSH, ES, XYZ, PaddedConv, count_parameters,
-                            element_class_index, get_model_spec, pad_same)
+from afm_ray.descriptors.xyz_classes import DEFAULT_ELEMENT_CLASSES
+from afm_ray.models import DSH, ES, XYZ, PaddedConv, count_parameters, get_model_spec, pad_same
 from afm_ray.models.blocks import Decoder2D, Encoder3D, fold_z_into_channels
 from afm_ray.train.optim import build_optimizer
 
@@ -150,22 +150,27 @@ def test_skip_connections_bypass_the_latent_bottleneck(skip_connections):
 
 def test_element_classes_widen_the_class_head():
     model = XYZ(element_classes=DEFAULT_ELEMENT_CLASSES)
-    assert model.n_classes == 1 + len(DEFAULT_ELEMENT_CLASSES)
-    assert model.class_names[:3] == ("background", "H", "C")
+    assert model.n_classes == 2 + len(DEFAULT_ELEMENT_CLASSES)  # background, the groups, other
+    assert model.class_names[:3] == ("background", "H", "C") and model.class_names[-1] == "other"
     # Only the last class conv changes: 64·9 weights + 1 bias per extra class.
     extra = model.n_classes - 2
     assert count_parameters(model) == get_model_spec("xyz").thesis_parameters + extra * (64 * 9 + 1)
     with torch.no_grad():
         probs, _ = model(torch.randn(1, 1, 32, 32, 10))
-    assert probs.shape == (1, 5, 4, 4)
+    assert probs.shape == (1, 6, 4, 4)
 
 
-def test_element_class_index_and_validation():
-    assert element_class_index("O", DEFAULT_ELEMENT_CLASSES) == 3
-    assert element_class_index("Br", DEFAULT_ELEMENT_CLASSES) == 4
-    assert element_class_index("Br", None) == 1
-    with pytest.raises(ValueError, match="none of the element classes"):
-        element_class_index("Au", DEFAULT_ELEMENT_CLASSES)
+def test_the_network_and_the_descriptor_share_the_xyz_class_layout():
+    from afm_ray.descriptors import XyzGrid
+    from afm_ray.descriptors.xyz_classes import element_groups
+
+    groups = [["H"], ["C"], ["N", "O", "F"]]
+    assert (XYZ(element_classes=groups).class_names == XyzGrid(element_groups=element_groups(groups)).class_names
+            == ("background", "H", "C", "N,O,F", "other"))
+    assert XYZ().class_names == XyzGrid().class_names == ("background", "atom")
+
+
+def test_element_classes_are_validated():
     with pytest.raises(ValueError, match="more than one"):
         XYZ(element_classes=[["H"], ["H", "C"]])
 
@@ -194,9 +199,8 @@ def _overfit(model, loss_fn, stack, targets, steps):
 
 
 def _thesis_loss(name: str):
-    from afm_ray.recipe import LossSettings
-
-    return get_model_spec(name).build_loss(LossSettings())
+    spec = get_model_spec(name)
+    return spec.build_loss(spec.loss_settings())
 
 
 def test_dsh_overfits_a_fixed_batch():

@@ -164,11 +164,9 @@ def new_run(config) -> str:
     ("dsh-replicate", ["model.padding=replicate"]),  # the padding of the published ASD-AFM model
 ])
 def test_every_architecture_exports_exactly_and_without_mlflow_pickle_warning(store, label, overrides, monkeypatch, capfd):
-    from afm_ray.train.configured_model import build_model
-
     config = small_config(store, f"afm-np-{label}", overrides)
     torch.manual_seed(0)
-    network = build_model(config).eval()
+    network = config.build_network().eval()
     version = log_and_register(network, config, random_input(config, 1).numpy(), store, new_run(config))
     assert "by Pickle" not in capfd.readouterr().err
     with monkeypatch.context() as patch:
@@ -184,11 +182,9 @@ def pickled_model(store):
     import mlflow
     from mlflow import MlflowClient
 
-    from afm_ray.train.configured_model import build_model
-
     config = small_config(store, "afm-np-old", [])
     torch.manual_seed(1)
-    network = build_model(config).eval()
+    network = config.build_network().eval()
     packed = PackedOutputs(network, get_model_spec("dsh").output_names, "dsh").eval()
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store)

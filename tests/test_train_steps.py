@@ -11,7 +11,7 @@ from afm_ray.samples.plan import BatchSpec
 from afm_ray.recipe import load_train_config
 from afm_ray.train.loader import StepLoader, prepare_batch
 from afm_ray.train.loop import StepRunner
-from afm_ray.train.configured_model import build_loss, build_model
+from afm_ray.train.configured_model import build_loss
 
 from conftest import CONFIGS
 
@@ -39,7 +39,7 @@ def on_device(spec: BatchSpec, batch: dict | None, config):
 
 def runner_for(config) -> StepRunner:
     torch.manual_seed(0)
-    model = build_model(config)
+    model = config.build_network()
     optimizer, schedule = build_optimizer(model.parameters(), global_batch_size=config.run.batch_size)
     return StepRunner(model, optimizer, schedule, build_loss(config), config, torch.device("cpu"), world_size=1)
 

@@ -38,6 +38,7 @@ import time
 import numpy as np
 
 from afm_ray.errors import InputError
+from afm_ray.models import list_model_specs
 
 DF_STAGES = ("relax_scan kernel", "giessibl_df kernel")
 
@@ -46,7 +47,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "batch", help="ms and bytes per stage of one training batch on a simulation actor",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("dsh", "es", "xyz"), default="dsh", help="whose batch (default dsh)")
+    parser.add_argument("--model", choices=[spec.name for spec in list_model_specs()], default="dsh",
+                        help="whose batch (default dsh)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     parser.add_argument("--size", type=int, default=128, help="pixels along x and y (default 128)")
     parser.add_argument("--repeats", type=int, default=3, help="timed batches; medians are reported (default 3)")
@@ -68,6 +70,7 @@ def make_factory(model: str, batch_size: int, size: int, device: str, profile: b
     from afm_ray.samples.batches import BatchFactory, SplitSamples, Task
     from afm_ray.bench.sim import benchmark_molecules
     from afm_ray.descriptors import DescriptorsConfig
+    from afm_ray.models import get_model_spec
     from afm_ray.molecules.molecule import Molecule
     from afm_ray.sim import SimConfig
 
@@ -75,7 +78,8 @@ def make_factory(model: str, batch_size: int, size: int, device: str, profile: b
                             source="ase g2") for atoms in benchmark_molecules()]
     molecules = tuple(pool[index % len(pool)] for index in range(batch_size))
     rotations = np.broadcast_to(np.eye(3), (batch_size, 1, 3, 3))
-    return BatchFactory(Task(model), SimConfig(scan_pixels=(size, size)), AugmentConfig(), DescriptorsConfig(),
+    spec = get_model_spec(model)
+    return BatchFactory(Task(spec.tips, spec.targets), SimConfig(scan_pixels=(size, size)), AugmentConfig(), DescriptorsConfig(),
                         {"bench": SplitSamples(molecules, rotations)}, device=device, profile=profile,
                         reuse_host_memory=True)
 

@@ -70,7 +70,7 @@ def measure(name: str, args, device: torch.device) -> tuple[float, int]:
     config = bench_config(name, args.size, args.slices)
     spec = config.model.spec
     torch.manual_seed(0)
-    model = spec.build_network(config).to(device)
+    model = config.build_network().to(device)
     n_parameters = count_parameters(model)
     generator = torch.Generator().manual_seed(0)
     stack = torch.randn(args.batch_size, len(spec.tips), args.size, args.size, args.slices, generator=generator)

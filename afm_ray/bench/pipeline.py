@@ -126,12 +126,12 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
     from afm_ray.train.optim import build_optimizer
     from afm_ray.pipeline import BatchStream, plan_epoch
     from afm_ray.pipeline.actors import create_simulation_actors, stop_actors
-    from afm_ray.train.configured_model import build_loss, build_model, compute_loss, to_tensors
+    from afm_ray.train.configured_model import build_loss, compute_loss, to_tensors
 
     pipeline = config.pipeline.model_copy(update={"num_sim_actors": n_actors})
     actors = create_simulation_actors(config.sample_settings, pipeline)
     try:
-        model, loss_fn = build_model(config), build_loss(config)
+        model, loss_fn = config.build_network(), build_loss(config)
         optimizer, _ = build_optimizer(model.parameters(), config.optimizer.learning_rate, config.optimizer.decay,
                                        (config.optimizer.beta1, config.optimizer.beta2))
         specs, epoch = [], 0

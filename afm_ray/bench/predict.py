@@ -57,13 +57,12 @@ def _loaded_model(args):
     from afm_ray.models.packed import PackedOutputs
     from afm_ray.registry.loading import LoadedModel, load_model
     from afm_ray.recipe import TrainConfig, load_train_config
-    from afm_ray.train.configured_model import build_model
 
     if args.model:
         return load_model(args.model, args.tracking_uri, trust_pickle=args.trust_pickle, allowed_modules=args.allow_module)
     config = load_train_config(args.config) if args.config else TrainConfig()
     torch.manual_seed(0)
-    network = build_model(config)
+    network = config.build_network()
     packed = PackedOutputs(network, config.model.spec.output_names, config.model.name).eval()
     return LoadedModel(packed, config, f"untrained {config.model.name} ({args.config or 'thesis defaults'})")
 

@@ -22,13 +22,15 @@ import time
 import numpy as np
 
 from afm_ray.errors import InputError
+from afm_ray.models import list_model_specs
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train-step", help="ms per training step by stage, with and without the overlapped loader",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("dsh", "es", "xyz"), default="dsh", help="whose step (default dsh)")
+    parser.add_argument("--model", choices=[spec.name for spec in list_model_specs()], default="dsh",
+                        help="whose step (default dsh)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
     parser.add_argument("--size", type=int, default=128, help="pixels along x and y (default 128; xyz: 128 only)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="run.precision (default fp32)")
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from afm_ray.train.optim import build_optimizer
     from afm_ray.pipeline.cluster import ensure_ray
     from afm_ray.train.loop import StepRunner, compiled
-    from afm_ray.train.configured_model import build_loss, build_model
+    from afm_ray.train.configured_model import build_loss
 
     if min(args.batch_size, args.steps, args.rounds, args.distinct) < 1 or args.warmup < 0 or args.depth < 1:
         raise InputError("bench train-step", "need --batch-size, --steps, --rounds, --distinct, --depth ≥ 1, --warmup ≥ 0")
@@ -124,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
     last = config.run.channels_last
     if last == "auto":
         sample = torch.randn(2, len(config.model.spec.tips), args.size, args.size, config.input_slices, device=device)
-        last = channels_last_is_faster(lambda: build_model(config), sample)
+        last = channels_last_is_faster(config.build_network, sample)
     torch.manual_seed(0)
-    network = build_model(config).to(device)
+    network = config.build_network().to(device)
     model = to_channels_last(network) if last else network
     model = compiled(model, config)
     optimizer, schedule = build_optimizer(network.parameters(), global_batch_size=config.run.batch_size)

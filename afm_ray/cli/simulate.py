@@ -91,21 +91,21 @@ def run(args: argparse.Namespace) -> int:
 
 def draw_samples(folder: Path, molecules: list, stacks: np.ndarray, simulator, tip_name: str) -> list[Path]:
     """One PNG per molecule: Δf slices of its stack (nx, ny, nz; Hz) beside its descriptors."""
-    from afm_ray.samples.batches import describe
-    from afm_ray.descriptors import DescriptorsConfig, HeightMapConfig, ScanWindow, XyzGrid
+    from afm_ray.descriptors import DescriptorsConfig, HeightMapConfig, ScanWindow
+    from afm_ray.descriptors.registry import TargetContext, describe
     from afm_ray.figures.scans import plot_sample
 
     if not molecules:
         return []
     window = ScanWindow.from_sim_config(simulator.config)
+    context = TargetContext(simulator, window, DescriptorsConfig(height_map=HeightMapConfig(tip=tip_name)))
     names = ["atomic_disks", "vdw_spheres", "height_map", "es_map"]
     try:
-        xyz_grid = XyzGrid(window=window)
-        names.append("xyz_classes")
+        xyz_grid = context.xyz_grid
+        names += ["xyz_classes", "xyz_offsets"]
     except InputError:  # a window that is not a whole number of 1 Å boxes has no thesis xyz grid
         xyz_grid = None
-    targets = describe(molecules, names, simulator, window,
-                       DescriptorsConfig(height_map=HeightMapConfig(tip=tip_name)), xyz_grid)
+    targets = describe(molecules, names, context)
     paths = []
     for index, molecule in enumerate(molecules):
         name = str(getattr(molecule, "id", None) or index)

@@ -12,7 +12,11 @@ frame and axis conventions). Maps are ``(B, nx, ny)`` float32:
   rigid-probe Fz isosurface, in [0, 2]) and Electrostatic Map (V) on that surface; these need the
   simulator (:mod:`afm_ray.sim`);
 * :class:`XyzGrid` / :func:`encode_xyz` — the xyz grid descriptor; :meth:`XyzGrid.decode` and
-  :func:`decode_xyz` read atoms back (the codec: :mod:`afm_ray.descriptors.xyz_codec`).
+  :func:`decode_xyz` read atoms back (the codec: :mod:`afm_ray.descriptors.xyz_codec`; its class layout:
+  :mod:`afm_ray.descriptors.xyz_classes`).
+
+:mod:`afm_ray.descriptors.registry` names every descriptor a model can train on (a model's targets) and
+makes them for a simulated batch.
 
 Molecules are given as anything :func:`as_atom_batch` accepts: ``Molecule`` objects,
 ``(positions, numbers[, charges])`` tuples, or lists of them. Like the simulator's window, the
@@ -28,8 +32,8 @@ from afm_ray.descriptors.height_es import (ES_MAP_CUT, HEIGHT_MAP_CUT_DEPTH, HEI
                                            HeightEsMaps, HeightMapConfig, height_and_es_from_fields,
                                            height_and_es_maps)
 from afm_ray.descriptors.spheres import VDW_SPHERES_CUT_DEPTH, VdwSpheresConfig, vdw_spheres
-from afm_ray.descriptors.xyz_codec import (ELEMENT_GROUPS_H_C_NOF, XYZ_Z_CUT, Atoms, XyzGrid, XyzTargets, decode_xyz,
-                                           encode_xyz, non_max_suppression)
+from afm_ray.descriptors.xyz_classes import ELEMENT_GROUPS_H_C_NOF
+from afm_ray.descriptors.xyz_codec import XYZ_Z_CUT, Atoms, XyzGrid, XyzTargets, decode_xyz, encode_xyz, non_max_suppression
 
 __all__ = [
     "ATOMIC_DISKS_CUT_DEPTH", "CONE_WIDTH_FACTOR", "DEFAULT_WINDOW", "ELEMENT_GROUPS_H_C_NOF", "ES_MAP_CUT",

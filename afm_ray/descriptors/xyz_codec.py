@@ -6,10 +6,10 @@ target) grid back into atoms, with non-maximum suppression (:func:`non_max_suppr
 
 The grid (shared with :mod:`afm_ray.models.xyz` and :mod:`afm_ray.models.metrics`):
 
-* ``classes`` (B, n_classes, gx, gy) — probabilities, or float32 one-hot for a target; channel 0
-  background, channel 1 atom — or, with ``element_groups``, channels 1..G one per group and a
-  last channel for every element in no group (e.g. ``ELEMENT_GROUPS_H_C_NOF`` gives H / C /
-  N,O,F / heavy, 5 channels in all);
+* ``classes`` (B, n_classes, gx, gy) — probabilities, or float32 one-hot for a target, in the class
+  layout of :mod:`afm_ray.descriptors.xyz_classes`: channel 0 background, channel 1 atom — or, with
+  ``element_groups``, channels 1..G one per group and a last "other" channel for every element in no
+  group (e.g. ``ELEMENT_GROUPS_H_C_NOF`` gives H / C / N,O,F / other, 5 channels in all);
 * ``offsets`` (B, 3, gx, gy) float32 in Å: ``(x − box centre x, y − box centre y, z − z_top)``
   for atom boxes, 0 for background (so the z offset is ≤ 0 and ≥ z_cut).
 
@@ -43,14 +43,12 @@ from typing import Any
 import numpy as np
 
 from afm_ray.descriptors.geometry import DEFAULT_WINDOW, AtomBatch, ScanWindow, prepare_atoms
+from afm_ray.descriptors.xyz_classes import class_names, element_symbols
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
 
 XYZ_Z_CUT = -0.7
 """Å relative to the top nucleus below which atoms are cut (thesis 3.2)."""
-
-ELEMENT_GROUPS_H_C_NOF: tuple[tuple[int, ...], ...] = ((1,), (6,), (7, 8, 9))
-"""Element classes H / C / N,O,F; every other element falls into a final "heavy" class."""
 
 DEFAULT_BOX_SIZE = 1.0
 """Å, box edge (thesis: 16 × 16 boxes over the 16 Å window)."""
@@ -129,7 +127,7 @@ class XyzGrid:
         box_size: box edge in Å (thesis: 16 × 16 boxes over 16 Å → 1 Å).
         z_cut: Å relative to the top nucleus below which atoms are cut (≤ 0).
         element_groups: None for two classes (background, atom), or tuples of atomic numbers, one
-            class each, plus a final class for all other elements.
+            class each, plus a final "other" class for all other elements (:mod:`~afm_ray.descriptors.xyz_classes`).
     """
 
     window: ScanWindow = DEFAULT_WINDOW
@@ -171,14 +169,11 @@ class XyzGrid:
     @property
     def n_classes(self) -> int:
         """Class channels including background."""
-        return 2 if self.element_groups is None else len(self.element_groups) + 2
+        return len(self.class_names)
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        if self.element_groups is None:
-            return "background", "atom"
-        names = [",".join(ELEMENT_TABLE.symbols[z] for z in group) for group in self.element_groups]
-        return ("background", *names, "other")
+        return class_names(element_symbols(self.element_groups))
 
     def box_centres(self) -> tuple[np.ndarray, np.ndarray]:
         """``(gx,)`` and ``(gy,)`` box-centre coordinates in Å."""

@@ -29,7 +29,7 @@ import torch
 
 from afm_ray.errors import InputError
 from afm_ray.figures.metrics import write_xyz_figures
-from afm_ray.recipe import LossSettings, TrainConfig, with_absolute_paths
+from afm_ray.recipe import TrainConfig, with_absolute_paths
 
 EVALUATION_TAG = "afm_ray.evaluates"
 
@@ -102,8 +102,7 @@ def _flat_diff(before, after, prefix: str = ""):
 
 def loss_descriptions(config: TrainConfig) -> tuple[str, str]:
     """One line each of the config's loss settings and the thesis' (e.g. ``weights 20, 0.2, 0.1``)."""
-    describe = config.model.spec.describe_loss
-    return describe(config), describe(config.model_copy(update={"loss": LossSettings()}))
+    return config.loss.describe(), config.model.spec.loss_settings().describe()
 
 
 def clean_scans(config: TrainConfig) -> TrainConfig:

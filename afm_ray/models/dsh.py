@@ -4,15 +4,22 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from afm_ray.models.blocks import Decoder2D, Encoder3D, check_n_slices, check_padding_mode, check_stack, conv_leaky
-from afm_ray.models.spec import OutputSpec, register_model, weighted_mse_map_model
+from afm_ray.models.spec import MapWeightsLossSettings, OutputSpec, register_model, weighted_mse_map_model
 
 DSH_OUTPUTS = ("atomic_disks", "vdw_spheres", "height_map")
-DSH_LOSS_WEIGHTS = (20.0, 0.3, 0.2)
-"""Thesis weights of the Disks, Spheres and Height MSEs (``loss.dsh_weights``)."""
 LATENT_CHANNELS = 64
+
+
+class DshLossSettings(MapWeightsLossSettings):
+    """The weighted sum of per-map MSEs (thesis 3.4)."""
+
+    dsh_weights: tuple[float, float, float] = Field(
+        (20.0, 0.3, 0.2), description="MSE weights of Atomic Disks, vdW Spheres and Height Map (dimensionless; "
+                                      "thesis 20, 0.3, 0.2)")
 
 
 class DSH(nn.Module):
@@ -68,8 +75,8 @@ DSH_SPEC = register_model(weighted_mse_map_model(
     outputs=(OutputSpec("atomic_disks", None, "dimensionless"), OutputSpec("vdw_spheres", "relu", "Å"),
              OutputSpec("height_map", "relu", "Å")),
     network=DSH,
+    loss_settings=DshLossSettings,
     weights_field="dsh_weights",
-    default_weights=DSH_LOSS_WEIGHTS,
     published_losses={"dataset1": {"train": 1.95e-3, "val": 1.90e-3, "test": 1.92e-3},
                       "dataset2": {"train": 2.32e-3, "val": 2.51e-3, "test": 2.59e-3}},  # thesis Table 6
     thesis_parameters=122_811,

@@ -4,17 +4,23 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from afm_ray.models.blocks import Decoder2D, Encoder3D, check_n_slices, check_padding_mode, check_stack, conv_leaky
-from afm_ray.models.spec import OutputSpec, register_model, weighted_mse_map_model
+from afm_ray.models.spec import MapWeightsLossSettings, OutputSpec, register_model, weighted_mse_map_model
 
 ES_OUTPUTS = ("es_map", "height_map")
 ES_TIPS = ("CO", "Xe")
-ES_LOSS_WEIGHTS = (1.0, 0.1)
-"""Thesis weights of the ES Map and Height MSEs (``loss.es_weights``)."""
 BRANCH_CHANNELS = 64
 LATENT_CHANNELS = 64
+
+
+class EsLossSettings(MapWeightsLossSettings):
+    """The weighted sum of per-map MSEs (thesis 3.4)."""
+
+    es_weights: tuple[float, float] = Field(
+        (1.0, 0.1), description="MSE weights of the ES Map and Height Map (dimensionless; thesis 1.0, 0.1)")
 
 
 class ES(nn.Module):
@@ -86,8 +92,8 @@ ES_SPEC = register_model(weighted_mse_map_model(
     tips=ES_TIPS,
     outputs=(OutputSpec("es_map", None, "V"), OutputSpec("height_map", "relu", "Å")),
     network=ES,
+    loss_settings=EsLossSettings,
     weights_field="es_weights",
-    default_weights=ES_LOSS_WEIGHTS,
     published_losses={"dataset1": {"train": 3.41e-4, "val": 3.40e-4, "test": 3.40e-4},
                       "dataset2": {"train": 4.15e-4, "val": 4.13e-4, "test": 4.26e-4}},  # thesis Table 6
     thesis_parameters=169_970,

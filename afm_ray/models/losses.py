@@ -55,7 +55,8 @@ class WeightedMSELoss(nn.Module):
     """Weighted sum of per-output pixel MSEs: ``total = Σ_k w_k · mean((pred_k − target_k)²)``.
 
     Args:
-        weights: one non-negative weight per output (the models' defaults: ``loss_defaults`` of their specs).
+        weights: one non-negative weight per output (the models' defaults: their loss settings, e.g.
+            :class:`afm_ray.models.dsh.DshLossSettings`).
         names: names of the outputs, used as keys of ``LossOutput.terms``.
 
     Forward:
@@ -108,7 +109,7 @@ class FocalPositionLoss(nn.Module):
     left out of both terms, as the thesis trained only on those (Eq. 29). A batch with no atoms
     at all gives a zero loss that still back-propagates (zero gradients).
 
-    Args (thesis values: ``XYZ_LOSS_DEFAULTS`` in :mod:`afm_ray.models.xyz`):
+    Args (thesis values: :class:`afm_ray.models.xyz.XyzLossSettings`):
         gamma: focusing exponent γ ≥ 0 (searched in {1.0, …, 2.0}).
         alpha_n: background weight αn in (0, 1); atoms get 1 − αn.
         beta_pl: position-loss weight βPL ≥ 0.

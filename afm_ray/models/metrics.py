@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from afm_ray.descriptors.xyz_classes import ATOM_CLASS, BACKGROUND_CLASS
 from afm_ray.descriptors.xyz_codec import (DEFAULT_BOX_SIZE, DEFAULT_NMS_RADIUS, DEFAULT_REPORT_THRESHOLD, Atoms,
                                            as_float64_array, check_xyz_grid, decode_xyz)
 
@@ -297,7 +298,7 @@ class XYZEvaluator:
             raise ValueError("XYZEvaluator.result() called before any update()")
         n_classes = self._confusion.shape[0]
         names = tuple(self.class_names) if self.class_names is not None else (
-            ("background", "atom") + tuple(f"class{k}" for k in range(2, n_classes)))[:n_classes]
+            (BACKGROUND_CLASS, ATOM_CLASS) + tuple(f"class{k}" for k in range(2, n_classes)))[:n_classes]
         if len(names) != n_classes:
             raise ValueError(f"{len(names)} class names for {n_classes} classes")
         return XYZMetrics(

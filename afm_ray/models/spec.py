@@ -1,9 +1,11 @@
 """One registry for every model: what a network reads, predicts, is trained and judged by.
 
 In the style of torchvision's ``register_model``: each model's module (``models/dsh.py``, ``es.py``,
-``xyz.py``) builds one :class:`ModelSpec` and calls :func:`register_model` at import, and
-``afm_ray.models`` imports them. Training, prediction, packing, figures and the configs read the
-spec, so adding a model is one file and one registration.
+``xyz.py``) defines its network and its loss settings (a :class:`LossSettings` subclass: the
+``loss:`` section of a training config naming the model), builds one :class:`ModelSpec` and calls
+:func:`register_model` at import, and ``afm_ray.models`` imports them. Training, prediction, packing,
+figures and the configs read the spec, so adding a model is one file and one registration (plus one
+function in :mod:`afm_ray.descriptors.registry` for a target no model had before).
 
 A model from another package is registered by its own module; the training config names that
 module (``model.module``) so that every process — Ray Train workers and simulation actors
@@ -20,16 +22,40 @@ import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from torch import nn
 
-from afm_ray.config import shown_value
+from afm_ray.config import StrictModel, shown_value
 from afm_ray.errors import InputError
 from afm_ray.models.losses import WeightedMSELoss
 
-if TYPE_CHECKING:  # the configs import this module; the spec only receives their instances
-    from afm_ray.recipe import LossSettings, TrainConfig
+
+class LossSettings(StrictModel):
+    """A model's loss hyperparameters: the ``loss:`` section of a training config, what Ray Tune searches.
+
+    Each model subclasses it in its own module (defaults: the thesis' values; units in the field
+    descriptions) and names the subclass in its spec (:attr:`ModelSpec.loss_settings`); the config's
+    ``loss:`` section is validated against the chosen model's type. This base has no fields: a model
+    whose loss takes no settings.
+    """
+
+    def describe(self) -> str:
+        """One short line of the settings (model listings, evaluation reports): ``name value, …``."""
+        return ", ".join(f"{name} {_shown(value)}" for name, value in self) or "no settings"
+
+
+class MapWeightsLossSettings(LossSettings):
+    """Loss settings of a weighted-MSE map model (:func:`weighted_mse_map_model`): one field, the weights."""
+
+    def describe(self) -> str:
+        return "weights " + ", ".join(_shown(weights) for _, weights in self)
+
+
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_shown(item) for item in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -69,14 +95,14 @@ class ModelSpec:
         description: one line for listings and the config's help.
         tips: probe tip of each input channel, in channel order (``("CO", "Xe")``: channel 0 CO).
         outputs: the network's outputs, in forward order.
-        targets: descriptor the batch carries for each output, in the same order (the loss pairs them).
-        build_network: config → untrained ``nn.Module`` whose forward takes ``(B, len(tips), X, Y,
-            config.input_slices)`` and returns one tensor per output.
-        build_loss: ``config.loss`` → a module called ``loss(outputs, targets)`` (tuples in output
-            order) returning :class:`afm_ray.models.losses.LossOutput`.
-        loss_defaults: the defaults of the ``loss.*`` fields this model reads (the only place they live;
-            :class:`afm_ray.recipe.LossSettings` takes its defaults from here).
-        describe_loss: config → a short line of the loss settings (model listings).
+        targets: descriptor the batch carries for each output, in the same order (the loss pairs them): names
+            registered in :mod:`afm_ray.descriptors.registry`.
+        build_network: ``(model, input_slices)`` → untrained ``nn.Module``, where ``model`` is the config's
+            :class:`~afm_ray.models.settings.ModelSettings` and ``input_slices`` the z-slices the network reads;
+            its forward takes ``(B, len(tips), X, Y, input_slices)`` and returns one tensor per output.
+        loss_settings: the model's :class:`LossSettings` subclass (the config's ``loss:`` section).
+        build_loss: an instance of ``loss_settings`` → a module called ``loss(outputs, targets)`` (tuples in
+            output order) returning :class:`afm_ray.models.losses.LossOutput`.
         objective: metric and direction that pick the best checkpoint and rank sweep trials.
         metrics: ``"maps"``: per-output MSE and correlation; ``"atoms"``: the outputs are the xyz
             grid (``xyz_classes``, ``xyz_offsets``), judged by decoded-atom precision, recall and F1.
@@ -89,7 +115,8 @@ class ModelSpec:
         published_losses: its published loss after the last epoch (its weighted training loss), by
             dataset and subset (``{"dataset1": {"train": …, "val": …, "test": …}}``; thesis Table 6),
             shown beside ``afm-ray evaluate``'s figures.
-        check_config: raises ``ValueError`` (one line) for settings this model cannot train with.
+        check_scan: ``(scan_pixels, scan_size_angstrom)`` (x, y) → raises ``ValueError`` (one line) for a scan
+            geometry this model cannot train on.
         thesis_parameters: trainable parameters at the thesis input (128 × 128 px, 10 slices) with
             default options, as the thesis' architecture table gives them (``None``: not a thesis model).
         module: the registering module (``__name__``): a reload replaces the spec, another module's is a clash.
@@ -100,17 +127,16 @@ class ModelSpec:
     tips: tuple[str, ...]
     outputs: tuple[OutputSpec, ...]
     targets: tuple[str, ...]
-    build_network: Callable[[TrainConfig], nn.Module]
+    build_network: Callable[..., nn.Module]
     build_loss: Callable[[LossSettings], nn.Module]
-    describe_loss: Callable[[TrainConfig], str]
     objective: Objective
+    loss_settings: type[LossSettings] = LossSettings
     metrics: Literal["maps", "atoms"] = "maps"
     figure_maps: tuple[str, ...] = ()
-    loss_defaults: Mapping[str, object] = field(default_factory=dict)
     rotations_per_molecule: int = 20
     input_slices: int | None = None
     uses_element_classes: bool = False
-    check_config: Callable[[TrainConfig], None] | None = None
+    check_scan: Callable[[tuple[int, int], tuple[float, float]], None] | None = None
     published_losses: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     thesis_parameters: int | None = None
     module: str = ""
@@ -123,7 +149,8 @@ class ModelSpec:
         unknown = set(self.figure_maps) - set(self.output_names) - {"atoms"}
         if unknown:
             raise ValueError(f"model {self.name!r}: figure_maps {sorted(unknown)} are not outputs")
-        object.__setattr__(self, "loss_defaults", MappingProxyType(dict(self.loss_defaults)))
+        if not (isinstance(self.loss_settings, type) and issubclass(self.loss_settings, LossSettings)):
+            raise ValueError(f"model {self.name!r}: loss_settings must be a LossSettings subclass")
         object.__setattr__(self, "published_losses", MappingProxyType(
             {dataset: MappingProxyType(dict(losses)) for dataset, losses in self.published_losses.items()}))
 
@@ -215,34 +242,30 @@ def list_model_specs() -> tuple[ModelSpec, ...]:
 
 
 def weighted_mse_map_model(*, name: str, description: str, tips: tuple[str, ...], outputs: tuple[OutputSpec, ...],
-                           network: Callable[..., nn.Module], weights_field: str,
-                           default_weights: tuple[float, ...], published_losses: Mapping[str, Mapping[str, float]],
-                           thesis_parameters: int | None, module: str) -> ModelSpec:
+                           network: Callable[..., nn.Module], loss_settings: type[MapWeightsLossSettings],
+                           weights_field: str,
+                           published_losses: Mapping[str, Mapping[str, float]], thesis_parameters: int | None,
+                           module: str) -> ModelSpec:
     """The spec of a model that predicts descriptor maps (each output's target is the descriptor of the
     same name) and trains on a weighted sum of per-map MSEs (thesis 3.4), ranked by the unweighted mean.
 
-    ``network(n_slices=, skip_connections=, padding_mode=)`` builds it from ``config.input_slices``
-    and ``config.model``; ``weights_field`` names the field of
-    :class:`~afm_ray.recipe.LossSettings` holding its MSE weights (one per output,
-    dimensionless), whose default is ``default_weights``.
+    ``network(n_slices=, skip_connections=, padding_mode=)`` builds it from the input slices and the
+    model settings; ``weights_field`` names the field of ``loss_settings`` holding its MSE weights
+    (one per output, dimensionless).
     """
     names = tuple(output.name for output in outputs)
+    default_weights = getattr(loss_settings(), weights_field)
     if len(default_weights) != len(names):
         raise ValueError(f"model {name!r}: {len(default_weights)} default weights for {len(names)} outputs")
 
-    def build_network(config: TrainConfig) -> nn.Module:
-        return network(n_slices=config.input_slices, skip_connections=config.model.skip_connections,
-                       padding_mode=config.model.padding)
+    def build_network(model, input_slices: int) -> nn.Module:
+        return network(n_slices=input_slices, skip_connections=model.skip_connections, padding_mode=model.padding)
 
     def build_loss(loss: LossSettings) -> nn.Module:
         return WeightedMSELoss(getattr(loss, weights_field), names)
 
-    def describe_loss(config: TrainConfig) -> str:
-        return "weights " + ", ".join(f"{weight:g}" for weight in getattr(config.loss, weights_field))
-
     return ModelSpec(name=name, description=description, tips=tips, outputs=outputs, targets=names,
-                     build_network=build_network, build_loss=build_loss, describe_loss=describe_loss,
-                     loss_defaults={weights_field: tuple(default_weights)},
+                     build_network=build_network, build_loss=build_loss, loss_settings=loss_settings,
                      objective=Objective("val_mse_mean", "min"),  # unweighted: comparable across loss weights
                      metrics="maps", figure_maps=names, rotations_per_molecule=20,
                      published_losses=published_losses, thesis_parameters=thesis_parameters, module=module)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from afm_ray.samples.batches import SplitSamples, Task
-from afm_ray.elements import ELEMENT_TABLE
+from afm_ray.descriptors.xyz_classes import element_groups
 from afm_ray.errors import InputError
 from afm_ray.molecules.database import SPLIT_PREFIX, read_database, select, split_names, table_to_molecules
 from afm_ray.pipeline.settings import SampleSettings
@@ -12,12 +12,9 @@ SUBSETS = ("train", "val", "test")
 
 
 def task_of(settings: SampleSettings) -> Task:
-    """The :class:`Task` of the samples; xyz element classes become atomic-number groups."""
-    groups = None
-    if settings.element_classes is not None:
-        groups = tuple(tuple(int(ELEMENT_TABLE.number(symbol, where="model.element_classes")) for symbol in group)
-                       for group in settings.element_classes)
-    return Task(settings.model, groups)
+    """The :class:`Task` of the samples: the model's tips and targets; xyz element classes as atomic-number groups."""
+    spec = settings.model_spec
+    return Task(spec.tips, spec.targets, element_groups(settings.element_classes))
 
 
 def load_split_samples(settings: SampleSettings, subsets: tuple[str, ...] = SUBSETS) -> dict[str, SplitSamples]:

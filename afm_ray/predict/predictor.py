@@ -34,6 +34,7 @@ import torch
 from afm_ray.descriptors import XyzGrid
 from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.descriptors.xyz_codec import DEFAULT_NMS_RADIUS, DEFAULT_REPORT_THRESHOLD, Atoms
+from afm_ray.descriptors.xyz_classes import element_groups
 from afm_ray.elements import ELEMENT_TABLE
 from afm_ray.errors import InputError
 from afm_ray.predict.preprocess import ModelInput, PreparedStack
@@ -89,9 +90,7 @@ class Predictor:
         if self.nms_radius < 0:
             raise InputError("--nms-radius", f"must be ≥ 0 Å, got {self.nms_radius}")
         if self.model.config.model.spec.predicts_atoms:
-            from afm_ray.pipeline.sources import task_of
-
-            groups = task_of(self.model.config.sample_settings).element_groups
+            groups = element_groups(self.model.config.model.element_classes)
             self._grid = XyzGrid(window=self.window, element_groups=groups)
 
     @property

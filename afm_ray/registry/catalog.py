@@ -124,7 +124,8 @@ def config_summary(config: TrainConfig) -> dict[str, str]:
     slices = (f"{scan.kept_slices} of a random window of {scan.window_slices} (of {sim.num_slices} simulated)"
               if scan.enabled else f"all {sim.num_slices}")
     summary = {
-        "model": config.model.name + (" +skip" if config.model.skip_connections else ""),
+        "model": config.model.name + (" +skip" if config.model.skip_connections else "")
+                 + (f", classes {config.model.element_classes}" if config.model.element_classes else ""),
         "input": f"{'+'.join(config.model.spec.tips)}, {sim.scan_pixels[0]}×{sim.scan_pixels[1]} px over "
                  f"{sim.scan_size_angstrom[0]:g}×{sim.scan_size_angstrom[1]:g} Å, {config.input_slices} slices",
         "slices": f"{slices}, dz {sim.dz_angstrom:g} Å",
@@ -132,5 +133,5 @@ def config_summary(config: TrainConfig) -> dict[str, str]:
         "training": f"{config.run.epochs} epochs, global batch {config.run.batch_size} on {config.scaling.num_workers} workers, "
                     f"lr {config.optimizer.learning_rate:g}",
     }
-    summary["loss"] = config.model.spec.describe_loss(config)
+    summary["loss"] = config.loss.describe()
     return summary

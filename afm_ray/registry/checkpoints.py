@@ -60,7 +60,7 @@ def load_checkpoint_model(checkpoint_path: str | Path, allowed_modules: Collecti
     if allowed_modules is not None:
         refuse_untrusted_module(config_data, where, allowed_modules)
     config = validate(TrainConfig, config_data, f"{where}: config_json")
-    model = config.model.spec.build_network(config)
+    model = config.build_network()
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:  # missing, extra or misshapen weights

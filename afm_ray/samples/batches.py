@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from afm_ray.samples.augment import AugmentConfig, augment_batch, read_slices
-from afm_ray.descriptors import XyzGrid, atomic_disks, vdw_spheres
 from afm_ray.descriptors.config import DescriptorsConfig
 from afm_ray.descriptors.device_maps import DeviceMaps
 from afm_ray.descriptors.geometry import ScanWindow
-from afm_ray.descriptors.height_es import enqueue_height_and_es_maps
+from afm_ray.descriptors.registry import TargetBatch, TargetContext, empty_targets, enqueue_targets, get_descriptor
 from afm_ray.errors import InputError
-from afm_ray.models import ModelSpec, get_model_spec
 from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import select_rotations
+from afm_ray.samples.augment import AugmentConfig, augment_batch, read_slices
 from afm_ray.samples.plan import BatchSpec
 from afm_ray.samples.seeds import sample_seeds, tip_seeds
 from afm_ray.sim import ScanParams, SimConfig, Simulator
@@ -40,29 +38,21 @@ from afm_ray.sim.simulator import LoadedBatch
 
 @dataclass(frozen=True)
 class Task:
-    """What a model consumes and predicts: its tips, target names and xyz element groups.
+    """What a batch holds: the probe tips of its input channels, its targets and the xyz element groups.
 
-    ``model`` names a registered :class:`~afm_ray.models.ModelSpec` (a plugin's module already imported,
-    as :class:`~afm_ray.pipeline.settings.SampleSettings` does on validation).
+    Attributes:
+        tips: probe tip of each input channel, in channel order (``("CO", "Xe")``: channel 0 CO).
+        targets: descriptor names (:mod:`afm_ray.descriptors.registry`), e.g. a model spec's targets.
+        element_groups: xyz element classes as atomic-number groups; ``None``: one "atom" class.
     """
 
-    model: str
+    tips: tuple[str, ...]
+    targets: tuple[str, ...]
     element_groups: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self):
-        get_model_spec(self.model)  # InputError naming the registered models
-
-    @property
-    def spec(self) -> ModelSpec:
-        return get_model_spec(self.model)
-
-    @property
-    def tips(self) -> tuple[str, ...]:
-        return self.spec.tips
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return self.spec.targets
+        for name in self.targets:
+            get_descriptor(name)  # InputError naming the registered descriptors
 
 
 @dataclass(frozen=True)
@@ -129,8 +119,10 @@ class BatchFactory:
         self.host: FreshHostArrays | PinnedHostArrays = (PinnedHostArrays(self.simulator.queue) if reuse_host_memory
                                                          else FRESH)
         self.window = ScanWindow.from_sim_config(sim_config)
-        self.xyz_grid = (XyzGrid(window=self.window, element_groups=task.element_groups)
-                         if "xyz_classes" in task.targets else None)
+        self.target_context = TargetContext(self.simulator, self.window, descriptors, task.element_groups,
+                                            self.device_maps, self.host)
+        for name in task.targets:  # a scan that a target cannot be made on fails here, not at the first batch
+            get_descriptor(name).sample_shape(self.target_context)
 
     def n_samples(self, split: str) -> int:
         return len(self.splits[split])
@@ -224,16 +216,12 @@ class BatchFactory:
         nx, ny = self.simulator.config.scan_pixels
         slices = (self.augment_config.scan_height.kept_slices if self.augment_config.scan_height.enabled
                   and not raw_df else self.simulator.config.num_slices)
-        batch = {"df" if raw_df else "x": np.zeros((0, len(self.task.tips), nx, ny, slices), np.float32)}
-        grid_channels = {"xyz_classes": self.xyz_grid.n_classes, "xyz_offsets": 3} if self.xyz_grid else {}
-        for name in self.task.targets:  # maps (B, nx, ny); the xyz descriptor's (B, C, gx, gy)
-            shape = (grid_channels[name], *self.xyz_grid.grid_shape) if name in grid_channels else (nx, ny)
-            batch[name] = np.zeros((0, *shape), np.float32)
-        return {**batch, "samples": np.zeros(0, np.int64)}
+        inputs = np.zeros((0, len(self.task.tips), nx, ny, slices), np.float32)
+        return {"df" if raw_df else "x": inputs, **empty_targets(self.target_context, self.task.targets),
+                "samples": np.zeros(0, np.int64)}
 
     def _targets(self, loaded: LoadedBatch, molecules: list[Molecule]) -> Pending[dict[str, np.ndarray]]:
-        return enqueue_targets(loaded, molecules, self.task.targets, self.simulator, self.window, self.descriptors,
-                               self.xyz_grid, self.device_maps, self._stage, self.host)
+        return enqueue_targets(TargetBatch(self.target_context, loaded, molecules, self._stage), self.task.targets)
 
     @contextmanager
     def _stage(self, name: str):
@@ -249,64 +237,3 @@ class BatchFactory:
         self.simulator.release()
         if isinstance(self.host, PinnedHostArrays):
             self.host.release()
-
-
-def describe(molecules: list, targets: Sequence[str], simulator: Simulator, window: ScanWindow,
-             descriptors: DescriptorsConfig, xyz_grid: XyzGrid | None = None,
-             device_maps: DeviceMaps | None = None, stage=None) -> dict[str, np.ndarray]:
-    """The descriptors named in ``targets`` (a :attr:`ModelSpec.targets <afm_ray.models.ModelSpec>`) for a batch of molecules.
-
-    Maps are (B, nx, ny) float32 on ``window`` (Å; ``es_map`` V or V/Å; ppafm Atomic Disks
-    dimensionless), with the conventions of ``descriptors``; ``xyz_classes`` (B, n_classes, gx, gy)
-    and ``xyz_offsets`` (B, 3, gx, gy) Å come from ``xyz_grid``. Height and ES maps come from one
-    iso-surface search on ``simulator``'s device; vdW Spheres and Atomic Disks from one kernel of
-    ``device_maps`` when given (same values), else from NumPy. ``stage(name)``, a context manager,
-    times each group of descriptors.
-    """
-    pending = enqueue_targets(simulator.load(molecules), molecules, targets, simulator, window, descriptors, xyz_grid,
-                              device_maps, stage)
-    simulator.finish()
-    return pending.result()
-
-
-def enqueue_targets(loaded: LoadedBatch, molecules: list, targets: Sequence[str], simulator: Simulator,
-                    window: ScanWindow, descriptors: DescriptorsConfig, xyz_grid: XyzGrid | None = None,
-                    device_maps: DeviceMaps | None = None, stage=None,
-                    host: FreshHostArrays | PinnedHostArrays = FRESH) -> Pending[dict[str, np.ndarray]]:
-    """:func:`describe` for the batch ``simulator`` has loaded (``molecules``, in order): the device's
-    descriptors are enqueued, the host's computed meanwhile; ``.result()`` after ``simulator.finish()``.
-    The device's maps are read into ``host``'s arrays."""
-    stage = stage or (lambda name: nullcontext())
-    out: dict[str, np.ndarray] = {}
-    waiting: dict[str, Pending] = {}
-    radii, disks_mode = descriptors.vdw_spheres.radii, descriptors.atomic_disks.mode
-    drawn = [name for name in ("atomic_disks", "vdw_spheres") if name in targets]
-    if drawn:
-        with stage("vdW Spheres + Atomic Disks"):
-            if device_maps is not None:
-                waiting["maps"] = device_maps.enqueue_maps(loaded, window, radii=radii, disks_mode=disks_mode, host=host)
-            else:
-                if "atomic_disks" in drawn:
-                    out["atomic_disks"] = atomic_disks(molecules, window, mode=disks_mode)
-                if "vdw_spheres" in drawn:
-                    out["vdw_spheres"] = vdw_spheres(molecules, window, radii=radii)
-    if "height_map" in targets or "es_map" in targets:
-        with stage("Height + ES Map"):
-            waiting["height_es"] = enqueue_height_and_es_maps(loaded, simulator, descriptors.height_map,
-                                                              descriptors.es_map, host)
-    if "xyz_classes" in targets:
-        with stage("xyz encode"):
-            encoded = xyz_grid.encode(molecules)
-        out["xyz_classes"], out["xyz_offsets"] = encoded.classes, encoded.offsets
-
-    def result() -> dict[str, np.ndarray]:
-        if "maps" in waiting:
-            maps = waiting["maps"].result()
-            out.update({name: maps[name] for name in drawn})
-        if "height_es" in waiting:
-            maps = waiting["height_es"].result()
-            out.update({name: value for name, value in (("height_map", maps.height), ("es_map", maps.es))
-                        if name in targets})
-        return out
-
-    return Pending([], result)

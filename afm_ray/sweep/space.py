@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from ray import tune
 
@@ -43,30 +45,43 @@ def param_space(search: dict[str, Dimension]) -> dict:
 def trial_config(base: dict, train_overrides: dict, params: dict, where: str = "trial") -> TrainConfig:
     """The training config of one trial: base YAML + sweep overrides + sampled hyperparameters.
 
-    A path whose last part is an integer indexes a tuple field (``loss.dsh_weights.1``).
+    A path whose last part is an integer indexes a tuple field (``loss.dsh_weights.1``). Each path must name a
+    field of the base's resolved config (defaults included); the values are set in the YAML as written, so a
+    section the base leaves to its defaults gets them from the trial's own model (``loss``).
     """
     data = apply_overrides(base, [f"{key}={_yaml(value)}" for key, value in train_overrides.items()], "train_overrides")
-    config = validate(TrainConfig, data, where)
-    data = config.model_dump(mode="json")
+    resolved = validate(TrainConfig, data, where).model_dump(mode="json")
     for key, value in params.items():
         path = param_path(key)
         parts = path.split(".")
-        node = data
+        node, written = resolved, data
         for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit():
-                node = node[int(part)]
-            elif isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                raise InputError(f"search: {path}", "not a field of the training config")
+            node, written = _child(node, part, path), _written_child(written, part, _child(node, part, path))
         last = parts[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = _plain(value)
-        elif isinstance(node, dict) and last in node:
-            node[last] = _plain(value)
+        if isinstance(written, list) and last.isdigit() and int(last) < len(written):
+            written[int(last)] = _plain(value)
+        elif isinstance(written, dict) and isinstance(node, dict) and last in node:
+            written[last] = _plain(value)
         else:
             raise InputError(f"search: {path}", "not a field of the training config (unknown hyperparameter name)")
     return validate(TrainConfig, data, f"{where} with {dict((param_path(k), _plain(v)) for k, v in params.items())}")
+
+
+def _child(node, part: str, path: str):
+    """``node``'s field or item ``part`` in the resolved config."""
+    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        return node[int(part)]
+    if isinstance(node, dict) and part in node:
+        return node[part]
+    raise InputError(f"search: {path}", "not a field of the training config")
+
+
+def _written_child(written, part: str, resolved_child):
+    """``written``'s section or list ``part``, taken from the resolved config where the YAML leaves it out."""
+    key = int(part) if isinstance(written, list) else part
+    if isinstance(written, dict) and not isinstance(written.get(part), (dict, list)):
+        written[part] = copy.deepcopy(resolved_child)
+    return written[key]
 
 
 def check_space(base: dict, train_overrides: dict, search: dict[str, Dimension]) -> None:

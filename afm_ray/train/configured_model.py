@@ -9,15 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from afm_ray.descriptors.xyz_classes import ATOM_CLASS, BACKGROUND_CLASS, class_names
 from afm_ray.models.losses import LossOutput
 from afm_ray.models.metrics import ImageMetricsAccumulator, XYZEvaluator
-from afm_ray.models import ModelSpec, class_names, get_model_spec
-from afm_ray.recipe import LossSettings, TrainConfig
-
-
-def build_model(config: TrainConfig) -> nn.Module:
-    """The untrained network of ``config.model`` (its spec's ``build_network``)."""
-    return config.model.spec.build_network(config)
+from afm_ray.models import ModelSpec, get_model_spec
+from afm_ray.recipe import TrainConfig
 
 
 def build_loss(config: TrainConfig) -> nn.Module:
@@ -28,7 +24,8 @@ def build_loss(config: TrainConfig) -> nn.Module:
 def build_thesis_loss(config: TrainConfig) -> nn.Module:
     """The loss of ``config.model`` with its spec's default settings, the thesis' (DSH weights 20, 0.3, 0.2;
     ES 1, 0.1; xyz γ 1.25, αn 0.3, βPL 0.15), whatever ``config.loss`` says: the loss Table 6 reports."""
-    return config.model.spec.build_loss(LossSettings())
+    spec = config.model.spec
+    return spec.build_loss(spec.loss_settings())
 
 
 def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -65,7 +62,7 @@ class Evaluation:
     """
 
     model_name: str
-    class_names: tuple[str, ...] = ("background", "atom")
+    class_names: tuple[str, ...] = (BACKGROUND_CLASS, ATOM_CLASS)
     _loss_sum: dict[str, float] = field(default_factory=dict)
     _samples: float = 0.0
     _thesis_loss_sum: float = 0.0
@@ -165,9 +162,7 @@ def gathered_from_ranks(value) -> list:
 
 
 def evaluation_for(config: TrainConfig) -> Evaluation:
-    groups = config.model.element_classes
-    names = class_names(groups) + (("other",) if groups is not None else ())
-    return Evaluation(config.model.spec.name, names)
+    return Evaluation(config.model.spec.name, class_names(config.model.element_classes))
 
 
 def objective(config: TrainConfig) -> tuple[str, str]:
@@ -185,7 +180,7 @@ EPOCH_METRICS = ("epochs_completed", "train_loss", "train_samples_per_s", "data_
 def reported_metrics(config: TrainConfig) -> set[str]:
     """Names of the metrics an epoch reports, found by evaluating the real model once on a tiny input."""
     spec = config.model.spec
-    model = build_model(config).eval()
+    model = config.build_network().eval()
     x = torch.zeros(1, len(spec.tips), 32, 32, config.input_slices)
     with torch.no_grad():
         outputs = model(x)

@@ -40,7 +40,7 @@ from afm_ray.recipe import TrainConfig
 from afm_ray.registry.checkpoints import CHECKPOINT_FILE, HISTORY_FILE, read_checkpoint_state
 from afm_ray.train.device_shard import DeviceShard, free_device_bytes
 from afm_ray.train.loader import DeviceBatch, StepLoader
-from afm_ray.train.configured_model import (Evaluation, build_loss, build_model, compute_loss, evaluation_for, forward,
+from afm_ray.train.configured_model import (Evaluation, build_loss, compute_loss, evaluation_for, forward,
                                  gathered_from_ranks, objective, to_tensors)
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -56,9 +56,9 @@ def prepare_network(config: TrainConfig, device: torch.device) -> tuple[torch.nn
     if last == "auto":  # rank 0's measurement for all: DDP needs the same parameter strides on every rank
         sample = torch.randn(2, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices,
                              device=device)
-        last = gathered_from_ranks(channels_last_is_faster(lambda: build_model(config), sample))[0]
+        last = gathered_from_ranks(channels_last_is_faster(config.build_network, sample))[0]
     torch.manual_seed(config.run.seed)  # the same initial weights whatever the measurement drew
-    network = build_model(config)
+    network = config.build_network()
     model = ray.train.torch.prepare_model(to_channels_last(network) if last else network)
     return compiled(model, config), last
 
