@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 from markers import UnmarkedModuleError, markers_for, ray_is_running
 
-DATA = Path(__file__).parent / "data"
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+DATA = TESTS / "data"
 QM9_SAMPLE = DATA / "qm9_sample.csv"
 MOLECULE_FILES = DATA / "molecules"
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = REPO / "configs"
+SHARED = Path(os.environ.get("AFM_RAY_SHARED") or REPO.parent / "shared")
+"""The project's shared folder (the published ASD-AFM weights, the KubeRay schemas); ``AFM_RAY_SHARED`` overrides."""
 
 TINY_TRAINING = ["data.split=tiny", "data.max_train_molecules=12", "data.rotations_per_molecule=2",
                  "run.batch_size=6", "run.num_figure_samples=1"]
@@ -37,7 +41,8 @@ def pytest_collection_modifyitems(config, items):
     """Mark every test from tests/markers.py; a module without a row there stops the run, naming it."""
     unmarked: list[str] = []
     for item in items:
-        module, test = Path(item.path).stem, getattr(item, "originalname", item.name)
+        module = Path(item.path).resolve().relative_to(TESTS).with_suffix("").as_posix()
+        test = getattr(item, "originalname", item.name)
         try:
             markers = markers_for(module, test, getattr(item, "fixturenames", ()))
         except UnmarkedModuleError as error:

@@ -15,16 +15,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, qm9_sample_database
+from conftest import CONFIGS, REPO, SHARED, qm9_sample_database
 
-SHARED = Path(os.environ.get("AFM_RAY_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 LIGHT_WEIGHTS = SHARED / "asd-afm" / "model_light.h5"
 MODEL = "asdafm-dsh-light"
 URI = f"models:/{MODEL}@published"
@@ -125,7 +122,7 @@ def test_the_ppafm_baseline_is_scored_by_the_same_code(published):
 
     uri, database, _ = published
     completed = subprocess.run(
-        [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "published_on_ppafm_data.py"),
+        [sys.executable, str(REPO / "benchmarks" / "published_on_ppafm_data.py"),
          "--tracking-uri", uri, "data.split=published", f"data.database={database}", "data.max_eval_molecules=1",
          "data.eval_rotations_per_molecule=1"], capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -39,7 +39,7 @@ import yaml
 from certificates import TestCA
 from servers import free_port, start_mlflow_server, stop_process_group
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 MLFLOW_DEPLOYMENT = REPO / "k8s" / "base" / "mlflow.yaml"
 POSTGRES_INIT = REPO / "k8s" / "base" / "postgres" / "create-mlflow-role.sh"
 POSTGRES_HBA = REPO / "k8s" / "base" / "postgres" / "pg_hba.conf"

@@ -3,7 +3,6 @@ trains, registers and loads through the normal path."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from afm_ray.errors import InputError
 from afm_ray.models import get_model_spec, list_model_specs
 from afm_ray.train.config import LossSettings, TrainConfig
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
 
 
 def test_the_thesis_models_are_registered_with_their_tips_outputs_and_objectives():

@@ -12,11 +12,10 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TESTS
 from markers import (EXPENSIVE, FIXTURE_MARKERS, MARKERS, MODULE_MARKERS, TEST_MARKERS, UnmarkedModuleError,
                      markers_for, ray_is_running)
 
-TESTS = Path(__file__).parent
-REPO = TESTS.parent
 
 
 def defined_tests(module: str) -> set[str]:
@@ -26,7 +25,7 @@ def defined_tests(module: str) -> set[str]:
 
 
 def test_every_test_module_has_a_row_and_every_row_a_module():
-    modules = {path.stem for path in TESTS.glob("test_*.py")}
+    modules = {path.relative_to(TESTS).with_suffix("").as_posix() for path in TESTS.rglob("test_*.py")}
     assert sorted(modules - MODULE_MARKERS.keys()) == [], "add these modules to tests/markers.py MODULE_MARKERS"
     assert sorted(MODULE_MARKERS.keys() - modules) == [], "rows for modules that no longer exist"
 
@@ -54,19 +53,19 @@ def test_the_table_uses_exactly_the_registered_markers():
 
 
 def test_unit_is_exactly_the_tests_that_are_none_of_the_expensive_kinds():
-    assert markers_for("test_elements", "test_table_covers_required_elements", ["tmp_path"]) == {"unit"}
+    assert markers_for("unit/test_elements", "test_table_covers_required_elements", ["tmp_path"]) == {"unit"}
     assert markers_for("test_k8s", "test_every_yaml_file_parses", []) == {"k8s", "unit"}
-    assert markers_for("test_train", "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
+    assert markers_for("integration/test_train", "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
                        []) == {"ray", "slow"}
     # a fixture that starts Ray makes any test ray, whatever its module's row
-    assert markers_for("test_elements", "test_new", ["trained_dsh", "cli_trained_dsh"]) == {"ray", "slow"}
+    assert markers_for("unit/test_elements", "test_new", ["trained_dsh", "cli_trained_dsh"]) == {"ray", "slow"}
     for module, row in MODULE_MARKERS.items():
         assert ("unit" in markers_for(module, "test_any", [])) == (not row & EXPENSIVE)
 
 
 def test_a_module_without_a_row_is_named():
-    with pytest.raises(UnmarkedModuleError, match=r"tests/test_brand_new\.py has no row"):
-        markers_for("test_brand_new", "test_anything", [])
+    with pytest.raises(UnmarkedModuleError, match=r"tests/unit/test_brand_new\.py has no row"):
+        markers_for("unit/test_brand_new", "test_anything", [])
 
 
 def test_ray_running_is_read_without_importing_ray(monkeypatch):
@@ -97,23 +96,24 @@ def run_pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_conftest_fails_a_unit_test_that_starts_ray_and_stops_on_an_unmarked_module(tmp_path):
     tests = tmp_path / "tests"
-    tests.mkdir()
-    # test_elements is all unit; in test_train this name is a ray test
-    (tests / "test_elements.py").write_text(STARTS_RAY + '''
+    for folder in ("unit", "integration"):
+        (tests / folder).mkdir(parents=True)
+    # unit/test_elements is all unit; in integration/test_train this name is a ray test
+    (tests / "unit" / "test_elements.py").write_text(STARTS_RAY + '''
 def test_table_covers_required_elements(monkeypatch):
     start_ray(monkeypatch)
 
 def test_known_values_from_cited_sources():
     pass
 ''')
-    (tests / "test_train.py").write_text(STARTS_RAY + '''
+    (tests / "integration" / "test_train.py").write_text(STARTS_RAY + '''
 def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed(monkeypatch):
     start_ray(monkeypatch)
 ''')
     result = run_pytest(tmp_path, "-m", "unit")
     assert "1 failed, 1 passed, 1 deselected" in result.stdout, result.stdout + result.stderr
-    assert "test_elements.py::test_table_covers_required_elements is marked unit but started Ray" in result.stdout
+    assert "unit/test_elements.py::test_table_covers_required_elements is marked unit but started Ray" in result.stdout
 
-    (tests / "test_brand_new.py").write_text("def test_anything():\n    pass\n")
+    (tests / "unit" / "test_brand_new.py").write_text("def test_anything():\n    pass\n")
     result = run_pytest(tmp_path)
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR and "tests/test_brand_new.py has no row" in result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR and "tests/unit/test_brand_new.py has no row" in result.stderr

@@ -4,7 +4,6 @@ forward pass written from the Keras layer definitions, and the errors for wrong 
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from afm_ray.models import pad_same
 h5py = pytest.importorskip("h5py")
 from afm_ray.models.asdafm import ASDAFM_SOURCE, asdafm_state_dict, load_asdafm_dsh  # noqa: E402  (needs h5py)
 
-SHARED = Path(os.environ.get("AFM_RAY_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from conftest import CONFIGS, SHARED  # noqa: E402
 PUBLISHED_LIGHT = SHARED / "asd-afm" / "model_light.h5"
 # Keras AveragePooling3D sizes of the three encoder stages, (x, y, z).
 ENCODER_POOLS = ((2, 2, 2), (2, 2, 2), (2, 2, 1))
@@ -206,7 +205,7 @@ def test_the_import_command_names_the_missing_layer_and_registers_nothing(tmp_pa
     path = write_keras_weights(tmp_path / "partial.h5", shapes)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     code, _, err = run_cli("models", "import-asdafm", path, "--name", "asdafm-partial", "--tracking-uri", uri,
-                           "--config", Path(__file__).parent.parent / "configs" / "published_asdafm.yaml")
+                           "--config", CONFIGS / "published_asdafm.yaml")
     assert code == 2 and "conv2d_reflective_9 missing" in err and str(path) in err, err
     assert not (tmp_path / "mlruns.db").exists()  # refused before MLflow is touched
 

@@ -14,6 +14,8 @@ from afm_ray.sim import ScanParams, SimConfig, Simulator, draw_scan_params, gies
 from afm_ray.sim.config import COULOMB_CONSTANT_EV_ANGSTROM, EV_PER_ANGSTROM2_PER_N_PER_M
 from afm_ray.sim.device import select_device
 
+from conftest import CONFIGS
+
 
 @dataclass
 class Mol:
@@ -305,9 +307,7 @@ def test_scan_too_close_unknown_tip_and_empty_batch_are_rejected(sim):
 
 
 def test_config_rejects_unknown_keys_and_loads_the_shipped_yaml(tmp_path):
-    from pathlib import Path
-
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "sim.yaml"
+    shipped = CONFIGS / "sim.yaml"
     assert SimConfig.from_yaml(shipped) == SimConfig()
     bad = tmp_path / "bad.yaml"
     bad.write_text("scan_pixels: [64, 64]\namplitude: 3\n")

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_TRAINING
+from conftest import REPO, TINY_TRAINING
 from servers import free_port, stop_process_group
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 # The head and the job CLI run without Ray's token authentication (a loopback-only test cluster).

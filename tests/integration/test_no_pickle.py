@@ -27,7 +27,7 @@ from afm_ray.predict.registry import PickledModelWarning, reregister_model
 from afm_ray.train.loop import CHECKPOINT_FILE, HISTORY_FILE, load_checkpoint_model
 from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_METADATA_KEY, log_and_register
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from conftest import CONFIGS
 
 
 class PickleCalled(AssertionError):

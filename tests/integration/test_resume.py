@@ -21,9 +21,8 @@ from afm_ray.train.loop import load_checkpoint_model
 from afm_ray.train.run_state import RUN_STATE_FILE, latest_history
 from afm_ray.train.trainer import run_training
 
-from conftest import CONFIGS, qm9_sample_database
+from conftest import CONFIGS, REPO, qm9_sample_database
 
-REPO = Path(__file__).resolve().parent.parent
 AFM_RAY = Path(sys.executable).parent / "afm-ray"
 
 

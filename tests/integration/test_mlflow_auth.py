@@ -29,10 +29,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from certificates import TestCA
-from conftest import CONFIGS, TINY_TRAINING, afm_ray_train_process
+from conftest import CONFIGS, REPO, TINY_TRAINING, afm_ray_train_process
 from servers import free_port, start_mlflow_server, stop_process_group
 
-REPO = Path(__file__).resolve().parent.parent
 BOOTSTRAP_SCRIPT = REPO / "k8s" / "mlflow" / "bootstrap_users.py"
 ADMIN = ("mlflow-admin", "admin-password-for-tests")
 JOB = ("afm-job", "job-password-for-tests")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO as ROOT
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 
 

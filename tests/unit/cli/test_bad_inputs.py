@@ -25,10 +25,9 @@ from afm_ray.train.loop import CHECKPOINT_FILE, HISTORY_FILE
 from afm_ray.train.registration import CONFIG_METADATA_KEY, SERIALIZATION_FORMAT, SERIALIZATION_METADATA_KEY
 from afm_ray.train.steps import build_model
 
-from conftest import CONFIGS
+from conftest import CONFIGS, MOLECULE_FILES
 from nanonis_files import write_3ds, write_sxm
 
-MOLECULE_FILES = Path(__file__).parent / "data" / "molecules"
 HOSTILE_MODULE = "afm_hostile_plugin"  # its import writes a marker file: the visible side effect
 
 
