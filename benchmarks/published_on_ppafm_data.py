@@ -16,7 +16,7 @@ and afm-ray's noise, shifts and cutouts of the preset; without it the scans are 
 
 ppafm's vdW Spheres have their zero at the molecule's top, the published model's output (a ReLU) 1.5 Å
 below it: the maps are shifted by the 1.5 Å cut depth, as ``afm_ray.descriptors.spheres`` documents
-(``tests/test_descriptors_vs_ppafm.py`` checks all three conventions against ppafm).
+(``tests/unit/descriptors/test_descriptors_vs_ppafm.py`` checks all three conventions against ppafm).
 
 Then exactly what ``afm-ray evaluate`` does after simulating: each slice normalised to mean 0, std 1,
 the network's forward pass, and :class:`afm_ray.train.steps.Evaluation` (per-descriptor MSE beside

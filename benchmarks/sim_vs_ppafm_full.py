@@ -13,7 +13,7 @@ tilt 0 and prints per-slice figures (worst slice): Pearson r and RMS(ours − pp
   kernel is ~10 % smaller with an effective amplitude of ~0.84 Å, so this one is not a pass/fail check.
 
 Exits non-zero if any pass/fail figure misses Pearson ≥ 0.99 or rel. RMS ≤ 5 %.
-This is the full-size twin of tests/test_sim_vs_ppafm.py.
+This is the full-size twin of tests/integration/test_sim_vs_ppafm.py.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def tiny_config(tiny_database, tmp_path):
     ])
 
 
-# -- trained models (tests/test_predict.py, tests/test_match.py) ------------------------------------
+# -- trained models (tests/integration/test_predict.py, tests/unit/predict/test_match.py) ------------------------------------
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
     """(folder, MLflow tracking URI): one sqlite store that the session's trained models register in."""

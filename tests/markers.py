@@ -32,6 +32,7 @@ CHEAP: frozenset[str] = frozenset()
 RAY = frozenset({"ray"})
 SLOW = frozenset({"slow"})
 RAY_SLOW = frozenset({"ray", "slow"})
+K8S = frozenset({"k8s"})
 
 # test module (its path under tests/, without .py) → markers of its tests; CHEAP = unit
 MODULE_MARKERS: dict[str, frozenset[str]] = {
@@ -70,7 +71,16 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "integration/test_resume": RAY_SLOW,                  # trainings, sweeps and a Ray cluster in subprocesses
     "integration/test_sim_vs_ppafm": SLOW,                # ten relaxed-scan comparisons with ppafm
     "integration/test_train": CHEAP,                      # ray_session users: ray, and the slow ones below
-    "test_k8s": frozenset({"k8s"}),                       # pure manifest checks: also unit
+    # the manifests under k8s/, rendered in-process (no cluster): also unit
+    "k8s/test_cluster_rules": K8S,
+    "k8s/test_images": K8S,
+    "k8s/test_mlflow": K8S,
+    "k8s/test_network_policies": K8S,
+    "k8s/test_pod_security": K8S,
+    "k8s/test_raycluster": K8S,
+    "k8s/test_rayjobs": K8S,
+    "k8s/test_rendering": K8S,
+    "k8s/test_tls": K8S,
 }
 
 # module → {test function (without its parametrize id) → markers}: replaces the module's row

@@ -4,7 +4,7 @@ The head advertises custom resources ``sim_slot`` (simulation GPUs) and ``train_
 GPUs), like the two GPU worker groups of ``k8s/``; the job's config pins simulation actors to
 ``sim_slot`` and the Ray Train worker to ``train_slot``, and the test checks where they ran.
 The job runs with ``--verbose``, as one would to debug it: Ray's own console output (Train worker and
-controller logs) then reaches the job's log, which the quiet default keeps out (tests/test_train.py).
+controller logs) then reaches the job's log, which the quiet default keeps out (tests/integration/test_train.py).
 """
 
 import json

@@ -30,20 +30,12 @@ from mlflow.exceptions import MlflowException
 
 from certificates import TestCA
 from conftest import CONFIGS, REPO, TINY_TRAINING, afm_ray_train_process
-from servers import free_port, start_mlflow_server, stop_process_group
+from servers import AUTH_INI, free_port, start_mlflow_server, stop_process_group
 
 BOOTSTRAP_SCRIPT = REPO / "k8s" / "mlflow" / "bootstrap_users.py"
 ADMIN = ("mlflow-admin", "admin-password-for-tests")
 JOB = ("afm-job", "job-password-for-tests")
 MODEL_NAME = "afm-auth-dsh"
-# the auth ini the server reads, as k8s/base/mlflow.yaml's init container writes it (tests/test_k8s.py checks
-# that one); the admin credentials come from MLFLOW_AUTH_ADMIN_* like on the cluster
-AUTH_INI = """[mlflow]
-default_permission = READ
-database_uri = sqlite:///{auth_db}
-authorization_function = mlflow.server.auth:authenticate_request_basic_auth
-auth_cache_ttl_seconds = 60
-"""
 
 
 def clean_environment(**extra: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ module (tests/certificates.py), the cluster's pg_hba.conf (TCP only over TLS, wi
 stops it at the end. PostgreSQL refuses to run as root: as root the server runs as the
 ``postgres`` user. Artifacts go to a local folder: MinIO has no Debian or PyPI package that ships
 its server, so the S3 leg (MLFLOW_S3_ENDPOINT_URL, --artifacts-destination s3://...) is only
-checked statically in tests/test_k8s.py.
+checked statically in tests/k8s/.
 
 1. The MLflow client straight on ``postgresql+psycopg2://``: params, metrics, a torch model logged
    with ``registered_model_name``, an alias, the model loaded back from ``models:/NAME@ALIAS``,

@@ -47,7 +47,7 @@ def test_the_test_set_is_evaluated_in_shards_by_tasks_holding_train_worker_resou
 
 def test_a_training_run_records_params_metrics_figures_and_its_model(trained_dsh):
     """The session's DSH run (3 epochs, tests/conftest.py) as MLflow holds it. That the registered model
-    predicts like the checkpoint: tests/test_predict.py; a restart continuing the run: tests/test_mlflow_outage.py."""
+    predicts like the checkpoint: tests/integration/test_predict.py; a restart continuing the run: tests/integration/test_mlflow_outage.py."""
     config, outcome = trained_dsh
     client = MlflowClient(config.mlflow.tracking_uri)
     run = client.get_run(outcome.run_id)
@@ -233,7 +233,7 @@ AFM_RAY_LINES = ("training ", "Ray dashboard: http", "MLflow run ", "simulation 
 
 def test_train_console_shows_only_afm_ray_lines(cli_trained_dsh):
     """The quiet default of the session's `afm-ray train` process (tests/conftest.py); ``--verbose`` (Ray's
-    output back) is checked on the job of tests/test_job_submit.py."""
+    output back) is checked on the job of tests/integration/test_job_submit.py."""
     lines = cli_trained_dsh.console
     assert not [line for line in lines if any(noise in line for noise in CONSOLE_NOISE)], lines
     assert not [line for line in lines if not line.startswith(AFM_RAY_LINES)], lines

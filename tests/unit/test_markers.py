@@ -54,7 +54,7 @@ def test_the_table_uses_exactly_the_registered_markers():
 
 def test_unit_is_exactly_the_tests_that_are_none_of_the_expensive_kinds():
     assert markers_for("unit/test_elements", "test_table_covers_required_elements", ["tmp_path"]) == {"unit"}
-    assert markers_for("test_k8s", "test_every_yaml_file_parses", []) == {"k8s", "unit"}
+    assert markers_for("k8s/test_rendering", "test_every_yaml_file_parses", []) == {"k8s", "unit"}
     assert markers_for("integration/test_train", "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
                        []) == {"ray", "slow"}
     # a fixture that starts Ray makes any test ray, whatever its module's row

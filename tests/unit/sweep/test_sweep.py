@@ -21,7 +21,7 @@ SWEEPS = CONFIGS.parent / "tune"  # the sweep definitions (tune/README.md)
 def sweep_file(tiny_database, tmp_path):
     """A 2-trial learning-rate grid where the second trial (lr 1e-9) cannot learn: ASHA must stop it.
 
-    (The Optuna searcher, and interrupting and resuming a sweep: tests/test_resume.py, through the
+    (The Optuna searcher, and interrupting and resuming a sweep: tests/integration/test_resume.py, through the
     RayJob's entrypoint and tune/xyz.yaml.)"""
     train = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
     train["data"].update(database=str(tiny_database), split="tiny", max_train_molecules=12,
