@@ -92,6 +92,18 @@ def qm9_sample_db(tmp_path, run_cli):
 
 
 @pytest.fixture(scope="session")
+def cpu_device():
+    """The CPU OpenCL device (pocl) every simulator test runs on; skips the test where there is none."""
+    from afm_ray.errors import InputError
+    from afm_ray.sim.device import select_device
+
+    try:
+        return select_device("cpu")
+    except InputError as exc:
+        pytest.skip(f"no working CPU OpenCL device: {exc}")
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray cluster for the whole test session (ray.init costs seconds)."""
     import ray

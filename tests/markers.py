@@ -39,7 +39,8 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "unit/test_elements": CHEAP,
     "unit/test_markers": CHEAP,
     "unit/test_layers": CHEAP,                            # the import graph against the floor table
-    "unit/cli/test_bad_inputs": CHEAP,                    # bad files, artifacts, configs, molecules: no model trained
+    "unit/cli/test_bad_inputs": CHEAP,
+    "unit/cli/test_bench": CHEAP,                         # the subcommands, not their runs                    # bad files, artifacts, configs, molecules: no model trained
     "unit/descriptors/test_descriptors": CHEAP,
     "unit/descriptors/test_descriptors_vs_ppafm": CHEAP,  # but the full Height + ES comparison: slow below
     "unit/descriptors/test_device_maps": CHEAP,

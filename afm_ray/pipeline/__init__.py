@@ -52,7 +52,7 @@ designs; under a virtual clock the policy reaches ≥ 90 % on every uneven layou
 ``tests/unit/pipeline/test_dispatch.py``.)
 
 Earlier, with alike actors, Ray Data (``map_batches`` over an ``ActorPoolStrategy`` pool,
-``streaming_split(W, equal=True)``; ``benchmarks/ray_data_stream.py``) reached 11 % of the ideal at
+``streaming_split(W, equal=True)``; ``afm-ray bench ray-data-stream``) reached 11 % of the ideal at
 32 × 8 and 5 % at 64 × 4: it was limited by its own per-task scheduling (about 60 batches/s through
 ``streaming_split`` whatever the pool size) and it **recreated the whole actor pool for the second
 epoch** (46 s between epochs, almost all of it pool start-up), which for us would mean rebuilding

@@ -20,7 +20,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, REPO, SHARED, qm9_sample_database
+from conftest import CONFIGS, SHARED, qm9_sample_database
 
 LIGHT_WEIGHTS = SHARED / "asd-afm" / "model_light.h5"
 MODEL = "asdafm-dsh-light"
@@ -115,15 +115,15 @@ def test_published_model_reads_the_published_preset_data(published, clean_evalua
 
 
 def test_the_ppafm_baseline_is_scored_by_the_same_code(published):
-    """benchmarks/published_on_ppafm_data.py (the README's baseline rows) on one view: ppafm makes the data,
+    """``afm-ray bench published-on-ppafm`` (the README's baseline rows) on one view: ppafm makes the data,
     afm-ray's evaluation scores it, both losses are Σ w·MSE of its per-descriptor MSEs."""
     import subprocess
     import sys
 
     uri, database, _ = published
     completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "published_on_ppafm_data.py"),
-         "--tracking-uri", uri, "data.split=published", f"data.database={database}", "data.max_eval_molecules=1",
+        [sys.executable, "-m", "afm_ray", "bench", "published-on-ppafm",
+         "--config", str(CONFIGS / "published_asdafm.yaml"), "--tracking-uri", uri, "data.split=published", f"data.database={database}", "data.max_eval_molecules=1",
          "data.eval_rotations_per_molecule=1"], capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout

@@ -12,12 +12,12 @@ centres, ours the pixel edges), tip heights, dz and Giessibl amplitude.
   the same thresholds apply. Both comparisons come from that one ppafm run: every 5th of its
   heights is one of ours.
 
-``benchmarks/sim_vs_ppafm_full.py`` repeats this at the full 128 × 128 thesis size.
+``afm-ray bench sim-vs-ppafm`` repeats this at the full 128 × 128 thesis size; both drive ppafm through
+:mod:`afm_ray.bench.ppafm_reference`.
 """
 
 from __future__ import annotations
 
-import warnings
 from importlib import resources
 
 import numpy as np
@@ -25,10 +25,9 @@ import pytest
 
 pytest.importorskip("ppafm")
 
+from afm_ray.bench.ppafm_reference import init_ppafm, per_slice_agreement, ppafm_stacks  # noqa: E402
 from afm_ray.elements import ELEMENT_TABLE  # noqa: E402
-from afm_ray.errors import InputError  # noqa: E402
 from afm_ray.sim import ScanParams, SimConfig, Simulator  # noqa: E402
-from afm_ray.sim.device import select_device  # noqa: E402
 
 REFINE = 5
 PIXELS = 32
@@ -60,33 +59,18 @@ MOLECULES = {
 
 
 @pytest.fixture(scope="module")
-def device():
-    try:
-        return select_device("cpu")
-    except InputError as exc:
-        pytest.skip(f"no working CPU OpenCL device: {exc}")
+def ppafm_env(cpu_device):
+    """ppafm's AFMulator class, its OpenCL on our device's platform."""
+    return init_ppafm(cpu_device)
 
 
 @pytest.fixture(scope="module")
-def ppafm_env(device):
-    """ppafm keeps module-level OpenCL state: initialise it once, on our device's platform."""
-    import pyopencl as cl
-    from ppafm.ocl import oclUtils
-
-    warnings.filterwarnings("ignore", message=".*retrieved more than once.*")
-    oclUtils.init_env([p.int_ptr for p in cl.get_platforms()].index(device.platform.int_ptr))
-    from ppafm.ocl.AFMulator import AFMulator
-
-    return AFMulator
-
-
-@pytest.fixture(scope="module")
-def simulator(device):
+def simulator(cpu_device):
     config = SimConfig(scan_pixels=(PIXELS, PIXELS), tilt_radius_angstrom=0.0,
                        tips={"CO": {"atomic_number": 8, "charge_e": -0.1},
                              "Xe": {"atomic_number": 54, "charge_e": 0.3},
                              "CO_dz2": {"atomic_number": 8, "charge_e": -0.1, "multipole": "quadrupole"}})
-    return Simulator(config, device=device)
+    return Simulator(config, device=cpu_device)
 
 
 def test_lennard_jones_table_equals_ppafm_atomtypes():
@@ -110,44 +94,6 @@ def test_lennard_jones_table_equals_ppafm_atomtypes():
     assert from_literature <= set(ours.tolist()), sorted(from_literature - set(ours.tolist()))
 
 
-def _pearson_and_rel_rms(ours: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-slice Pearson r and RMS(ours − reference)/RMS(reference) of (nx, ny, nz) stacks."""
-    a = ours.reshape(-1, ours.shape[-1]).astype(np.float64)
-    b = reference.reshape(-1, reference.shape[-1]).astype(np.float64)
-    ac, bc = a - a.mean(axis=0), b - b.mean(axis=0)
-    pearson = (ac * bc).sum(axis=0) / np.sqrt((ac**2).sum(axis=0) * (bc**2).sum(axis=0))
-    rel_rms = np.sqrt(((a - b) ** 2).mean(axis=0)) / np.sqrt((b**2).mean(axis=0))
-    return pearson, rel_rms
-
-
-def run_ppafm(afmulator_class, config: SimConfig, result, molecule, tip: str, refine: int):
-    """ppafm on the same window and heights as ``result``, z sampling refined ``refine``×.
-
-    Returns (relaxed Fz at our heights (nx, ny, n_z_steps), Δf at our slice centres (nx, ny, n_slices)).
-    """
-    import pyopencl as cl
-
-    tip_config = config.tip(tip)
-    charges, charge_z = tip_config.point_charges()
-    qs, qzs = [0.0] * 4, [0.0] * 4
-    qs[:len(charges)], qzs[:len(charges)] = charges.tolist(), charge_z.tolist()
-    (nx, ny), (sx, sy), (size_x, size_y) = config.scan_pixels, config.pixel_size_angstrom, config.scan_size_angstrom
-    dz = config.dz_angstrom / refine
-    n_heights = refine * (config.num_z_steps - 1) + 1
-    x0, y0 = result.window_origin[0]
-    z_top = result.tip_z[0, 0]
-    scan_window = ((x0 + sx / 2, y0 + sy / 2, z_top - n_heights * dz), (x0 + size_x - sx / 2, y0 + size_y - sy / 2, z_top))
-    afm = afmulator_class(scan_dim=(nx, ny, n_heights), scan_window=scan_window, iZPP=tip_config.atomic_number,
-                          Qs=qs, QZs=qzs, df_steps=refine * config.df_steps + 1, tipR0=[0.0, 0.0, config.probe_length_angstrom],
-                          tipStiffness=[*config.lateral_stiffness_n_per_m, 0.0, config.radial_stiffness_n_per_m],
-                          f0Cantilever=config.f0_hz, kCantilever=config.cantilever_stiffness_n_per_m)
-    df = afm(molecule.positions, molecule.numbers, molecule.get_initial_charges())
-    fe = np.empty((nx, ny, n_heights, 4), np.float32)
-    cl.enqueue_copy(afm.scanner.queue, fe, afm.scanner.cl_FEout)
-    afm.scanner.queue.finish()
-    return fe[..., ::refine, 2], df[..., ::refine][..., :config.num_slices]
-
-
 CASES = [(tip, name) for tip in ("CO", "Xe") for name in MOLECULES] + [("CO_dz2", "C6H6")]
 
 
@@ -157,9 +103,16 @@ def test_relaxed_fz_and_df_agree_with_ppafm(ppafm_env, simulator, tip, name):
     config = simulator.config
     result = simulator.run([molecule], tip=tip, scan_params=[ScanParams.fixed(config)], return_fz=True)
     assert result.unconverged[0] == 0
-    fz_ppafm, df_ppafm = run_ppafm(ppafm_env, config, result, molecule, tip, REFINE)
+    fz_ppafm, df_ppafm, _ = ppafm_stacks(ppafm_env, config, result, molecule, tip, REFINE)
 
-    pearson, rel_rms = _pearson_and_rel_rms(result.fz[0], fz_ppafm)
+    pearson, rel_rms = per_slice_agreement(result.fz[0], fz_ppafm)
     assert pearson.min() >= 0.99 and rel_rms.max() <= 0.05, (pearson.min(), rel_rms.max())
-    pearson, rel_rms = _pearson_and_rel_rms(result.df[0], df_ppafm)
+    pearson, rel_rms = per_slice_agreement(result.df[0], df_ppafm)
     assert pearson.min() >= 0.99 and rel_rms.max() <= 0.05, (pearson.min(), rel_rms.max())
+
+
+def test_the_full_size_benchmark_runs_the_same_comparison(run_cli):
+    """``afm-ray bench sim-vs-ppafm`` (the 128 × 128 px twin of the test above), here on 16 × 16 px."""
+    code, out, err = run_cli("bench", "sim-vs-ppafm", "--device", "cpu", "--pixels", 16, "--molecules", "HCOOH")
+    assert code == 0, out + err
+    assert out.count("  ok") == 2 and "all within Pearson ≥ 0.99, rel. RMS ≤ 5 %" in out, out

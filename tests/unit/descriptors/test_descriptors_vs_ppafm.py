@@ -26,6 +26,7 @@ import csv
 import numpy as np
 import pytest
 
+from afm_ray.bench.ppafm_reference import init_ppafm
 from afm_ray.descriptors import ScanWindow, atomic_disks, vdw_spheres
 from afm_ray.descriptors.height_es import EsMapConfig, HeightMapConfig, height_and_es_maps
 
@@ -58,13 +59,9 @@ def qm9_molecules(min_atoms: int, count: int):
 
 
 @pytest.fixture(scope="module")
-def opencl():
-    from ppafm.ocl import oclUtils
-
-    try:
-        oclUtils.init_env(i_platform=0)
-    except Exception as exc:  # no usable OpenCL platform on this machine
-        pytest.skip(f"ppafm cannot initialise OpenCL: {exc}")
+def opencl(cpu_device):
+    """ppafm's OpenCL on the platform of the CPU device afm-ray's simulator uses here."""
+    init_ppafm(cpu_device)
 
 
 def ppafm_table(column: int):
@@ -111,14 +108,14 @@ def test_atomic_disks_match_ppafm_where_cones_do_not_overlap(opencl):
         assert ours.max() > 0.5
 
 
-def test_height_and_es_maps_match_ppafm(opencl):
+def test_height_and_es_maps_match_ppafm(opencl, cpu_device):
     from ppafm.ml.AuxMap import HeightMap
     from ppafm.ocl.AFMulator import AFMulator
 
     from afm_ray.sim import SimConfig, Simulator
 
     molecules = qm9_molecules(12, 2)
-    simulator = Simulator(SimConfig(scan_size_angstrom=(PIXELS * STEP,) * 2, scan_pixels=(PIXELS,) * 2), device="cpu")
+    simulator = Simulator(SimConfig(scan_size_angstrom=(PIXELS * STEP,) * 2, scan_pixels=(PIXELS,) * 2), device=cpu_device)
     ours = height_and_es_maps(molecules, simulator, HeightMapConfig())
     ours_field_z = height_and_es_maps(molecules, simulator, HeightMapConfig(), EsMapConfig(quantity="ez")).es
     for index, (positions, numbers, charges) in enumerate(molecules):

@@ -43,11 +43,8 @@ def qm9_rotated() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @pytest.fixture(scope="module")
-def simulator() -> Simulator:
-    try:
-        return Simulator(SimConfig(scan_pixels=(32, 32)), device="cpu")
-    except InputError as exc:
-        pytest.skip(f"no working CPU OpenCL device: {exc}")
+def simulator(cpu_device) -> Simulator:
+    return Simulator(SimConfig(scan_pixels=(32, 32)), device=cpu_device)
 
 
 @pytest.fixture(scope="module")

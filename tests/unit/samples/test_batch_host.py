@@ -26,8 +26,8 @@ FORMALDEHYDE = Molecule("formaldehyde", np.array([6, 8, 1, 1]),
 
 
 @pytest.fixture(scope="module")
-def sim() -> Simulator:
-    return Simulator(SimConfig(scan_pixels=(32, 32)), device="cpu")
+def sim(cpu_device) -> Simulator:
+    return Simulator(SimConfig(scan_pixels=(32, 32)), device=cpu_device)
 
 
 def test_one_load_and_one_wait_give_what_the_synchronous_calls_give(sim):

@@ -41,14 +41,6 @@ FORMALDEHYDE = mol([("C", (0.0, 0.0, 0.0), 0.3), ("O", (1.2, 0.0, 0.1), -0.5),
 
 
 @pytest.fixture(scope="module")
-def cpu_device():
-    try:
-        return select_device("cpu")
-    except InputError as exc:
-        pytest.skip(f"no working CPU OpenCL device: {exc}")
-
-
-@pytest.fixture(scope="module")
 def small_config() -> SimConfig:
     return SimConfig(scan_pixels=(32, 32))
 

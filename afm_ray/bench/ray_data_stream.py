@@ -1,6 +1,7 @@
-"""Can Ray Data spread a stream of batches over many simulation actors? (comparison benchmark)
+"""``afm-ray bench ray-data-stream``: can Ray Data spread a stream of batches over many simulation actors?
+(comparison benchmark)
 
-    .venv/bin/python benchmarks/ray_data_stream.py [--layouts 32x8,64x4,4x8] [--latency 0.2] [--rounds 20]
+    afm-ray bench ray-data-stream [--layouts 32x8,64x4,4x8] [--latency 0.2] [--rounds 20]
 
 The Ray Data counterpart of ``afm-ray bench pipeline --synthetic`` (``afm_ray/bench/synthetic_stream.py``),
 which measures our own ``BatchStream``. For every ``ACTORSxCONSUMERS`` layout it builds one dataset
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections import Counter
 
@@ -163,8 +163,10 @@ def measure_layout(n_actors: int, n_consumers: int, latency_s: float, rounds: in
     return {"epochs": per_epoch, "expected_rows": n_rows - n_rows % n_consumers}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ray-data-stream", help="Ray Data's stream over many simulation actors (vs bench pipeline --synthetic)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layouts", default="32x8,64x4,4x8", help="comma-separated ACTORSxCONSUMERS")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per batch (sleep, no CPU)")
     parser.add_argument("--rounds", type=int, default=20, help="batches per actor")
@@ -178,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
                              "ray.data.range(...).materialize() first (in-memory blocks, no read stage)")
     parser.add_argument("--blocks", choices=["per-row", "auto"], default="per-row",
                         help="per-row: override_num_blocks = rows (one batch of work per block); auto: Ray's default")
-    args = parser.parse_args(argv)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
     layouts = [tuple(int(v) for v in item.lower().split("x")) for item in args.layouts.split(",") if item]
 
     import ray
@@ -236,6 +241,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total wall time {time.time() - t0:.1f} s", flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
-"""Host work of a simulation actor's batch, stage by stage, for two afm-ray checkouts in one run (issue 26).
+"""``afm-ray bench batch-host-ab``: host work of a simulation actor's batch, stage by stage, for two afm-ray
+checkouts in one run (issue 26).
 
     git worktree add /tmp/afm-old 14ac183
-    python benchmarks/batch_host_ab.py --old /tmp/afm-old --new . [--model dsh --rounds 3 --batches 3]
+    afm-ray bench batch-host-ab --old /tmp/afm-old --new . [--model dsh --rounds 3 --batches 3]
 
 Each round makes ``--batches`` batches (after a warm-up one) of ``afm-ray bench batch``'s workload
 (``make_factory``: 32 g2 molecules at 128 × 128 px, raw Δf as the actor ships it) in a fresh process
@@ -115,19 +116,20 @@ def worker(model: str, batches: int, device: str) -> None:
         print("RECORD " + json.dumps(record), flush=True)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "batch-host-ab", help="a batch's host work stage by stage, two checkouts in one run",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", required=True, help="checkout of the old afm-ray (its root directory)")
     parser.add_argument("--new", default=".", help="checkout of the new afm-ray (default .)")
     parser.add_argument("--model", default="dsh", choices=("dsh", "es", "xyz"))
     parser.add_argument("--rounds", type=int, default=3, help="old/new process pairs (default 3)")
     parser.add_argument("--batches", type=int, default=3, help="timed batches per process (default 3)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.model, args.batches, args.device)
-        return 0
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
     records: dict[str, list[dict]] = {"old": [], "new": []}
     loads = []
     for _ in range(args.rounds):
@@ -135,8 +137,7 @@ def main() -> int:
             root = os.path.abspath(getattr(args, label))
             loads.append(os.getloadavg()[0])
             output = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--worker", "--old", root, "--model", args.model,
-                 "--batches", str(args.batches), "--device", args.device],
+                [sys.executable, os.path.abspath(__file__), args.model, str(args.batches), args.device],
                 env={**os.environ, "PYTHONPATH": root}, cwd=root, capture_output=True, text=True, check=True).stdout
             records[label] += [json.loads(line[7:]) for line in output.splitlines() if line.startswith("RECORD ")]
     stages = [*STAGES, "other host work", "host work", "whole batch (wall)"]
@@ -151,5 +152,7 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # a worker: this file run by path, timing the checkout on PYTHONPATH
+    del sys.path[0]  # this file's folder: afm_ray/bench's modules are no top-level ones
+    _, model_name, batch_count, device_name = sys.argv
+    worker(model_name, int(batch_count), device_name)

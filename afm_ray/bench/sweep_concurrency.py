@@ -1,9 +1,10 @@
-"""Sweep throughput with 1 and 2 concurrent trials (trial-epochs per hour), on this machine.
+"""``afm-ray bench sweep-concurrency``: sweep throughput with 1 and 2 concurrent trials (trial-epochs per hour),
+on this machine.
 
-    python benchmarks/sweep_concurrency.py --database data/qm9.parquet [--trials 4] [--epochs 2]
+    afm-ray bench sweep-concurrency --database data/qm9.parquet [--trials 4] [--epochs 2]
 
 Runs the same learning-rate grid (``--trials`` values, no early stopping) through ``afm-ray tune``'s
-runner with ``max_concurrent_trials`` 1 and then 2, on the quickstart training config (32 × 32 px,
+runner with ``max_concurrent_trials`` 1 and then 2, on the quickstart training config (``--config``) (32 × 32 px,
 DSH; two simulation actors of 0.25 CPU shared by all trials, 0.5 CPU per training worker), each
 in its own storage and MLflow SQLite store under ``--work-dir``. Prints wall time,
 trial-epochs/hour and the mean data-wait fraction of the trials (how much the trials starved each
@@ -18,13 +19,10 @@ import time
 from pathlib import Path
 
 import yaml
-from mlflow import MlflowClient
-
-REPO = Path(__file__).resolve().parent.parent
 
 
-def sweep_file(folder: Path, database: Path, trials: int, epochs: int, concurrency: int) -> Path:
-    train = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+def sweep_file(folder: Path, train_config: Path, database: Path, trials: int, epochs: int, concurrency: int) -> Path:
+    train = yaml.safe_load(train_config.read_text())
     train["data"].update(database=str(database.resolve()), fixed_set_dir=str(folder.parent / "fixed"))
     train["run"]["epochs"] = epochs
     train["mlflow"] = {"tracking_uri": f"sqlite:///{folder / 'mlruns.db'}", "registered_model_name": "afm-bench-dsh"}
@@ -42,6 +40,8 @@ def sweep_file(folder: Path, database: Path, trials: int, epochs: int, concurren
 
 
 def mean_wait_fraction(tracking_uri: str, parent_run_id: str) -> float:
+    from mlflow import MlflowClient
+
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("afm-ray")
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -49,15 +49,21 @@ def mean_wait_fraction(tracking_uri: str, parent_run_id: str) -> float:
     return sum(values) / max(len(values), 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep-concurrency", help="sweep throughput with 1 and 2 concurrent trials",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path("configs/quickstart.yaml"),
+                        help="the training config of every trial (default configs/quickstart.yaml)")
     parser.add_argument("--database", type=Path, default=Path("data/qm9.parquet"))
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--concurrency", default="1,2", help="comma-separated max_concurrent_trials values")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
-    args = parser.parse_args()
+    parser.set_defaults(handler=run)
 
+
+def run(args: argparse.Namespace) -> int:
     from afm_ray.sweep import load_sweep_config, run_sweep
 
     root = args.work_dir or Path(tempfile.mkdtemp(prefix="afm-ray-sweep-bench-"))
@@ -66,7 +72,7 @@ def main() -> None:
         folder = root / f"concurrency-{concurrency}"
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        outcome = run_sweep(load_sweep_config(sweep_file(folder, args.database, args.trials, args.epochs, concurrency)),
+        outcome = run_sweep(load_sweep_config(sweep_file(folder, args.config, args.database, args.trials, args.epochs, concurrency)),
                             progress=False)
         seconds = time.perf_counter() - started
         trial_epochs = sum(trial["epochs"] for trial in outcome.trials)
@@ -76,7 +82,4 @@ def main() -> None:
     for concurrency, seconds, trial_epochs, wait in rows:
         print(f"{concurrency:>10d} {seconds:>8.1f} {trial_epochs:>12d} {3600 * trial_epochs / seconds:>14.0f} "
               f"{100 * wait:>8.0f}%")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,7 +1,7 @@
-"""The published ASD-AFM weights on ppafm's own data, scored by afm-ray's evaluation code: the baseline row
-of the README's published-model table.
+"""``afm-ray bench published-on-ppafm``: the published ASD-AFM weights on ppafm's own data, scored by afm-ray's
+evaluation code: the baseline row of the README's published-model table.
 
-    python benchmarks/published_on_ppafm_data.py --model models:/asdafm-dsh-light@published \\
+    afm-ray bench published-on-ppafm --model models:/asdafm-dsh-light@published \\
         --tracking-uri sqlite:///mlruns.db data.max_eval_molecules=48 data.eval_rotations_per_molecule=2 [--augmented]
 
 The molecules and views are those ``afm-ray evaluate --split val --config configs/published_asdafm.yaml`` with
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from afm_ray.bench.ppafm_reference import init_ppafm
+
 VDW_SPHERES_CUT_DEPTH_ANGSTROM = 1.5
 PROBE_LENGTH_ANGSTROM = 4.0
 DIST_ABOVE_ANGSTROM = 5.0
@@ -40,12 +41,10 @@ DIST_ABOVE_ANGSTROM = 5.0
 
 def ppafm_generator(molecules: list[np.ndarray], augmented: bool, seed: int):
     """ppafm's InverseAFMtrainer over ``molecules`` ((N, 5) arrays: x, y, z Å, charge e, Z), one sample a batch."""
+    AFMulator = init_ppafm()
     from ppafm.ml.AuxMap import AtomicDisks, HeightMap, vdwSpheres
     from ppafm.ml.Generator import InverseAFMtrainer
-    from ppafm.ocl import oclUtils
-    from ppafm.ocl.AFMulator import AFMulator
 
-    oclUtils.init_env(i_platform=0)
     np.random.seed(seed)  # ppafm's randomize_tip / randomize_distance draw from NumPy's global state
     afmulator = AFMulator(pixPerAngstrome=10, scan_dim=(128, 128, 19), scan_window=((2.0, 2.0, 5.0), (18.0, 18.0, 6.9)),
                           iZPP=8, df_steps=10, tipR0=[0.0, 0.0, PROBE_LENGTH_ANGSTROM], npbc=(0, 0, 0))
@@ -66,16 +65,22 @@ def ppafm_generator(molecules: list[np.ndarray], augmented: bool, seed: int):
     return trainer
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "published-on-ppafm", help="the published ASD-AFM weights scored on ppafm's own data",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models:/asdafm-dsh-light@published")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "published_asdafm.yaml")
+    parser.add_argument("--config", type=Path, default=Path("configs/published_asdafm.yaml"),
+                        help="the data preset the scores use (default configs/published_asdafm.yaml)")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--augmented", action="store_true", help="tilt, distance jitter, noise, shifts, cutouts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE")
-    args = parser.parse_args()
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore")
 
     import torch
@@ -118,6 +123,3 @@ def main() -> int:
           f"{metrics[f'{args.split}_loss_thesis_weights']:.4g} ({report.thesis_loss_settings}, the thesis')")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
