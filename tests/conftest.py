@@ -83,6 +83,12 @@ def run_cli(capsys):
 
 
 @pytest.fixture
+def mlflow_sqlite_uri(tmp_path) -> str:
+    """The MLflow tracking URI of a fresh SQLite store in the test's ``tmp_path`` (``mlruns.db``)."""
+    return f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
+@pytest.fixture
 def qm9_sample_db(tmp_path, run_cli):
     """A database built from the committed 49-molecule QM9 sample."""
     path = tmp_path / "qm9.parquet"
@@ -135,18 +141,18 @@ def tiny_database(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_config(tiny_database, tmp_path):
+def tiny_config(tiny_database, tmp_path, mlflow_sqlite_uri):
     """A training config small enough for a 2-core CI machine: 32×32 px scans, 12 → 8 → 6 slices."""
     from afm_ray.train.config import load_train_config
 
     return load_train_config(CONFIGS / "quickstart.yaml", [
         f"data.database={tiny_database}", *TINY_TRAINING, f"data.fixed_set_dir={tmp_path / 'fixed'}",
         f"run.storage_path={tmp_path / 'runs'}", "run.epochs=2", "run.name=tiny",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}", "mlflow.registered_model_name=afm-test-dsh",
+        f"mlflow.tracking_uri={mlflow_sqlite_uri}", "mlflow.registered_model_name=afm-test-dsh",
     ])
 
 
-# -- trained models (tests/integration/test_predict.py, tests/unit/predict/test_match.py) ------------------------------------
+# -- trained models (tests/integration/test_predict.py, tests/unit/predict/test_match.py) ---------------
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
     """(folder, MLflow tracking URI): one sqlite store that the session's trained models register in."""

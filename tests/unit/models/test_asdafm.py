@@ -199,20 +199,21 @@ def test_replicate_padding_equals_torch_replicate_pad(shape):
     assert torch.equal(pad_same(x, 1, "replicate"), F.pad(x, (1,) * (2 * n_spatial), mode="replicate"))
 
 
-def test_the_import_command_names_the_missing_layer_and_registers_nothing(tmp_path, run_cli):
+def test_the_import_command_names_the_missing_layer_and_registers_nothing(tmp_path, mlflow_sqlite_uri, run_cli):
     shapes = dsh_kernel_shapes()
     del shapes["conv2d_reflective_9"]
     path = write_keras_weights(tmp_path / "partial.h5", shapes)
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    code, _, err = run_cli("models", "import-asdafm", path, "--name", "asdafm-partial", "--tracking-uri", uri,
+    code, _, err = run_cli("models", "import-asdafm", path, "--name", "asdafm-partial",
+                           "--tracking-uri", mlflow_sqlite_uri,
                            "--config", CONFIGS / "published_asdafm.yaml")
     assert code == 2 and "conv2d_reflective_9 missing" in err and str(path) in err, err
     assert not (tmp_path / "mlruns.db").exists()  # refused before MLflow is touched
 
 
-def test_the_import_command_refuses_a_preset_the_weights_cannot_serve(tmp_path, random_weights, run_cli):
+def test_the_import_command_refuses_a_preset_the_weights_cannot_serve(tmp_path, random_weights, mlflow_sqlite_uri,
+                                                                      run_cli):
     config = tmp_path / "preset.yaml"
     config.write_text("model: {name: dsh, padding: reflect}\n")
     code, _, err = run_cli("models", "import-asdafm", random_weights, "--name", "asdafm-x", "--config", config,
-                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}")
+                           "--tracking-uri", mlflow_sqlite_uri)
     assert code == 2 and "model.padding is 'reflect'" in err and "'replicate'" in err, err

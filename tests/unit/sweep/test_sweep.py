@@ -18,7 +18,7 @@ SWEEPS = CONFIGS.parent / "tune"  # the sweep definitions (tune/README.md)
 
 
 @pytest.fixture
-def sweep_file(tiny_database, tmp_path):
+def sweep_file(tiny_database, tmp_path, mlflow_sqlite_uri):
     """A 2-trial learning-rate grid where the second trial (lr 1e-9) cannot learn: ASHA must stop it.
 
     (The Optuna searcher, and interrupting and resuming a sweep: tests/integration/test_resume.py, through the
@@ -26,7 +26,7 @@ def sweep_file(tiny_database, tmp_path):
     train = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
     train["data"].update(database=str(tiny_database), split="tiny", max_train_molecules=12,
                          fixed_set_dir=str(tmp_path / "fixed"))
-    train["mlflow"] = {"tracking_uri": f"sqlite:///{tmp_path / 'mlruns.db'}", "registered_model_name": "afm-sweep-dsh"}
+    train["mlflow"] = {"tracking_uri": mlflow_sqlite_uri, "registered_model_name": "afm-sweep-dsh"}
     train["run"].update(epochs=2, batch_size=6, num_figure_samples=1)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))
     sweep = {
@@ -41,7 +41,7 @@ def sweep_file(tiny_database, tmp_path):
     return path
 
 
-def test_sweep_stops_bad_trials_and_registers_the_champion(ray_session, sweep_file, tmp_path):
+def test_sweep_stops_bad_trials_and_registers_the_champion(ray_session, sweep_file, tmp_path, mlflow_sqlite_uri):
     outcome = run_sweep(load_sweep_config(sweep_file), progress=False)
     assert len(outcome.trials) == 2
     by_rate = {t["optimizer.learning_rate"]: t for t in outcome.trials}
@@ -49,7 +49,7 @@ def test_sweep_stops_bad_trials_and_registers_the_champion(ray_session, sweep_fi
     assert by_rate[3e-3]["epochs"] == 2
     assert outcome.best_params["optimizer.learning_rate"] == 3e-3
 
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = mlflow_sqlite_uri
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("afm-ray")
     runs = client.search_runs([experiment.experiment_id])

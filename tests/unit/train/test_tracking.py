@@ -22,8 +22,8 @@ def test_a_request_never_splits_a_step():
     assert len(whole_steps(metrics({0: 1000, 1: 5}), 1000)) == 1000
 
 
-def test_backfill_sends_only_the_missing_epochs_with_one_lookup(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+def test_backfill_sends_only_the_missing_epochs_with_one_lookup(mlflow_sqlite_uri, monkeypatch):
+    uri = mlflow_sqlite_uri
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("tracking")).info.run_id
     tracker = RunTracker(uri, run_id)
