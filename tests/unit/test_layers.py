@@ -30,7 +30,7 @@ FLOORS: dict[str, int] = {
     "afm_ray.descriptors": 3,
     "afm_ray.samples": 4,
     "afm_ray.models": 5,
-    "afm_ray.metrics": 5,
+    "afm_ray.metrics": 5,  # while it stays a top-level module (engineer C may move it under models/)
     "afm_ray.figures": 6,
     "afm_ray.pipeline": 7,
     "afm_ray.recipe": 7,
