@@ -1,8 +1,11 @@
-"""The Kubernetes deployment in ``k8s/``: container image, kustomize base and overlays, KubeRay resources.
+"""The tests of the Kubernetes deployment in ``k8s/``: container image, kustomize base and overlays, KubeRay
+resources, one module per concern (rendering, cluster rules, RayCluster, RayJobs, MLflow, images, Pod Security,
+NetworkPolicies, TLS) and the helpers they share (``manifests.py``, ``reachability.py``).
 
 Nothing here needs a cluster or a docker engine. The kustomizations are rendered by a small
-renderer (``tests/k8s/kustomize.py``) (``resources``, ``namespace``, ``images``, ``secretGenerator``/``configMapGenerator``,
-``patches`` with JSON 6902 or strategic-merge patches: what ``k8s/`` uses) and, where ``kubectl`` is
+renderer, ``tests/k8s/kustomize.py`` (``resources``, ``namespace``, ``images``, ``secretGenerator`` /
+``configMapGenerator``, ``patches`` with JSON 6902 or strategic-merge patches: what ``k8s/`` uses), once per
+session (``tests/k8s/conftest.py``), and, where ``kubectl`` is
 installed, compared with ``kubectl kustomize``. The output is validated against the Kubernetes
 OpenAPI schemas (``kubernetes-validate``, strict) and the KubeRay CRD schemas
 (``../shared/schemas/kuberay``), then checked for the rules of this deployment: nothing exposed
