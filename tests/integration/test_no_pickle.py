@@ -138,9 +138,9 @@ def test_ray_tasks_predict_with_the_exported_model(trained_dsh, ray_session):
 
 
 @pytest.fixture(scope="module")
-def store(model_store) -> str:
-    """The tracking URI of the session's model store (these models' names start afm-np-)."""
-    return model_store[1]
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("no_pickle_store")
+    return f"sqlite:///{folder / 'mlruns.db'}"
 
 
 def small_config(store: str, name: str, overrides: list[str]):
