@@ -8,7 +8,7 @@
 FROM python:3.11.14-slim@sha256:c8271b1f627d0068857dce5b53e14a9558603b527e46f1f901722f935b786a39
 
 ARG MLFLOW_VERSION=3.17.2
-# the PostgreSQL driver (= the one tests/test_mlflow_postgres.py runs with) and the S3 client, pinned
+# the PostgreSQL driver (= the one tests/integration/test_mlflow_postgres.py runs with) and the S3 client, pinned
 ARG PSYCOPG2_VERSION=2.9.13
 ARG BOTO3_VERSION=1.44.5
 RUN pip install --no-cache-dir "mlflow[auth]==${MLFLOW_VERSION}" "psycopg2-binary==${PSYCOPG2_VERSION}" "boto3==${BOTO3_VERSION}" \

@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 from markers import UnmarkedModuleError, markers_for, ray_is_running
 
-DATA = Path(__file__).parent / "data"
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+DATA = TESTS / "data"
 QM9_SAMPLE = DATA / "qm9_sample.csv"
 MOLECULE_FILES = DATA / "molecules"
-CONFIGS = Path(__file__).parent.parent / "configs"
+CONFIGS = REPO / "configs"
+SHARED = Path(os.environ.get("AFM_RAY_SHARED") or REPO.parent / "shared")
+"""The project's shared folder (the published ASD-AFM weights, the KubeRay schemas); ``AFM_RAY_SHARED`` overrides."""
 
 TINY_TRAINING = ["data.split=tiny", "data.max_train_molecules=12", "data.rotations_per_molecule=2",
                  "run.batch_size=6", "run.num_figure_samples=1"]
@@ -37,7 +41,8 @@ def pytest_collection_modifyitems(config, items):
     """Mark every test from tests/markers.py; a module without a row there stops the run, naming it."""
     unmarked: list[str] = []
     for item in items:
-        module, test = Path(item.path).stem, getattr(item, "originalname", item.name)
+        module = Path(item.path).resolve().relative_to(TESTS).with_suffix("").as_posix()
+        test = getattr(item, "originalname", item.name)
         try:
             markers = markers_for(module, test, getattr(item, "fixturenames", ()))
         except UnmarkedModuleError as error:
@@ -78,12 +83,30 @@ def run_cli(capsys):
 
 
 @pytest.fixture
+def mlflow_sqlite_uri(tmp_path) -> str:
+    """The MLflow tracking URI of a fresh SQLite store in the test's ``tmp_path`` (``mlruns.db``)."""
+    return f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
+@pytest.fixture
 def qm9_sample_db(tmp_path, run_cli):
     """A database built from the committed 49-molecule QM9 sample."""
     path = tmp_path / "qm9.parquet"
     code, out, err = run_cli("molecules", "build-qm9", "--qm9-csv", QM9_SAMPLE, "--out", path)
     assert code == 0, err
     return path
+
+
+@pytest.fixture(scope="session")
+def cpu_device():
+    """The CPU OpenCL device (pocl) every simulator test runs on; skips the test where there is none."""
+    from afm_ray.errors import InputError
+    from afm_ray.sim.device import select_device
+
+    try:
+        return select_device("cpu")
+    except InputError as exc:
+        pytest.skip(f"no working CPU OpenCL device: {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -118,18 +141,18 @@ def tiny_database(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_config(tiny_database, tmp_path):
+def tiny_config(tiny_database, tmp_path, mlflow_sqlite_uri):
     """A training config small enough for a 2-core CI machine: 32×32 px scans, 12 → 8 → 6 slices."""
     from afm_ray.recipe import load_train_config
 
     return load_train_config(CONFIGS / "quickstart.yaml", [
         f"data.database={tiny_database}", *TINY_TRAINING, f"data.fixed_set_dir={tmp_path / 'fixed'}",
         f"run.storage_path={tmp_path / 'runs'}", "run.epochs=2", "run.name=tiny",
-        f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}", "mlflow.registered_model_name=afm-test-dsh",
+        f"mlflow.tracking_uri={mlflow_sqlite_uri}", "mlflow.registered_model_name=afm-test-dsh",
     ])
 
 
-# -- trained models (tests/test_predict.py, tests/test_match.py) ------------------------------------
+# -- trained models (tests/integration/test_predict.py, tests/unit/predict/test_match.py) ---------------
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
     """(folder, MLflow tracking URI): one sqlite store that the session's trained models register in."""

@@ -11,12 +11,13 @@ Markers (registered in pyproject.toml):
 * ``unit``     none of ray / mlflow / postgres / slow: ``pytest -m unit`` runs in well under a minute.
 
 ``unit`` is never written in the table: it is derived, so a test cannot be both ``unit`` and expensive.
+A test module is named by its path under ``tests/`` without ``.py`` (``unit/sim/test_simulator``).
 A test's markers are its module's row in :data:`MODULE_MARKERS`, or its row in :data:`TEST_MARKERS` where
 the module mixes cheap and expensive tests (the row replaces the module's), plus what the fixtures it
 uses imply (:data:`FIXTURE_MARKERS`: a test that asks for ``ray_session`` starts Ray whatever the table says).
 
 A test module missing from :data:`MODULE_MARKERS` is a collection error naming it, and
-``tests/test_markers.py`` fails on rows naming modules or tests that no longer exist.
+``tests/unit/test_markers.py`` fails on rows naming modules or tests that no longer exist.
 """
 
 from __future__ import annotations
@@ -31,93 +32,105 @@ CHEAP: frozenset[str] = frozenset()
 RAY = frozenset({"ray"})
 SLOW = frozenset({"slow"})
 RAY_SLOW = frozenset({"ray", "slow"})
+K8S = frozenset({"k8s"})
 
-# module (file name without .py) → markers of its tests; CHEAP = unit
+# test module (its path under tests/, without .py) → markers of its tests; CHEAP = unit
 MODULE_MARKERS: dict[str, frozenset[str]] = {
-    "test_asdafm_import": CHEAP,
-    "test_augment": CHEAP,
-    "test_bad_inputs": CHEAP,                           # bad files, artifacts, configs, molecules: no model trained
-    "test_batch_host": CHEAP,
-    "test_descriptors": CHEAP,
-    "test_descriptors_vs_ppafm": CHEAP,                 # but the full Height + ES comparison: slow below
-    "test_device_maps": CHEAP,
-    "test_dispatch": CHEAP,
-    "test_elements": CHEAP,
-    "test_figures": CHEAP,
-    "test_files": CHEAP,
-    "test_gpu_check": SLOW,
-    "test_heavy_set": CHEAP,                            # the Ray build killed and resumed: ray, slow below                             # benchmarks/gpu_check.sh: quick CPU dry run, broken driver
-    "test_installed_package": RAY_SLOW,                 # builds the wheel, installs it; trains from an empty dir
-    "test_job_submit": RAY_SLOW,                        # `ray start` head + `ray job submit` of a training
-    "test_k8s": frozenset({"k8s"}),                     # pure manifest checks: also unit
-    "test_losses": CHEAP,
-    "test_markers": CHEAP,
-    "test_match": CHEAP,                                # trained_dsh / trained_xyz users: ray, slow (fixtures)
-    "test_metrics": CHEAP,
-    "test_mlflow_auth": frozenset({"mlflow", "slow"}),  # a real basic-auth `mlflow server`
-    "test_mlflow_outage": frozenset({"ray", "mlflow", "slow"}),
-    "test_mlflow_postgres": frozenset({"postgres", "slow"}),
-    "test_model_spec": CHEAP,                           # the toy model's training: ray, slow below
-    "test_models": CHEAP,
-    "test_molecule_db": CHEAP,
-    "test_no_pickle": SLOW,                             # exports every architecture; trained_dsh users: ray too
-    "test_pipeline": CHEAP,                             # ray_session users: ray (fixtures)
-    "test_predict": RAY_SLOW,                           # every test reads a model trained in this session
-    "test_presets": CHEAP,
-    "test_published": SLOW,                             # imports and evaluates the published weights
-    "test_resume": RAY_SLOW,                            # trainings, sweeps and a Ray cluster in subprocesses
-    "test_sim": CHEAP,
-    "test_sim_vs_ppafm": SLOW,                          # ten relaxed-scan comparisons with ppafm
-    "test_splits_rotations": CHEAP,
-    "test_tracking": CHEAP,                             # RunTracker on a sqlite file store
-    "test_train": CHEAP,                                # ray_session users: ray, and the slow ones below
-    "test_train_steps": CHEAP,
-    "test_tune": CHEAP,                                 # ray_session users: ray, slow below
+    "unit/test_elements": CHEAP,
+    "unit/test_markers": CHEAP,
+    "unit/test_layers": CHEAP,                            # the import graph against the floor table
+    "unit/test_files": CHEAP,
+    "unit/test_presets": CHEAP,
+    "unit/figures/test_figures": CHEAP,
+    "unit/cli/test_bad_inputs": CHEAP,                    # bad files, artifacts, configs, molecules: no model trained
+    "unit/cli/test_bench": CHEAP,                         # the subcommands, not their runs
+    "unit/descriptors/test_descriptors": CHEAP,
+    "unit/descriptors/test_descriptors_vs_ppafm": CHEAP,  # but the full Height + ES comparison: slow below
+    "unit/descriptors/test_device_maps": CHEAP,
+    "unit/models/test_asdafm": CHEAP,
+    "unit/models/test_losses": CHEAP,
+    "unit/models/test_metrics": CHEAP,
+    "unit/models/test_models": CHEAP,
+    "unit/models/test_spec": CHEAP,                       # the toy model's training: ray, slow below
+    "unit/molecules/test_database": CHEAP,
+    "unit/molecules/test_heavy": CHEAP,                   # the Ray build killed and resumed: ray, slow below
+    "unit/molecules/test_splits_rotations": CHEAP,
+    "unit/pipeline/test_dispatch": CHEAP,
+    "unit/predict/test_match": CHEAP,                     # trained_dsh / trained_xyz users: ray, slow (fixtures)
+    "unit/samples/test_augment": CHEAP,
+    "unit/samples/test_batch_host": CHEAP,
+    "unit/sim/test_simulator": CHEAP,
+    "unit/sweep/test_sweep": CHEAP,                       # ray_session users: ray, slow below
+    "unit/train/test_tracking": CHEAP,                    # RunTracker on a sqlite file store
+    "unit/train/test_configured_model": CHEAP,
+    "integration/test_gpu_check": SLOW,                   # benchmarks/gpu_check.sh: quick CPU dry run, broken driver
+    "integration/test_installed_package": RAY_SLOW,       # builds the wheel, installs it; trains from an empty dir
+    "integration/test_job_submit": RAY_SLOW,              # `ray start` head + `ray job submit` of a training
+    "integration/test_mlflow_auth": frozenset({"mlflow", "slow"}),  # a real basic-auth `mlflow server`
+    "integration/test_mlflow_outage": frozenset({"ray", "mlflow", "slow"}),
+    "integration/test_mlflow_postgres": frozenset({"postgres", "slow"}),
+    "integration/test_no_pickle": SLOW,                   # exports every architecture; trained_dsh users: ray too
+    "integration/test_pipeline": CHEAP,                   # ray_session users: ray (fixtures)
+    "integration/test_predict": RAY_SLOW,                 # every test reads a model trained in this session
+    "integration/test_published": SLOW,                   # imports and evaluates the published weights
+    "integration/test_resume": RAY_SLOW,                  # trainings, sweeps and a Ray cluster in subprocesses
+    "integration/test_sim_vs_ppafm": SLOW,                # ten relaxed-scan comparisons with ppafm
+    "integration/test_train": CHEAP,                      # ray_session users: ray, and the slow ones below
+    # the manifests under k8s/, rendered in-process (no cluster): also unit
+    "k8s/test_cluster_rules": K8S,
+    "k8s/test_images": K8S,
+    "k8s/test_mlflow": K8S,
+    "k8s/test_network_policies": K8S,
+    "k8s/test_pod_security": K8S,
+    "k8s/test_raycluster": K8S,
+    "k8s/test_rayjobs": K8S,
+    "k8s/test_rendering": K8S,
+    "k8s/test_tls": K8S,
 }
 
 # module → {test function (without its parametrize id) → markers}: replaces the module's row
 TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
-    "test_descriptors_vs_ppafm": {
+    "unit/descriptors/test_descriptors_vs_ppafm": {
         "test_height_and_es_maps_match_ppafm": SLOW,
     },
-    "test_heavy_set": {
+    "unit/molecules/test_heavy": {
         "test_build_heavy_killed_and_resumed_skips_and_records_sources": RAY_SLOW,  # a Ray driver killed mid-build
     },
-    "test_mlflow_auth": {
+    "integration/test_mlflow_auth": {
         "test_job_credentials_train_and_register": frozenset({"ray", "mlflow", "slow"}),  # `afm-ray train` job
     },
-    "test_mlflow_postgres": {
+    "integration/test_mlflow_postgres": {
         "test_mlflow_server_as_deployed_on_postgres": frozenset({"postgres", "mlflow", "slow"}),
     },
-    "test_molecule_db": {
+    "unit/molecules/test_database": {
         "test_full_qm9_build_matches_thesis_table1_and_dataset1": SLOW,  # 134k molecules, where qm9pack is installed
     },
-    "test_model_spec": {
+    "unit/models/test_spec": {
         "test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_loads_and_is_swept": RAY_SLOW,
     },
-    "test_models": {
+    "unit/models/test_models": {
         # a few hundred optimiser steps each: 5 s alone, minutes when torch's threads compete for the cores
         "test_dsh_overfits_a_fixed_batch": SLOW,
         "test_xyz_overfits_a_fixed_batch": SLOW,
     },
-    "test_no_pickle": {
+    "integration/test_no_pickle": {
         "test_disabled_pickle_really_refuses": CHEAP,
         "test_a_checkpoint_holding_objects_is_refused_without_running_them": CHEAP,
     },
-    "test_pipeline": {
+    "integration/test_pipeline": {
         # each restarts or kills actors and waits for Ray to notice
         "test_a_hanging_actor_is_warned_about_and_its_batch_made_elsewhere": RAY_SLOW,
         "test_a_batch_that_always_kills_its_actor_is_dropped_after_bounded_retries": RAY_SLOW,
         "test_killed_simulation_actor_restarts_and_every_sample_arrives_once": RAY_SLOW,
     },
-    "test_sim_vs_ppafm": {
+    "integration/test_sim_vs_ppafm": {
         "test_lennard_jones_table_equals_ppafm_atomtypes": CHEAP,
     },
-    "test_sim": {
+    "unit/sim/test_simulator": {
         "test_a_batch_too_large_for_the_device_is_refused_before_allocation": SLOW,
         "test_cli_simulate_draws_the_sample_with_its_descriptors": SLOW,
     },
-    "test_train": {
+    "integration/test_train": {
         "test_a_training_run_records_params_metrics_figures_and_its_model": RAY_SLOW,  # trained_dsh
         "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed": RAY_SLOW,
         "test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_on_another_count": RAY_SLOW,
@@ -125,7 +138,7 @@ TEST_MARKERS: dict[str, dict[str, frozenset[str]]] = {
         "test_bf16_autocast_in_a_compiled_network_trains_to_the_validation_loss_of_fp32": RAY_SLOW,
         "test_the_test_set_is_evaluated_in_shards_by_tasks_holding_train_worker_resources": RAY_SLOW,  # trained_dsh
     },
-    "test_tune": {
+    "unit/sweep/test_sweep": {
         "test_sweep_stops_bad_trials_and_registers_the_champion": RAY_SLOW,
     },
 }
@@ -143,7 +156,7 @@ class UnmarkedModuleError(LookupError):
 
 
 def markers_for(module: str, test: str, fixtures: Iterable[str]) -> frozenset[str]:
-    """The markers of test function ``test`` (no parametrize id) in ``module`` (file stem) that uses
+    """The markers of test function ``test`` (no parametrize id) in ``module`` (path under tests/, no .py) that uses
     ``fixtures``; ``unit`` when none is expensive. Raises :class:`UnmarkedModuleError` for a module
     without a row."""
     if module not in MODULE_MARKERS:

@@ -1,4 +1,4 @@
-"""Nanonis files written to nanonispy2's layout (tests/test_predict.py, tests/test_bad_inputs.py)."""
+"""Nanonis files written to nanonispy2's layout (tests/integration/test_predict.py, tests/unit/cli/test_bad_inputs.py)."""
 
 from __future__ import annotations
 

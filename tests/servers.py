@@ -12,6 +12,14 @@ import time
 from pathlib import Path
 
 MLFLOW_BIN = Path(sys.executable).parent / "mlflow"
+# the auth ini the server reads, as k8s/base/mlflow.yaml's init container writes it (tests/k8s/test_mlflow.py
+# checks that one); the admin credentials come from MLFLOW_AUTH_ADMIN_* like on the cluster
+AUTH_INI = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{auth_db}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
+"""
 
 
 def free_port() -> int:

@@ -89,33 +89,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _ppafm(simulator, config, tip: str, molecules: list, repeats: int) -> tuple[float, str]:
     """ppafm's stacks/s on the simulator's OpenCL platform, and a line on how its output agrees with ours."""
-    try:
-        import pyopencl as cl
-        from ppafm.ocl import oclUtils
-        from ppafm.ocl.AFMulator import AFMulator
-    except ImportError:
-        raise InputError("--vs ppafm", "ppafm is not installed (pip install ppafm)") from None
+    from afm_ray.bench.ppafm_reference import afmulator, init_ppafm, per_slice_agreement, relaxed_fz
     from afm_ray.sim import ScanParams
 
+    afmulator_class = init_ppafm(simulator.device, option="--vs ppafm")
     warnings.filterwarnings("ignore", module="ppafm")
-    warnings.filterwarnings("ignore", message=".*retrieved more than once.*")
-    platforms = [p.int_ptr for p in cl.get_platforms()]
-    oclUtils.init_env(platforms.index(simulator.device.platform.int_ptr))
-    tip_config = config.tip(tip)
-    charges, charge_z = tip_config.point_charges()
-    qs, qzs = [0.0] * 4, [0.0] * 4
-    qs[:len(charges)], qzs[:len(charges)] = charges.tolist(), charge_z.tolist()
-
-    (nx, ny), (sx, sy) = config.scan_pixels, config.pixel_size_angstrom
-    (size_x, size_y), n_steps = config.scan_size_angstrom, config.num_z_steps
+    (sx, sy), (size_x, size_y), n_steps = config.pixel_size_angstrom, config.scan_size_angstrom, config.num_z_steps
     window_top = 10.0  # ppafm works in a fixed window; each molecule is moved to sit under it as ours would
     scan_window = ((sx / 2, sy / 2, window_top - n_steps * config.dz_angstrom),
                    (size_x - sx / 2, size_y - sy / 2, window_top))
-    afm = AFMulator(scan_dim=(nx, ny, n_steps), scan_window=scan_window, iZPP=tip_config.atomic_number, Qs=qs, QZs=qzs,
-                    df_steps=config.df_steps, tipR0=[0.0, 0.0, config.probe_length_angstrom],
-                    tipStiffness=[*config.lateral_stiffness_n_per_m, 0.0, config.radial_stiffness_n_per_m],
-                    f0Cantilever=config.f0_hz, kCantilever=config.cantilever_stiffness_n_per_m)
-    times, fz_stats, df_pearson = [], [], []
+    afm = afmulator(afmulator_class, config, tip, scan_window, n_steps, config.df_steps)
+    times, fz_pearson, fz_rms, df_pearson = [], [], [], []
     for index in range(repeats + 1):
         molecule = molecules[index % len(molecules)]
         ours = simulator.run([molecule], tip=tip, scan_params=[ScanParams.fixed(config)], return_fz=True)
@@ -126,23 +110,11 @@ def _ppafm(simulator, config, tip: str, molecules: list, repeats: int) -> tuple[
         elapsed = time.perf_counter() - start
         if index:  # the first call builds ppafm's buffers
             times.append(elapsed)
-        fe = np.empty((nx, ny, n_steps, 4), np.float32)
-        cl.enqueue_copy(afm.scanner.queue, fe, afm.scanner.cl_FEout)
-        afm.scanner.queue.finish()
-        fz_stats.append(_agreement(ours.fz[0], fe[..., 2]))
-        df_pearson.append(_agreement(ours.df[0], df_ppafm[..., :config.num_slices])[0])
-    fz_pearson = min(s[0] for s in fz_stats)
-    fz_rms = max(s[1] for s in fz_stats)
-    line = (f"agreement with ppafm over {len(fz_stats)} molecules (per-slice, worst slice): relaxed Fz Pearson ≥ {fz_pearson:.4f}, "
-            f"rel. RMS ≤ {fz_rms:.1%}; Δf Pearson ≥ {min(df_pearson):.4f} (ppafm's coarser Giessibl kernel)")
+        pearson, rel_rms = per_slice_agreement(ours.fz[0], relaxed_fz(afm))
+        fz_pearson.append(pearson.min())
+        fz_rms.append(rel_rms.max())
+        df_pearson.append(per_slice_agreement(ours.df[0], df_ppafm[..., :config.num_slices])[0].min())
+    line = (f"agreement with ppafm over {len(fz_pearson)} molecules (per-slice, worst slice): relaxed Fz Pearson "
+            f"≥ {min(fz_pearson):.4f}, rel. RMS ≤ {max(fz_rms):.1%}; Δf Pearson ≥ {min(df_pearson):.4f} "
+            "(ppafm's coarser Giessibl kernel)")
     return 1.0 / statistics.median(times), line
-
-
-def _agreement(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """(min per-slice Pearson r, max per-slice RMS(ours − reference) / RMS(reference)) of (nx, ny, nz) stacks."""
-    pearsons, rms = [], []
-    for k in range(reference.shape[-1]):
-        a, b = ours[..., k].astype(np.float64), reference[..., k].astype(np.float64)
-        pearsons.append(np.corrcoef(a.ravel(), b.ravel())[0, 1])
-        rms.append(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean(b**2)))
-    return float(min(pearsons)), float(max(rms))

@@ -1,6 +1,7 @@
 """``afm-ray bench …``: throughput benchmarks that print figures (never timed unit tests).
 
-Each benchmark lives in ``afm_ray/bench/<name>.py`` and exposes ``register(subparsers)``.
+Each benchmark lives in ``afm_ray/bench/<name>.py`` (the one home of benchmarks; ``benchmarks/`` keeps only the
+GPU shell drivers) and exposes ``register(subparsers)``; its heavy imports wait for its ``run``.
 """
 
 from __future__ import annotations
@@ -8,9 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARK_MODULES: tuple[str, ...] = ("afm_ray.bench.models", "afm_ray.bench.sim", "afm_ray.bench.descriptors",
-                                      "afm_ray.bench.batch", "afm_ray.bench.pipeline", "afm_ray.bench.predict",
-                                      "afm_ray.bench.train_step")
+BENCHMARK_MODULES: tuple[str, ...] = (
+    "afm_ray.bench.models", "afm_ray.bench.sim", "afm_ray.bench.descriptors", "afm_ray.bench.batch",
+    "afm_ray.bench.pipeline", "afm_ray.bench.predict", "afm_ray.bench.train_step",
+    # comparisons and one-off studies: ppafm as the reference, two checkouts, Ray Data, sweeps, the heavy set
+    "afm_ray.bench.sim_vs_ppafm", "afm_ray.bench.published_on_ppafm", "afm_ray.bench.batch_host_ab",
+    "afm_ray.bench.ray_data_stream", "afm_ray.bench.sweep_concurrency", "afm_ray.bench.heavy_molecules")
 
 
 def register(subparsers) -> None:

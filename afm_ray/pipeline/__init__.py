@@ -31,7 +31,7 @@ rate of the live actors), and a third was weighed:
 * **one dispatcher** (now): a central queue, so an actor is given a batch only when it has a free
   slot, which is work-conserving by construction; fair shares and cancellation of a stopped
   trial's work are one decision in one place; its policy is plain Python, tested under a virtual
-  clock (``tests/test_dispatch.py``). Its cost is one more hop per batch (a few ms, not the batch's
+  clock (``tests/unit/pipeline/test_dispatch.py``). Its cost is one more hop per batch (a few ms, not the batch's
   bytes) and a single actor, restarted after a crash, whose consumers then re-request what they
   had not received.
 
@@ -49,10 +49,10 @@ layout (actors × lock-step consumers)                  static home actors   one
 
 (``afm-ray bench pipeline --synthetic``, 0.2 s per batch, on a quiet 2-core machine that bounds both
 designs; under a virtual clock the policy reaches ≥ 90 % on every uneven layout,
-``tests/test_dispatch.py``.)
+``tests/unit/pipeline/test_dispatch.py``.)
 
 Earlier, with alike actors, Ray Data (``map_batches`` over an ``ActorPoolStrategy`` pool,
-``streaming_split(W, equal=True)``; ``benchmarks/ray_data_stream.py``) reached 11 % of the ideal at
+``streaming_split(W, equal=True)``; ``afm-ray bench ray-data-stream``) reached 11 % of the ideal at
 32 × 8 and 5 % at 64 × 4: it was limited by its own per-task scheduling (about 60 batches/s through
 ``streaming_split`` whatever the pool size) and it **recreated the whole actor pool for the second
 epoch** (46 s between epochs, almost all of it pool start-up), which for us would mean rebuilding

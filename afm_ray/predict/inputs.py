@@ -36,7 +36,7 @@ A comma-joined group of files makes one stack: ``.sxm`` images are stacked as sl
 ``.npz``/``.npy`` stacks with different ``tip`` names are stacked as channels (ES model: CO, Xe).
 
 Nanonis files are read with ``nanonispy2`` (PyPI). The readers are tested on small synthetic files
-written to its layout (tests/test_predict.py); real instrument files may differ in header details.
+written to its layout (tests/integration/test_predict.py); real instrument files may differ in header details.
 Nanonis' Z grows as the tip retracts, so decreasing Z is far → close. nanonispy2 zero-pads a short
 ``.3ds`` (and ignores extra bytes), so its data's length is checked against the header: a truncated
 grid is refused, never predicted on (a ``.sxm`` of the wrong length fails in nanonispy2's reshape).

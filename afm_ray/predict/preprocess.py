@@ -33,7 +33,7 @@ order:
    slice), the same function training uses.
 
 No noise, shifts or cutouts. With the same slices, a simulated stack preprocessed here equals the
-training pipeline's input with noise, shifts and cutouts switched off (tests/test_predict.py).
+training pipeline's input with noise, shifts and cutouts switched off (tests/integration/test_predict.py).
 """
 
 from __future__ import annotations
