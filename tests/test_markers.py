@@ -12,8 +12,8 @@ import types
 from pathlib import Path
 
 import pytest
-from markers import (EXPENSIVE, FIXTURE_MARKERS, MARKERS, MODULE_MARKERS, TEST_MARKERS, UnmarkedModuleError,
-                     markers_for, ray_is_running)
+from markers import (EXPENSIVE, FIXTURE_MARKERS, LONGEST_FIRST, MARKERS, MODULE_MARKERS, SHARED_TRAININGS_GROUP,
+                     TEST_MARKERS, UnmarkedModuleError, markers_for, ray_is_running, xdist_order)
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -86,13 +86,14 @@ def start_ray(monkeypatch):
 
 
 def run_pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """pytest in ``folder`` holding this repository's pyproject.toml, conftest.py and markers.py."""
+    """pytest in ``folder`` holding this repository's pyproject.toml, conftest.py and markers.py; in one process
+    unless ``args`` ask for xdist workers (``-n 2``)."""
     shutil.copy(REPO / "pyproject.toml", folder / "pyproject.toml")
     (folder / "tests").mkdir(exist_ok=True)
     for name in ("conftest.py", "markers.py"):
         shutil.copy(TESTS / name, folder / "tests" / name)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=folder,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "0", *args],
+                          cwd=folder, capture_output=True, text=True, timeout=300)
 
 
 def test_conftest_fails_a_unit_test_that_starts_ray_and_stops_on_an_unmarked_module(tmp_path):
@@ -117,3 +118,58 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_kille
     (tests / "test_brand_new.py").write_text("def test_anything():\n    pass\n")
     result = run_pytest(tmp_path)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR and "tests/test_brand_new.py has no row" in result.stderr
+
+
+def test_longest_first_names_existing_tests_or_groups():
+    tests = {name for module in MODULE_MARKERS for name in defined_tests(module)}
+    assert sorted(set(LONGEST_FIRST) - tests - MODULE_MARKERS.keys() - {SHARED_TRAININGS_GROUP}) == []
+
+
+def test_xdist_order_starts_the_longest_units_each_with_a_cheap_one_behind_it():
+    units = [("a", False), ("b", False), (LONGEST_FIRST[2], True), ("c", True), (LONGEST_FIRST[0], True),
+             ("d", False), ("e", False), (LONGEST_FIRST[1], True)]
+    order = [units[index][0] for index in xdist_order(units, workers=2)]
+    assert order == [LONGEST_FIRST[0], LONGEST_FIRST[1], "a", "b", LONGEST_FIRST[2], "c", "d", "e"]
+
+
+def test_under_xdist_a_shared_fixture_is_set_up_once_and_long_tests_start_first(tmp_path):
+    """Two workers: the tests of a module with a module-scoped fixture (a server, say) run on one worker, which
+    sets it up once; so do the users of the session's trained models; the longest test is handed out first."""
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    setups = tmp_path / "setups"
+    (tests / "test_mlflow_auth.py").write_text(f'''
+import os, pytest
+
+@pytest.fixture(scope="module")
+def server():
+    with open({str(setups)!r}, "a") as log:
+        log.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+
+@pytest.mark.parametrize("n", range(6))
+def test_asks_the_server(server, n):
+    pass
+''')
+    (tests / "test_predict.py").write_text('''
+import os, pytest
+
+@pytest.fixture(scope="session")
+def trained_xyz():
+    return os.environ["PYTEST_XDIST_WORKER"]
+
+@pytest.mark.parametrize("n", range(4))
+def test_uses_the_trained_model(trained_xyz, n):
+    assert os.environ["PYTEST_XDIST_WORKER"] == trained_xyz
+''')
+    (tests / "test_resume.py").write_text('''
+def test_a_quick_one():
+    pass
+
+def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials():
+    pass
+''')
+    result = run_pytest(tmp_path, "-n", "2", "-vv")  # -q -vv: one line per test
+    assert "12 passed" in result.stdout, result.stdout + result.stderr
+    assert len(setups.read_text().split()) == 1, result.stdout  # not once per worker
+    ran = [line for line in result.stdout.splitlines() if " PASSED " in line]
+    assert "test_recreated_rayjob" in ran[0], ran

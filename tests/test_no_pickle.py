@@ -45,6 +45,9 @@ class _RefusingUnpickler:
 
 def disable_pickle(monkeypatch) -> None:
     """Make every way into Python's unpickler raise (until ``monkeypatch`` is undone)."""
+    # mlflow.pytorch.pickle_module copies pickle.Unpickler when first imported: imported under the patch, it
+    # would keep refusing after the patch is undone (a trusted pickled model then fails to load)
+    import mlflow.pytorch.pickle_module  # noqa: F401
     monkeypatch.setattr(pickle, "load", _refuse)
     monkeypatch.setattr(pickle, "loads", _refuse)
     monkeypatch.setattr(pickle, "Unpickler", _RefusingUnpickler)
