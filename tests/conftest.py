@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from markers import UnmarkedModuleError, markers_for, ray_is_running
+from markers import UnmarkedModuleError, markers_for, ray_is_running, xdist_group, xdist_order
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -32,6 +32,9 @@ TINY_TRAINING = ["data.split=tiny", "data.max_train_molecules=12", "data.rotatio
 # a killed worker as long to be noticed. Every test trains many tiny runs; 0.5 s saves seconds each.
 # Set before any Ray starts, so local clusters (and `afm-ray` subprocesses) inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Each xdist worker starts its own Ray (and `afm-ray` subprocesses theirs): Ray's default object store of 30 %
+# of the memory each would claim the machine several times over; the tests' batches need megabytes.
+os.environ.setdefault("RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION", "0.04")
 
 RAY_WAS_RUNNING = pytest.StashKey[bool]()
 
@@ -52,6 +55,40 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(marker)
     if unmarked:
         raise pytest.UsageError("\n".join(sorted(set(unmarked))))
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:  # an xdist worker: its collection order is the order in which the tests are handed out
+        items[:] = _grouped_longest_first(items, workers)
+
+
+def _grouped_longest_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """``items`` with an ``xdist_group`` marker on tests that share an expensive fixture, reordered unit by unit
+    (a group, or a test of no group) as :func:`markers.xdist_order` says; each unit's tests stay in their order."""
+    units: dict[str, list[pytest.Item]] = {}  # group name or test id → its tests
+    labels: dict[str, str] = {}  # → the group's or the test function's name
+    for item in items:
+        definitions = item._fixtureinfo.name2fixturedefs  # every fixture in the test's closure, with its scope
+        module_scoped = any(d.scope in ("class", "module", "package") for ds in definitions.values() for d in ds)
+        group = xdist_group(Path(item.path).stem, item.fixturenames, module_scoped)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+            _suffix_group(item, group)
+        unit = group or item.nodeid
+        units.setdefault(unit, []).append(item)
+        labels[unit] = group or getattr(item, "originalname", item.name)
+    names = list(units)
+    slow = [any(item.get_closest_marker("slow") for item in units[name]) for name in names]
+    order = xdist_order([(labels[name], is_slow) for name, is_slow in zip(names, slow)], workers)
+    return [item for index in order for item in units[names[index]]]
+
+
+def _suffix_group(item: pytest.Item, group: str) -> None:
+    """What xdist's worker does for ``--dist loadgroup``: the group, after an ``@``, ends the test id that the
+    scheduler reads. xdist 3.8 writes ``item._nodeid``, which pytest ≥ 9.2 no longer reads (its ids are
+    structured: pytest-dev/pytest-xdist#1386), so every test would be scheduled on its own."""
+    if hasattr(item, "_id") and "@" not in item.nodeid.rpartition("]")[2]:
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 @pytest.hookimpl(wrapper=True)

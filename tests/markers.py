@@ -18,6 +18,11 @@ uses imply (:data:`FIXTURE_MARKERS`: a test that asks for ``ray_session`` starts
 
 A test module missing from :data:`MODULE_MARKERS` is a collection error naming it, and
 ``tests/unit/test_markers.py`` fails on rows naming modules or tests that no longer exist.
+
+Under pytest-xdist (``-n 3 --dist loadgroup``, pyproject's addopts) each worker is a session of its own, so
+tests that share an expensive module or session fixture run on one worker (:func:`xdist_group`), and
+:func:`xdist_order` starts the longest work first (:data:`LONGEST_FIRST`), so that the run does not end
+waiting for one long test that started last.
 """
 
 from __future__ import annotations
@@ -149,6 +154,54 @@ FIXTURE_MARKERS: dict[str, frozenset[str]] = {
     "cli_trained_dsh": RAY_SLOW,  # `afm-ray train` in a process of its own, once per session (~35 s)
     "trained_xyz": RAY_SLOW,
 }
+
+
+SHARED_TRAININGS: frozenset[str] = frozenset({"cli_trained_dsh", "trained_xyz"})
+"""Session fixtures that train a model (minutes on the CI machine): their users share one xdist worker."""
+SHARED_TRAININGS_GROUP = "trained_models"
+
+LONGEST_FIRST: tuple[str, ...] = (
+    "test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials",
+    SHARED_TRAININGS_GROUP,
+    "test_mlflow_auth",
+    "test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_on_another_count",
+    "test_ray_job_submit_runs_training_on_the_named_resources",
+    "test_sweep_stops_bad_trials_and_registers_the_champion",
+    "test_published",
+    "test_a_changed_config_is_refused_and_continues_in_a_linked_run_when_allowed",
+    "test_mlflow_postgres",
+    "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
+    "test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_loads_and_is_swept",
+    "test_training_survives_a_tracking_outage_and_sends_buffered_metrics",
+    "test_two_ddp_ranks_finish_past_a_slow_and_a_hung_actor_within_the_wait_bound",
+)
+"""The longest units of work on the 2-core CI machine (a test function's name, or an :func:`xdist_group`),
+longest first (``pytest --durations=30``); the other ``slow`` tests follow them, the rest last."""
+
+
+def xdist_group(module: str, fixtures: Iterable[str], module_scoped: bool) -> str | None:
+    """The xdist group of a test of ``module`` using ``fixtures`` (``module_scoped``: one of them is shared by
+    the module's tests, e.g. a server): the group of the session's trained models, else the module's
+    when a fixture is module-scoped; None: any worker."""
+    if SHARED_TRAININGS & set(fixtures):
+        return SHARED_TRAININGS_GROUP
+    return module if module_scoped else None
+
+
+def xdist_order(units: list[tuple[str, bool]], workers: int) -> list[int]:
+    """The order (indices into ``units``) in which xdist should hand out ``units``: (name, slow) pairs, a name
+    being a test function's or an :func:`xdist_group`'s, in collection order.
+
+    Longest first (:data:`LONGEST_FIRST`, then the other slow units), except that each worker's second unit is a
+    cheap one: xdist gives every worker two units at the start, and a long unit queued behind another long one
+    would wait for it while other workers go idle."""
+    def rank(index: int) -> int:
+        name, slow = units[index]
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST) + (0 if slow else 1)
+
+    by_length = sorted(range(len(units)), key=rank)  # stable: collection order among equals
+    second = [index for index in by_length[workers:] if not units[index][1]][:workers]
+    return [*by_length[:workers], *second, *(index for index in by_length[workers:] if index not in second)]
 
 
 class UnmarkedModuleError(LookupError):

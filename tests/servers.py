@@ -29,9 +29,10 @@ def free_port() -> int:
 
 
 def start_mlflow_server(args: list[str], port: int, env: dict[str, str], cwd: Path, log_path: Path,
-                        timeout_s: float = 120, ca_path: Path | None = None) -> subprocess.Popen:
+                        timeout_s: float = 300, ca_path: Path | None = None) -> subprocess.Popen:
     """``mlflow server ARGS`` (in its own process group) once ``/health`` answers 200 on ``port``;
-    fails with the end of its log if it exits or does not answer within ``timeout_s``. ``ca_path``: the
+    fails with the end of its log if it exits or does not answer within ``timeout_s`` (a bound, not a wait: a
+    start takes seconds alone, minutes while parallel tests load the 2-core CI machine). ``ca_path``: the
     server serves HTTPS with a certificate for 127.0.0.1 that this CA signed (verified)."""
     import requests
 

@@ -69,7 +69,7 @@ def auth_server(tmp_path_factory, server_ca):
             "--artifacts-destination", str(folder / "artifacts"), "--workers", "1",
             f"--uvicorn-opts=--ssl-certfile={tls / 'tls.crt'} --ssl-keyfile={tls / 'tls.key'}"]   # as k8s/base/mlflow.yaml
     # the first start migrates both databases
-    process = start_mlflow_server(args, port, environment, folder, folder / "server.log", timeout_s=180,
+    process = start_mlflow_server(args, port, environment, folder, folder / "server.log",
                                   ca_path=server_ca.ca_path)
     try:
         yield uri

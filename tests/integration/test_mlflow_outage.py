@@ -30,7 +30,7 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process = None
 
-    def start(self, timeout_s: float = 120) -> None:
+    def start(self, timeout_s: float = 300) -> None:
         args = ["--host", "127.0.0.1", "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.database}",
                 "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"]
         environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

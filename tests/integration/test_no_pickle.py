@@ -10,6 +10,7 @@ networks registered here (the export does not depend on the weights' values).
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -45,6 +46,9 @@ class _RefusingUnpickler:
 
 def disable_pickle(monkeypatch) -> None:
     """Make every way into Python's unpickler raise (until ``monkeypatch`` is undone)."""
+    # mlflow.pytorch.pickle_module copies pickle.Unpickler when first imported: imported under the patch, it
+    # would keep refusing after the patch is undone (a trusted pickled model then fails to load)
+    importlib.import_module("mlflow.pytorch.pickle_module")
     monkeypatch.setattr(pickle, "load", _refuse)
     monkeypatch.setattr(pickle, "loads", _refuse)
     monkeypatch.setattr(pickle, "Unpickler", _RefusingUnpickler)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, TESTS
-from markers import (EXPENSIVE, FIXTURE_MARKERS, MARKERS, MODULE_MARKERS, TEST_MARKERS, UnmarkedModuleError,
-                     markers_for, ray_is_running)
-
+from markers import (EXPENSIVE, FIXTURE_MARKERS, LONGEST_FIRST, MARKERS, MODULE_MARKERS, SHARED_TRAININGS_GROUP,
+                     TEST_MARKERS, UnmarkedModuleError, markers_for, ray_is_running, xdist_order)
 
 
 def defined_tests(module: str) -> set[str]:
@@ -85,13 +84,14 @@ def start_ray(monkeypatch):
 
 
 def run_pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """pytest in ``folder`` holding this repository's pyproject.toml, conftest.py and markers.py."""
+    """pytest in ``folder`` holding this repository's pyproject.toml, conftest.py and markers.py; in one process
+    unless ``args`` ask for xdist workers (``-n 2``)."""
     shutil.copy(REPO / "pyproject.toml", folder / "pyproject.toml")
     (folder / "tests").mkdir(exist_ok=True)
     for name in ("conftest.py", "markers.py"):
         shutil.copy(TESTS / name, folder / "tests" / name)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args], cwd=folder,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "0", *args],
+                          cwd=folder, capture_output=True, text=True, timeout=300)
 
 
 def test_conftest_fails_a_unit_test_that_starts_ray_and_stops_on_an_unmarked_module(tmp_path):
@@ -117,3 +117,43 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_kille
     (tests / "unit" / "test_brand_new.py").write_text("def test_anything():\n    pass\n")
     result = run_pytest(tmp_path)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR and "tests/unit/test_brand_new.py has no row" in result.stderr
+
+
+def test_longest_first_names_existing_tests_or_groups():
+    tests = {name for module in MODULE_MARKERS for name in defined_tests(module)}
+    module_groups = {module.rpartition("/")[2] for module in MODULE_MARKERS}  # a group is named by its file's stem
+    assert sorted(set(LONGEST_FIRST) - tests - module_groups - {SHARED_TRAININGS_GROUP}) == []
+
+
+def test_xdist_order_starts_the_longest_units_each_with_a_cheap_one_behind_it():
+    units = [("a", False), ("b", False), (LONGEST_FIRST[2], True), ("c", True), (LONGEST_FIRST[0], True),
+             ("d", False), ("e", False), (LONGEST_FIRST[1], True)]
+    order = [units[index][0] for index in xdist_order(units, workers=2)]
+    assert order == [LONGEST_FIRST[0], LONGEST_FIRST[1], "a", "b", LONGEST_FIRST[2], "c", "d", "e"]
+
+
+def test_under_xdist_shared_fixtures_are_set_up_once(tmp_path):
+    """Two workers: the tests of a module with a module-scoped fixture (a server, say) run on one worker, which
+    sets it up once; so do the users of the session's trained models."""
+    tests = tmp_path / "tests" / "integration"
+    tests.mkdir(parents=True)
+    setups = tmp_path / "setups"
+    fixture = '''
+import os, pytest
+
+@pytest.fixture(scope="{scope}")
+def {name}():
+    with open({setups!r}, "a") as log:
+        log.write("{name} " + os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+
+@pytest.mark.parametrize("n", range(6))
+def test_uses_it({name}, n):
+    pass
+'''
+    (tests / "test_mlflow_auth.py").write_text(fixture.format(scope="module", name="server", setups=str(setups)))
+    (tests / "test_predict.py").write_text(fixture.format(scope="session", name="trained_xyz", setups=str(setups)))
+    (tests / "test_resume.py").write_text("def test_a_quick_one():\n    pass\n")
+    result = run_pytest(tmp_path, "-n", "2")
+    assert "13 passed" in result.stdout, result.stdout + result.stderr
+    names = [line.split()[0] for line in setups.read_text().splitlines()]
+    assert sorted(names) == ["server", "trained_xyz"], setups.read_text()  # each once, not once per worker
