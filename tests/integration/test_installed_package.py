@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS, TINY_TRAINING
+from conftest import CONFIGS, REPO, SHARED, TINY_TRAINING
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("AFM_RAY_SHARED", REPOSITORY.parent / "shared"))
 PUBLISHED_LIGHT = SHARED / "asd-afm" / "model_light.h5"
 
 
@@ -29,9 +27,9 @@ def installed(tmp_path_factory) -> Path:
     """The ``bin`` folder of a fresh virtualenv that holds afm-ray installed from a freshly built wheel."""
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPOSITORY / name, source / name)
+        shutil.copy(REPO / name, source / name)
     for name in ("afm_ray", "configs", "tune"):  # afm_ray/presets_data links to configs/ and tune/
-        shutil.copytree(REPOSITORY / name, source / name, symlinks=True,
+        shutil.copytree(REPO / name, source / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",

@@ -73,7 +73,7 @@ def test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_lo
     monkeypatch.syspath_prepend(str(REPO))
     from afm_ray.predict import load_model
     from afm_ray.sweep import load_sweep_config, run_sweep
-    from afm_ray.train.loop import load_checkpoint_model
+    from afm_ray.registry.checkpoints import load_checkpoint_model
 
     train = tiny_config.model_dump(mode="json") | {"model": {"name": "toy", "module": "tests.toy_model"},
                                                    "loss": {"footprint_weight": 0.25}}
