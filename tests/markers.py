@@ -19,7 +19,7 @@ uses imply (:data:`FIXTURE_MARKERS`: a test that asks for ``ray_session`` starts
 A test module missing from :data:`MODULE_MARKERS` is a collection error naming it, and
 ``tests/unit/test_markers.py`` fails on rows naming modules or tests that no longer exist.
 
-Under pytest-xdist (``-n 3 --dist loadgroup``, pyproject's addopts) each worker is a session of its own, so
+Under pytest-xdist (``-n 3 --dist loadgroup --no-loadscope-reorder``) each worker is a session of its own, so
 tests that share an expensive module or session fixture run on one worker (:func:`xdist_group`), and
 :func:`xdist_order` starts the longest work first (:data:`LONGEST_FIRST`), so that the run does not end
 waiting for one long test that started last.
@@ -161,20 +161,19 @@ SHARED_TRAININGS: frozenset[str] = frozenset({"cli_trained_dsh", "trained_xyz"})
 SHARED_TRAININGS_GROUP = "trained_models"
 
 LONGEST_FIRST: tuple[str, ...] = (
-    SHARED_TRAININGS_GROUP,
-    "test_training_survives_a_tracking_outage_and_sends_buffered_metrics",
-    "test_mlflow_auth",
     "test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials",
+    SHARED_TRAININGS_GROUP,
+    "test_mlflow_auth",
     "test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_on_another_count",
-    "test_mlflow_postgres",
     "test_ray_job_submit_runs_training_on_the_named_resources",
-    "test_a_changed_config_is_refused_and_continues_in_a_linked_run_when_allowed",
-    "test_installed_package",
-    "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
-    "test_published",
-    "test_two_ddp_ranks_finish_past_a_slow_and_a_hung_actor_within_the_wait_bound",
-    "test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_loads_and_is_swept",
     "test_sweep_stops_bad_trials_and_registers_the_champion",
+    "test_published",
+    "test_a_changed_config_is_refused_and_continues_in_a_linked_run_when_allowed",
+    "test_mlflow_postgres",
+    "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
+    "test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_loads_and_is_swept",
+    "test_training_survives_a_tracking_outage_and_sends_buffered_metrics",
+    "test_two_ddp_ranks_finish_past_a_slow_and_a_hung_actor_within_the_wait_bound",
 )
 """The longest units of work on the 2-core CI machine (a test function's name, or an :func:`xdist_group`),
 longest first (``pytest --durations=30``); the other ``slow`` tests follow them, the rest last."""

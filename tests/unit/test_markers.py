@@ -153,7 +153,7 @@ def test_uses_it({name}, n):
     (tests / "test_mlflow_auth.py").write_text(fixture.format(scope="module", name="server", setups=str(setups)))
     (tests / "test_predict.py").write_text(fixture.format(scope="session", name="trained_xyz", setups=str(setups)))
     (tests / "test_resume.py").write_text("def test_a_quick_one():\n    pass\n")
-    result = run_pytest(tmp_path, "-n", "2")
+    result = run_pytest(tmp_path, "-n", "2", "--dist", "loadgroup", "--no-loadscope-reorder")
     assert "13 passed" in result.stdout, result.stdout + result.stderr
     names = [line.split()[0] for line in setups.read_text().splitlines()]
     assert sorted(names) == ["server", "trained_xyz"], setups.read_text()  # each once, not once per worker
