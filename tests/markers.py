@@ -60,6 +60,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "unit/molecules/test_database": CHEAP,
     "unit/molecules/test_heavy": CHEAP,                   # the Ray build killed and resumed: ray, slow below
     "unit/molecules/test_splits_rotations": CHEAP,
+    "unit/pipeline/test_cluster": CHEAP,                  # the retry of a local start; ray.init replaced
     "unit/pipeline/test_dispatch": CHEAP,
     "unit/predict/test_match": CHEAP,                     # trained_dsh / trained_xyz users: ray, slow (fixtures)
     "unit/samples/test_augment": CHEAP,
@@ -161,22 +162,24 @@ SHARED_TRAININGS: frozenset[str] = frozenset({"cli_trained_dsh", "trained_xyz"})
 SHARED_TRAININGS_GROUP = "trained_models"
 
 LONGEST_FIRST: tuple[str, ...] = (
-    "test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials",
     SHARED_TRAININGS_GROUP,
+    "test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials",
     "test_mlflow_auth",
     "test_one_or_two_ranks_on_one_global_batch_train_the_same_weights_and_resume_on_another_count",
-    "test_ray_job_submit_runs_training_on_the_named_resources",
-    "test_sweep_stops_bad_trials_and_registers_the_champion",
-    "test_published",
-    "test_a_changed_config_is_refused_and_continues_in_a_linked_run_when_allowed",
-    "test_mlflow_postgres",
-    "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
-    "test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_loads_and_is_swept",
     "test_training_survives_a_tracking_outage_and_sends_buffered_metrics",
+    "test_a_toy_model_with_its_own_loss_weight_and_descriptor_trains_registers_loads_and_is_swept",
+    "test_published",
+    "test_ray_job_submit_runs_training_on_the_named_resources",
+    "test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed",
+    "test_installed_package",
+    "test_a_changed_config_is_refused_and_continues_in_a_linked_run_when_allowed",
+    "test_sweep_stops_bad_trials_and_registers_the_champion",
+    "test_mlflow_postgres",
     "test_two_ddp_ranks_finish_past_a_slow_and_a_hung_actor_within_the_wait_bound",
 )
 """The longest units of work on the 2-core CI machine (a test function's name, or an :func:`xdist_group`),
-longest first (``pytest --durations=30``); the other ``slow`` tests follow them, the rest last."""
+longest first (serial ``pytest --durations=80``, a unit's tests and fixtures summed); the other ``slow`` tests follow
+them, the rest last."""
 
 
 def xdist_group(module: str, fixtures: Iterable[str], module_scoped: bool) -> str | None:

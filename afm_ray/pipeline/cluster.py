@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 
 _started_address: str | None = None
@@ -53,7 +54,27 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool | None = None, q
     return context
 
 
+NODE_STARTUP_TIMEOUT = "timed out during startup"
+"""Ray's error when its local node did not register with the GCS within Ray's fixed 30 s."""
+
+
 def _start_local_ray(num_cpus: int | None, options: dict):
+    """Start a local Ray; once more when its node did not register in time: Ray's 30 s limit is fixed, and a
+    machine busy with other work (a laptop compiling, several test sessions) can miss it."""
+    import ray
+
+    try:
+        return _start_local_ray_once(num_cpus, options)
+    except Exception as exc:  # Ray raises a bare Exception for this
+        if NODE_STARTUP_TIMEOUT not in str(exc):
+            raise
+    ray.shutdown()
+    print(f"Ray's local node {NODE_STARTUP_TIMEOUT} (is the machine overloaded?); starting it again",
+          file=sys.stderr, flush=True)
+    return _start_local_ray_once(num_cpus, options)
+
+
+def _start_local_ray_once(num_cpus: int | None, options: dict):
     import ray
     from ray._private.services import get_node_ip_address
 

@@ -102,20 +102,44 @@ def test_model_name_registered_with_another_architecture_is_refused(tiny_config,
     preflight(uri, "afm-taken", "xyz")
 
 
-def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed(ray_session, tiny_config):
+class PacedSimulationActor(SimulationActor):
+    """A real simulation actor that, until the file ``gate`` exists, takes 3 s longer for each training batch
+    after the first epoch (well inside the pool's 15 s hedge): a test then kills the train workers in a
+    known epoch, not in a race with a fast one."""
+
+    def __init__(self, settings_json: str, opencl_device: str, gate: str):
+        super().__init__(settings_json, opencl_device)
+        self.gate = gate
+
+    def make_batch(self, spec):
+        if spec.split == "train" and spec.epoch >= 1 and not os.path.exists(self.gate):
+            time.sleep(3.0)
+        return super().make_batch(spec)
+
+
+def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_killed(ray_session, tiny_config,
+                                                                                 tmp_path, monkeypatch):
     """2 gloo ranks, 4 real simulation actors, a 6.4 Å window that one training sample does not fit;
     both train workers are killed (SIGKILL) once the first epoch is in MLflow.
 
     The run resumes from its last checkpoint and finishes, no epoch logged twice. Every actor works
     every epoch; every planned sample is trained or skipped exactly once per epoch; the sharded
     validation (each rank's shard kept as tensors on its device after the first epoch) equals one rank
-    evaluating the whole set. The actors ship raw Δf and each rank
+    evaluating the whole set. Until the kill the actors pace the second epoch's batches
+    (:class:`PacedSimulationActor`), so the kill cannot come too late. The actors ship raw Δf and each rank
     augments its batches itself (``pipeline.augment_on: trainer``), a short batch with a skipped
     sample included.
     """
+    import afm_ray.train.trainer as trainer
+    from afm_ray.pipeline.actors import create_simulation_actors
     from afm_ray.pipeline.fixed_sets import FixedSet
     from afm_ray.train.loop import evaluate
     from afm_ray.train.configured_model import build_loss
+
+    gate = tmp_path / "workers-killed"
+    monkeypatch.setattr(trainer, "create_simulation_actors", lambda settings, pipeline, name_prefix: (
+        create_simulation_actors(settings, pipeline, name_prefix, actor_class=PacedSimulationActor,
+                                 args=(settings.model_dump_json(), pipeline.opencl_device, str(gate)))))
 
     def changed(section, **values):
         return getattr(tiny_config, section).model_copy(update=values)
@@ -139,6 +163,7 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_kille
             for pid in _train_worker_pids():
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
+    gate.touch()  # the resumed epochs at full pace
     thread.join(timeout=600)
     assert killed, "training finished before the workers could be killed"
     outcome = finished["outcome"]
