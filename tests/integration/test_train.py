@@ -67,11 +67,13 @@ def test_a_training_run_records_params_metrics_figures_and_its_model(trained_dsh
     assert [h["epoch"] for h in history] == [0, 1, 2]
 
 
-def _train_worker_pids():
-    import psutil
+def _train_worker_pids() -> list[int]:
+    """The process ids of this session's live Ray Train workers, from its own Ray: under xdist another session's
+    workers run on the same machine."""
+    from ray.util.state import list_actors
 
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))]
+    return [actor.pid for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                                        ("state", "=", "ALIVE")])]
 
 
 @pytest.mark.parametrize("override, message", [
