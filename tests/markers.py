@@ -19,7 +19,7 @@ uses imply (:data:`FIXTURE_MARKERS`: a test that asks for ``ray_session`` starts
 A test module missing from :data:`MODULE_MARKERS` is a collection error naming it, and
 ``tests/unit/test_markers.py`` fails on rows naming modules or tests that no longer exist.
 
-Under pytest-xdist (``-n 3 --dist loadgroup --no-loadscope-reorder``) each worker is a session of its own, so
+Under pytest-xdist (``-n 2 --dist loadgroup --no-loadscope-reorder``, pyproject's addopts) each worker is a session of its own, so
 tests that share an expensive module or session fixture run on one worker (:func:`xdist_group`), and
 :func:`xdist_order` starts the longest work first (:data:`LONGEST_FIRST`), so that the run does not end
 waiting for one long test that started last.
