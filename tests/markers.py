@@ -69,6 +69,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "unit/sweep/test_sweep": CHEAP,                       # ray_session users: ray, slow below
     "unit/train/test_tracking": CHEAP,                    # RunTracker on a sqlite file store
     "unit/train/test_configured_model": CHEAP,
+    "unit/train/test_loop_parts": CHEAP,
     "integration/test_gpu_check": SLOW,                   # benchmarks/gpu_check.sh: quick CPU dry run, broken driver
     "integration/test_installed_package": RAY_SLOW,       # builds the wheel, installs it; trains from an empty dir
     "integration/test_job_submit": RAY_SLOW,              # `ray start` head + `ray job submit` of a training

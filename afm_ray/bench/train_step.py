@@ -6,7 +6,7 @@ every ``make_batch`` call at once with one of them: a *saturated* stream, whose 
 through the object store and are deserialised by the real :class:`~afm_ray.pipeline.BatchStream`. The
 trainer (this process, on ``--device``) runs the training worker's own parts: the
 :class:`~afm_ray.train.loader.StepLoader` (``--depth`` steps ahead in a background thread, or 0: in series)
-and the :class:`~afm_ray.train.loop.StepRunner`, under ``--precision`` and ``--compile``. Rounds of
+and the :class:`~afm_ray.train.step.StepRunner`, under ``--precision`` and ``--compile``. Rounds of
 ``--steps`` steps alternate between depth 0 and ``--depth`` (after ``--warmup`` steps each); per step:
 data wait (the loop blocked), and the loader's receive, host → device and augmentation (hidden when
 overlapped), forward + backward and optimiser (the device is synchronised after each on a GPU).
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from afm_ray.models.memory_format import channels_last_is_faster, to_channels_last
     from afm_ray.train.optim import build_optimizer
     from afm_ray.pipeline.cluster import ensure_ray
-    from afm_ray.train.loop import StepRunner, compiled
+    from afm_ray.train.network import compiled
+    from afm_ray.train.step import StepRunner
     from afm_ray.train.configured_model import build_loss
 
     if min(args.batch_size, args.steps, args.rounds, args.distinct) < 1 or args.warmup < 0 or args.depth < 1:

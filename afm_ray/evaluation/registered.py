@@ -129,7 +129,7 @@ def evaluate_registered(reference: str, config: TrainConfig, subset: str = "test
     from afm_ray.pipeline.sources import load_split_samples
     from afm_ray.registry.loading import load_model
     from afm_ray.pipeline.cluster import ensure_ray
-    from afm_ray.train.loop import evaluate
+    from afm_ray.train.validation import evaluate
     from afm_ray.train.configured_model import build_loss, build_thesis_loss
 
     if subset not in ("val", "test"):

@@ -188,7 +188,7 @@ class ExportedPackedOutputs(nn.Module):
 
 class UnpackedNetwork(nn.Module):
     """An :class:`ExportedPackedOutputs` that returns the network's tuple of outputs, as
-    :func:`afm_ray.train.loop.evaluate` and the figures expect of a DSH, ES or XYZ network."""
+    :func:`afm_ray.train.validation.evaluate` and the figures expect of a DSH, ES or XYZ network."""
 
     def __init__(self, packed: ExportedPackedOutputs):
         super().__init__()

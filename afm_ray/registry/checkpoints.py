@@ -1,6 +1,6 @@
 """A training checkpoint folder, read without Ray or the training loop.
 
-``afm-ray train`` writes one folder per epoch (:func:`afm_ray.train.loop.write_checkpoint`):
+``afm-ray train`` writes one folder per epoch (:meth:`afm_ray.train.checkpointing.TrainingState.save`):
 ``state.pt`` holds the state dicts of model, optimiser and scheduler, the epoch and the run's
 config as JSON; ``history.json`` the per-epoch metrics. Training resumes from it, and the registry
 and ``afm-ray predict`` load its network (:func:`load_checkpoint_model`).

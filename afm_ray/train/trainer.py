@@ -38,7 +38,9 @@ from afm_ray.registry.checkpoints import HISTORY_FILE, load_checkpoint_model
 from afm_ray.registry.registration import log_and_register
 from afm_ray.registry.tracking import RunTracker, preflight
 from afm_ray.figures.training import plot_loss_curves, plot_predictions
-from afm_ray.train.loop import check_compile_backend, evaluate, train_loop_per_worker
+from afm_ray.train.loop import train_loop_per_worker
+from afm_ray.train.network import check_compile_backend
+from afm_ray.train.validation import evaluate
 from afm_ray.train.mlflow_callback import MlflowReportCallback
 from afm_ray.train.progress import EpochLinePrinter
 from afm_ray.train.resources import check_batch_fills_workers, check_cluster_holds_training

@@ -135,7 +135,7 @@ def test_two_ddp_ranks_share_actors_validation_and_metrics_and_resume_when_kille
     import afm_ray.train.trainer as trainer
     from afm_ray.pipeline.actors import create_simulation_actors
     from afm_ray.pipeline.fixed_sets import FixedSet
-    from afm_ray.train.loop import evaluate
+    from afm_ray.train.validation import evaluate
     from afm_ray.train.configured_model import build_loss
 
     gate = tmp_path / "workers-killed"
@@ -241,7 +241,7 @@ def test_bf16_autocast_in_a_compiled_network_trains_to_the_validation_loss_of_fp
 
 
 def test_an_unknown_compile_backend_is_refused_before_any_work(tiny_config):
-    from afm_ray.train.loop import check_compile_backend
+    from afm_ray.train.network import check_compile_backend
 
     config = tiny_config.model_copy(update={"run": tiny_config.run.model_copy(
         update={"compile": True, "compile_backend": "inductr"})})

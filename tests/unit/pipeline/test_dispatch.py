@@ -228,7 +228,7 @@ def test_a_collective_timeout_inside_the_retry_budget_is_refused():
 
 
 def test_data_wait_is_the_starved_ranks_and_every_actor_has_a_share():
-    from afm_ray.train.loop import data_metrics
+    from afm_ray.train.epoch_metrics import data_metrics
 
     # rank 1 waited 6 of 10 s; rank 0 none (it waited for rank 1 inside the all-reduce instead)
     shares = [{"loop_wait_seconds": 0.0, "elapsed": 10.0, "max_wait_seconds": 0.0, "actor_0": 3, "actor_seconds_0": 3.0},

@@ -10,7 +10,7 @@ from afm_ray.train.optim import build_optimizer
 from afm_ray.samples.plan import BatchSpec
 from afm_ray.recipe import load_train_config
 from afm_ray.train.loader import StepLoader, prepare_batch
-from afm_ray.train.loop import StepRunner
+from afm_ray.train.step import StepRunner
 from afm_ray.train.configured_model import build_loss
 
 from conftest import CONFIGS
