@@ -10,6 +10,9 @@ and the :class:`~afm_ray.train.step.StepRunner`, under ``--precision`` and ``--c
 ``--steps`` steps alternate between depth 0 and ``--depth`` (after ``--warmup`` steps each); per step:
 data wait (the loop blocked), and the loader's receive, host → device and augmentation (hidden when
 overlapped), forward + backward and optimiser (the device is synchronised after each on a GPU).
+
+``--source local`` serves the same replayed batches in this process, without Ray (no object store, so no
+receive or deserialisation): what ``benchmarks/gpu_check.sh`` runs on a GPU machine that has no Ray.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def register(subparsers) -> None:
                         help="pipeline.raw_df_slices: the actor ships the slices augmentation reads (default) or all")
     parser.add_argument("--raw-df-dtype", choices=("float32", "float16"), default="float16",
                         help="pipeline.raw_df_dtype (default float16)")
+    parser.add_argument("--source", choices=("ray", "local"), default="ray",
+                        help="ray: a replay actor through the object store and the real BatchStream (default); "
+                             "local: the replayed batches in this process, without Ray")
     parser.add_argument("--target-dtype", choices=("float32", "float16"), default="float16",
                         help="pipeline.target_dtype (default float16)")
     parser.set_defaults(handler=run)
@@ -82,18 +88,33 @@ def _config(args):
                                           "compile": args.compile, "channels_last": last}}, "bench train-step")
 
 
+class LocalReplay:
+    """A :class:`ReplayActor` in this process, answering like a stream's ``results``: no Ray, no object store."""
+
+    def __init__(self, replay: ReplayActor):
+        self.replay = replay
+
+    def results(self, specs):
+        return ((spec, self.replay.make_batch(spec)) for spec in specs)
+
+
 def _round(actor, runner, config, device, depth: int, n_steps: int, first_index: int, slim: dict,
            distinct: int) -> dict[str, float]:
-    """Per-step seconds of one round of ``n_steps`` steps through a fresh stream."""
-    from afm_ray.pipeline import BatchStream
+    """Per-step seconds of one round of ``n_steps`` steps through a fresh stream (``actor``: a Ray actor handle of
+    a :class:`ReplayActor`, or a :class:`LocalReplay`)."""
     from afm_ray.samples.plan import BatchSpec
     from afm_ray.train.loader import StepLoader
 
     samples = np.arange(config.run.batch_size)
     steps = [[BatchSpec("bench", 0, first_index + index, samples, (0, (first_index + index) % distinct), **slim)]
              for index in range(n_steps)]
-    stream = BatchStream([actor], max_in_flight=max(4, depth + 2))
-    stream.request([spec for step in steps for spec in step])
+    if isinstance(actor, LocalReplay):
+        stream = actor
+    else:
+        from afm_ray.pipeline import BatchStream
+
+        stream = BatchStream([actor], max_in_flight=max(4, depth + 2))
+        stream.request([spec for step in steps for spec in step])
     loader = StepLoader(stream.results, steps, device, config.augment, config.sim.num_slices, depth=depth)
     runner.seconds = dict.fromkeys(runner.seconds, 0.0)
     started = time.perf_counter()
@@ -108,12 +129,10 @@ def _round(actor, runner, config, device, depth: int, n_steps: int, first_index:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ray
     import torch
 
     from afm_ray.models.memory_format import channels_last_is_faster, to_channels_last
     from afm_ray.train.optim import build_optimizer
-    from afm_ray.pipeline.cluster import ensure_ray
     from afm_ray.train.network import compiled
     from afm_ray.train.step import StepRunner
     from afm_ray.train.configured_model import build_loss
@@ -136,16 +155,24 @@ def run(args: argparse.Namespace) -> int:
     runner = StepRunner(model, optimizer, schedule, build_loss(config), config, device, world_size=1,
                         channels_last=last, synchronize=True)
 
-    ensure_ray(quiet=True)
     slim = {"raw_df": True, "raw_df_dtype": args.raw_df_dtype, "target_dtype": args.target_dtype,
             "raw_df_read_slices": args.raw_df_slices == "read"}
-    actor = ray.remote(num_cpus=0)(ReplayActor).remote(args.model, args.batch_size, args.size, args.distinct, slim)
-    made = ray.get(actor.describe.remote())
+    replay_args = (args.model, args.batch_size, args.size, args.distinct, slim)
+    if args.source == "local":
+        actor = LocalReplay(ReplayActor(*replay_args))
+        made, travel = actor.replay.describe(), "served in this process (no Ray)"
+    else:
+        import ray
+
+        from afm_ray.pipeline.cluster import ensure_ray
+
+        ensure_ray(quiet=True)
+        actor = ray.remote(num_cpus=0)(ReplayActor).remote(*replay_args)
+        made, travel = ray.get(actor.describe.remote()), "in the object store, from a saturated stream (1 replay actor)"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"train-step: {args.model}, batch {args.batch_size} at {args.size}×{args.size} px, raw Δf "
           f"({args.raw_df_slices} slices, {args.raw_df_dtype}; targets {args.target_dtype}): "
-          f"{made['bytes_per_batch'] / 2**20:.1f} MiB per batch "
-          f"in the object store, from a saturated stream (1 replay actor); "
+          f"{made['bytes_per_batch'] / 2**20:.1f} MiB per batch {travel}; "
           f"{device} {name}, precision {args.precision}, compile={args.compile}, channels_last={last}; "
           f"{args.rounds} interleaved rounds of {args.steps} steps per setting, mean ms per step", flush=True)
     rows: dict[int, list[dict[str, float]]] = {0: [], args.depth: []}
@@ -166,5 +193,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{labels[depth]:<24}" + "".join(f"{means[depth][stage] * 1e3:>20.1f}" for stage in stages)
               + f"{means[depth]['data wait'] / means[depth]['step']:>13.1%}")
     print(f"step time, overlapped / in series: {means[args.depth]['step'] / means[0]['step']:.2f}")
-    ray.kill(actor)
+    if args.source == "ray":
+        ray.kill(actor)
     return 0

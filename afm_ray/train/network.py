@@ -3,7 +3,6 @@ DDP-wrapped by Ray Train where there are ranks, compiled where ``run.compile``."
 
 from __future__ import annotations
 
-import ray.train
 import torch
 
 from afm_ray.errors import InputError
@@ -21,6 +20,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def prepare_network(config: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, bool]:
     """(the model to train: the network on ``device``, DDP-wrapped where there are ranks, compiled where
     ``run.compile``; whether it is channels-last). ``run.channels_last: auto`` measures this device."""
+    import ray.train.torch  # here, not above: the benchmarks use compiled() on GPU machines that have no Ray
+
     last = config.run.channels_last
     if last == "auto":  # rank 0's measurement for all: DDP needs the same parameter strides on every rank
         sample = torch.randn(2, len(config.model.spec.tips), *config.sim.scan_pixels, config.input_slices,
