@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check of the simulation actor and the training step (issues 14, 25, 26): which OpenCL devices exist, then
 # the simulator, a DSH training batch at 1, 2 and 4 actors per device, an ES batch, the models' forward/backward and
-# the DSH training step by stage in fp32 and bf16 (bench train-step --source local), each step on its own (a
+# the DSH training step by stage (bench train-step --source local), each step on its own (a
 # failure is reported and the next step still runs), most valuable first so that a run cut short still says the
 # most. Everything also goes to $OUT/gpu_check.txt (each step's output to $OUT/NN-step.txt); the last line is a
 # summary: DSH samples/s per actor and per device, and the actors per device that reach 1,000 samples/s.
 # Exit status: the number of failed steps (0: all passed).
 #
 # On the device tool's nvidia-h200 machine (Python 3.12 with numpy, torch, pyarrow, PyYAML, tqdm, h5py; nothing can
-# be downloaded there), about 4–6 minutes of steps plus the machine's start:
+# be downloaded there), about 4–5 minutes of steps plus the machine's start:
 #   here:  bash benchmarks/gpu_wheels.sh                       # the missing wheels into .whl/ (git-ignored)
-#   there: bash benchmarks/gpu_check.sh                        # run with carry [".whl"], timeout_s 540
+#   there: bash benchmarks/gpu_check.sh                        # run with carry [".whl"], timeout_s 480
 # Anywhere with afm-ray installed: SKIP_INSTALL=1 bash benchmarks/gpu_check.sh [DEVICE]   (DEVICE default gpu;
 # `cpu` is the dry run, ~6 min on 2 cores). QUICK=1: 16 × 16 px scans and tiny batches (the test suite's dry run).
 # NVIDIA_LIB_DIRS: where to look for NVIDIA's OpenCL driver (libnvidia-opencl.so*), space-separated.
@@ -28,7 +28,7 @@ else
     size=128 batch=32 repeats=3 sim_batches=(1 32 128) actors=(1 2 4) model_batch=8 models=(dsh es xyz)
     step_rounds=(--steps 10 --rounds 2 --warmup 2)
 fi
-# seconds each step may take on an H200 (install, devices, sim, DSH batch, ES batch, models, 2 train steps: 420 s), times
+# seconds each step may take on an H200 (install, devices, sim, DSH batch, ES batch, models, train step: 345 s), times
 # LIMIT_SCALE (default 1 on a GPU, 10 on a CPU, where the same work takes minutes)
 scale=${LIMIT_SCALE:-$([ "$device" = cpu ] && echo 10 || echo 1)}
 limit() { echo $(($1 * scale)); }
@@ -167,12 +167,8 @@ main() {
     step "bench models" "$(limit 35)" python3 -m afm_ray bench models --device "$torch_device" --size "$size" \
         --batch-size "$model_batch" --repeats "$repeats" --warmup 1 --models "${models[@]}"
     # the training step by stage, in series and overlapped, from replayed batches served without Ray (not shipped)
-    local precision
-    for precision in fp32 bf16; do
-        step "bench train-step dsh $precision" "$(limit 60)" python3 -m afm_ray bench train-step --source local \
-            --model dsh --precision "$precision" --device "$torch_device" --size "$size" --batch-size "$batch" \
-            "${step_rounds[@]}"
-    done
+    step "bench train-step dsh" "$(limit 45)" python3 -m afm_ray bench train-step --source local --model dsh \
+        --device "$torch_device" --size "$size" --batch-size "$batch" "${step_rounds[@]}"
     echo "== steps"
     printf '  %s\n' "${steps[@]}"
     echo "== SUMMARY: $(summarise); $failures of ${#steps[@]} steps failed; done in $((SECONDS - started)) s"

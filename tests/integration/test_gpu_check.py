@@ -24,12 +24,12 @@ def test_quick_cpu_dry_run_passes_every_step_and_summarises(tmp_path):
     result = run_gpu_check("cpu", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for step in ("devices", "bench sim", "bench batch dsh", "bench batch es", "bench models",
-                 "bench train-step dsh fp32", "bench train-step dsh bf16"):
+                 "bench train-step dsh"):
         assert f"  {step}: ok (" in result.stdout, step
     summary = result.stdout.strip().splitlines()[-1]
     assert summary.startswith("== SUMMARY: DSH: ") and "samples/s per actor alone; per device: 2 actors " in summary
-    assert "0 of 7 steps failed" in summary
-    assert "overlapped (depth 2)" in (tmp_path / "06-bench-train-step-dsh-bf16.txt").read_text()
+    assert "0 of 6 steps failed" in summary
+    assert "overlapped (depth 2)" in (tmp_path / "05-bench-train-step-dsh.txt").read_text()
     log = (tmp_path / "gpu_check.txt").read_text()
     assert summary in log and "host work (CPU outside the wait)" in log
     assert (tmp_path / "02-bench-batch-dsh.txt").read_text().count("2 actors on one device: ") == 1
@@ -55,7 +55,7 @@ def test_a_broken_nvidia_driver_is_diagnosed_and_the_other_steps_still_run(tmp_p
     assert f"Loading ICD '{broken}'" in diagnosis and "error while dlopening" in diagnosis
     for step in ("bench sim", "bench batch dsh", "bench batch es"):
         assert f"  {step}: FAILED (exit 2" in out, step  # afm-ray's exit status for bad input: no GPU device
-    assert "  bench models: ok (" in out and "  bench train-step dsh fp32: ok (" in out
+    assert "  bench models: ok (" in out and "  bench train-step dsh: ok (" in out
     assert out.strip().splitlines()[-1].startswith("== SUMMARY: DSH: no figures (the bench batch step failed); "
-                                                   "4 of 7 steps failed")
+                                                   "4 of 6 steps failed")
     assert diagnosis.splitlines()[0] in (tmp_path / "out" / "gpu_check.txt").read_text()
