@@ -62,9 +62,11 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "unit/molecules/test_splits_rotations": CHEAP,
     "unit/pipeline/test_cluster": CHEAP,                  # the retry of a local start; ray.init replaced
     "unit/pipeline/test_dispatch": CHEAP,
+    "unit/pipeline/test_fixed_sets": CHEAP,               # the shards' format and reading; building them: integration
     "unit/predict/test_match": CHEAP,                     # trained_dsh / trained_xyz users: ray, slow (fixtures)
     "unit/samples/test_augment": CHEAP,
     "unit/samples/test_batch_host": CHEAP,
+    "unit/samples/test_sample_batch": CHEAP,
     "unit/sim/test_simulator": CHEAP,
     "unit/sweep/test_sweep": CHEAP,                       # ray_session users: ray, slow below
     "unit/train/test_tracking": CHEAP,                    # RunTracker on a sqlite file store

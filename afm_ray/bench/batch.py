@@ -217,10 +217,10 @@ def timed_batch(factory, spec, torch_device) -> dict[str, tuple[float, int]]:
     record.update({f"wall: {stage}": (seconds, 0) for stage, seconds in wall_stages.items()})
     record["host work"] = (cpu - cpu_stages.get("wait for the device", 0.0), 0)
     record["Ray serialisation (pickle 5)"] = (serialisation, 0)
-    record["returned arrays"] = (0.0, sum(value.nbytes for value in batch.values() if isinstance(value, np.ndarray)))
+    record["returned arrays"] = (0.0, batch.nbytes)
     record["whole batch (actor)"] = (whole, 0)
     if spec.raw_df:  # what the training worker does with it: host → device, then augmentation there
-        df = torch.from_numpy(batch["df"]).to(torch_device)
+        df = torch.from_numpy(batch.df).to(torch_device)
         _synchronize(torch_device)
         started = time.perf_counter()
         augment_batch(df, spec.seed, factory.augment_config)

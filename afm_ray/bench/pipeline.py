@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from afm_ray.bench.synthetic_stream import CASES, DEFAULT_LAYOUTS
-from afm_ray.pipeline.dispatch import batch_nbytes
 from afm_ray.errors import InputError
+from afm_ray.samples.sample_batch import MadeBy
 
 PLASMA_LINE = re.compile(r"Plasma memory usage (\d+) MiB")
 
@@ -111,8 +111,9 @@ class ObjectStorePeak:
         self._thread.join()
 
 
-def idle_fraction(intervals: list[tuple[int, float, float]], n_actors: int, window: tuple[float, float]) -> float:
-    """Share of ``n_actors × window`` actor-seconds in which no batch was being made."""
+def idle_fraction(intervals: list[MadeBy], n_actors: int, window: tuple[float, float]) -> float:
+    """Share of ``n_actors × window`` actor-seconds in which no batch was being made (``intervals``: each
+    batch's ``made_by``, or any ``(pid, started, finished)``)."""
     begin, end = window
     busy = sum(max(0.0, min(stop, end) - max(start, begin)) for _, start, stop in intervals)
     return 1.0 - busy / (n_actors * max(end - begin, 1e-9))
@@ -158,8 +159,8 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
                 optimizer.zero_grad(set_to_none=True)
                 loss.total.backward()
                 optimizer.step()
-                largest_batch = max(largest_batch, batch_nbytes(batch))
-                intervals.append(batch["made_by"])
+                largest_batch = max(largest_batch, batch.nbytes)
+                intervals.append(batch.made_by)
                 if index >= n_warmup:
                     samples += len(spec.samples)
             elapsed = time.perf_counter() - timed_from
@@ -177,8 +178,8 @@ def measure(config, n_actors: int, n_batches: int, n_warmup: int, n_validation: 
             validation = (validation_started, time.time())
             after = 0  # batches begun after the validation: once every actor has begun two, the window is covered
             for _, batch in stream.results(following):
-                intervals.append(batch["made_by"])
-                after += batch["made_by"][1] >= validation[1]
+                intervals.append(batch.made_by)
+                after += batch.made_by.started_s >= validation[1]
                 if after >= 2 * n_actors:
                     break
         stream.close()

@@ -34,13 +34,15 @@ import numpy as np
 
 from afm_ray.pipeline.dispatch import BatchMaker
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.sample_batch import SampleBatch
 
 CASES = ("alike", "slow4", "slowhome", "dead", "killed")
 DEFAULT_LAYOUTS = "32x8,64x4,32x8:slow4,64x8:slowhome,32x8:dead,32x8:killed,32x4x2"
 
 
 class FixedLatencyActor(BatchMaker):
-    """A simulation actor stand-in: sleeps ``latency_s`` per batch (no CPU) and returns a small batch.
+    """A simulation actor stand-in: sleeps ``latency_s`` per batch (no CPU) and returns a small batch, of
+    ``payload_bytes`` zeros in ``x`` (B, 1, 1, 1, n) and no targets.
 
     ``fail``: raise at once on every call instead (a dead node's actor that restarts and fails again).
     """
@@ -48,13 +50,16 @@ class FixedLatencyActor(BatchMaker):
     def __init__(self, latency_s: float, payload_bytes: int = 4096, fail: bool = False):
         self.latency_s = latency_s
         self.fail = fail
-        self.payload = np.zeros(max(payload_bytes // 4, 1), np.float32)
+        self.payload_bytes = payload_bytes
 
-    def make_batch(self, spec: BatchSpec) -> dict:
+    def make_batch(self, spec: BatchSpec) -> SampleBatch:
         if self.fail:
             raise RuntimeError("this synthetic actor fails every call")
+        started = time.perf_counter()
         time.sleep(self.latency_s)
-        return {"x": self.payload, "samples": np.asarray(spec.samples, np.int64)}
+        count = len(spec.samples)
+        x = np.zeros((count, 1, 1, 1, max(self.payload_bytes // (4 * max(count, 1)), 1)), np.float32)
+        return SampleBatch(spec.samples, x=x, produce_seconds=time.perf_counter() - started)
 
     def describe(self) -> dict:
         return {"pid": os.getpid()}
@@ -92,7 +97,7 @@ class StreamConsumer:
         samples = []
         for round_index, (_, batch) in enumerate(stream):
             if batch is not None:
-                samples += [int(s) for s in batch["samples"]]
+                samples += [int(s) for s in batch.samples]
             ray.get(barrier.arrive.remote(round_index))
         stream.close()
         return {"started": started, "finished": time.time(), "batches": stream.stats.batches,

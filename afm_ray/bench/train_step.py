@@ -26,6 +26,8 @@ import numpy as np
 
 from afm_ray.errors import InputError
 from afm_ray.models import list_model_specs
+from afm_ray.pipeline.dispatch import BatchMaker
+from afm_ray.samples.sample_batch import SampleBatch
 
 
 def register(subparsers) -> None:
@@ -58,7 +60,7 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-class ReplayActor:
+class ReplayActor(BatchMaker):
     """A simulation actor that makes ``distinct`` real raw-Δf batches once, then answers each call at once."""
 
     def __init__(self, model: str, batch_size: int, size: int, distinct: int, slim: dict):
@@ -69,13 +71,12 @@ class ReplayActor:
         self.batches = [factory.make_batch(BatchSpec("bench", 0, index, np.arange(batch_size), (0, index), **slim))
                         for index in range(distinct)]
 
-    def make_batch(self, spec) -> dict:
+    def make_batch(self, spec) -> SampleBatch:
         """The replayed batch made with the seed ``(0, spec.index % distinct)``: augmented with that seed."""
         return self.batches[spec.index % len(self.batches)]
 
     def describe(self) -> dict:
-        return {"pid": os.getpid(), "bytes_per_batch": sum(v.nbytes for v in self.batches[0].values()
-                                                            if isinstance(v, np.ndarray))}
+        return {"pid": os.getpid(), "bytes_per_batch": self.batches[0].nbytes}
 
 
 def _config(args):

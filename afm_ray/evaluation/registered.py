@@ -187,7 +187,7 @@ def _log_run(loaded, reference: str, config: TrainConfig, subset: str, clean: bo
     with tempfile.TemporaryDirectory() as folder:
         samples = fixed_set.first(max(config.run.num_figure_samples, 1))
         with torch.no_grad():
-            outputs = network(torch.from_numpy(samples["x"]).to(next(network.parameters()).device))
+            outputs = network(torch.from_numpy(samples.x).to(next(network.parameters()).device))
         outputs = tuple(output.cpu() for output in outputs)
         figures = [plot_predictions(config.model.name, samples, outputs, Path(folder) / f"{subset}_predictions.png",
                                     config.sim)]

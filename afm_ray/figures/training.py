@@ -11,6 +11,7 @@ from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.descriptors.xyz_codec import decode_xyz
 from afm_ray.models import get_model_spec
 from afm_ray.figures.scans import DESCRIPTOR_STYLE, draw_map, label_axes, save_figure
+from afm_ray.samples.sample_batch import SampleBatch
 
 FIGURE_DPI = 100
 
@@ -35,36 +36,37 @@ def plot_loss_curves(history: list[dict], path: str | Path) -> Path:
     return save_figure(figure, path, dpi=FIGURE_DPI)
 
 
-def plot_predictions(model_name: str, samples: dict, outputs, path: str | Path, sim_config) -> Path:
+def plot_predictions(model_name: str, samples: SampleBatch, outputs, path: str | Path, sim_config) -> Path:
     """Rows of samples: the closest AFM slice, then reference and prediction of each of the model's
     ``figure_maps`` (an output map, or the atoms decoded from the xyz outputs).
 
-    ``samples``: a batch's arrays (``x`` (B, C, nx, ny, K) and the model's targets); ``outputs``: the model's
-    outputs for it, in its spec's order, (B, …) arrays or CPU tensors.
+    ``samples``: a batch with ``x`` (B, C, nx, ny, K) and the model's targets (e.g. ``FixedSet.first``);
+    ``outputs``: the model's outputs for it, in its spec's order, (B, …) arrays or CPU tensors.
     """
     path = Path(path)
     window = ScanWindow.from_sim_config(sim_config)
-    n_rows = len(samples["x"])
+    n_rows = len(samples)
     spec = get_model_spec(model_name)
     n_columns = 1 + 2 * len(spec.figure_maps)
     figure = Figure(figsize=(3.6 * n_columns, 3.2 * n_rows), layout="constrained")
     axes = np.atleast_2d(figure.subplots(n_rows, n_columns))
     for row in range(n_rows):
-        draw_map(figure, axes[row, 0], samples["x"][row, 0, :, :, -1], window, "AFM, closest slice",
+        draw_map(figure, axes[row, 0], samples.x[row, 0, :, :, -1], window, "AFM, closest slice",
                   "normalised Δf", "gray")
         predicted = dict(zip(spec.output_names, outputs))
         for index, name in enumerate(spec.figure_maps):
             reference_axes, prediction_axes = axes[row, 1 + 2 * index], axes[row, 2 + 2 * index]
             if name == "atoms":
-                _draw_atoms(reference_axes, samples["xyz_classes"][row], samples["xyz_offsets"][row], window,
-                            "reference")
+                _draw_atoms(reference_axes, samples.targets["xyz_classes"][row], samples.targets["xyz_offsets"][row],
+                            window, "reference")
                 _draw_atoms(prediction_axes, np.asarray(predicted["xyz_classes"][row]),
                             np.asarray(predicted["xyz_offsets"][row]), window, "prediction")
                 continue
             target = spec.targets[spec.output_names.index(name)]
             title, unit, cmap = DESCRIPTOR_STYLE.get(name, (name, "", "viridis"))
             symmetric = name == "es_map"
-            draw_map(figure, reference_axes, samples[target][row], window, f"{title}: reference", unit, cmap, symmetric)
+            draw_map(figure, reference_axes, samples.targets[target][row], window, f"{title}: reference", unit, cmap,
+                     symmetric)
             draw_map(figure, prediction_axes, np.asarray(predicted[name][row]), window, f"{title}: prediction", unit,
                       cmap, symmetric)
     return save_figure(figure, path, dpi=FIGURE_DPI)

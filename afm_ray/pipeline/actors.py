@@ -13,6 +13,7 @@ from afm_ray.pipeline.cluster import assigned_opencl_device
 from afm_ray.pipeline.dispatch import BatchMaker
 from afm_ray.pipeline.settings import PipelineSettings, SampleSettings
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.sample_batch import SampleBatch
 
 
 class SimulationActor(BatchMaker):
@@ -29,7 +30,7 @@ class SimulationActor(BatchMaker):
                                     load_split_samples(settings), device=assigned_opencl_device(opencl_device),
                                     reuse_host_memory=True)
 
-    def make_batch(self, spec: BatchSpec) -> dict:
+    def make_batch(self, spec: BatchSpec) -> SampleBatch:
         return self.factory.make_batch(spec)
 
     def describe(self) -> dict:

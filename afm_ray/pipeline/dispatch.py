@@ -43,9 +43,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.sample_batch import MadeBy, SampleBatch
 
 LATENCY_WINDOW = 200
 """Completed calls whose durations set the p95 of the straggler limits."""
@@ -63,20 +62,15 @@ class BatchMaker:
     dispatcher learns a batch's size and making time without fetching the batch itself.
     """
 
-    def make_batch(self, spec: BatchSpec) -> dict:
+    def make_batch(self, spec: BatchSpec) -> SampleBatch:
         raise NotImplementedError
 
-    def produce(self, spec: BatchSpec) -> tuple[dict, dict]:
+    def produce(self, spec: BatchSpec) -> tuple[dict, SampleBatch]:
         started = time.time()
         batch = self.make_batch(spec)
         finished = time.time()
-        batch["made_by"] = (os.getpid(), started, finished)  # wall clock: a benchmark sees when actors idle
-        return {"nbytes": batch_nbytes(batch), "busy_seconds": finished - started}, batch
-
-
-def batch_nbytes(batch: dict) -> int:
-    """Bytes of a batch's arrays (what it takes in the object store, less a little metadata)."""
-    return sum(value.nbytes for value in batch.values() if isinstance(value, np.ndarray))
+        batch.made_by = MadeBy(os.getpid(), started, finished)  # wall clock: a benchmark sees when actors idle
+        return {"nbytes": batch.nbytes, "busy_seconds": finished - started}, batch
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from tqdm import tqdm
 from afm_ray.pipeline.settings import SampleSettings
 from afm_ray.pipeline.stream import BatchStream
 from afm_ray.samples.plan import plan_epoch
+from afm_ray.samples.sample_batch import SampleBatch
 
 log = logging.getLogger("afm_ray.pipeline")
 FIXED_SET_BATCH_SIZE = 16
-NOT_STORED = ("sim_seconds", "produce_seconds", "skipped_samples")
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,29 +68,28 @@ def fixed_set_path(settings: SampleSettings, subset: str, n_samples: int, seed: 
     return Path(settings.data.fixed_set_dir) / fixed_set_key(settings, subset, n_samples, seed)
 
 
-def _batch_to_table(batch: dict) -> pa.Table:
+def _batch_to_table(batch: SampleBatch) -> pa.Table:
+    """A shard: a binary column per array (``x``, then the targets by name), a row per sample, and ``samples``;
+    the skipped samples and timings are not stored."""
     columns, metadata = {}, {}
-    for name, value in batch.items():
-        if name in NOT_STORED or not isinstance(value, np.ndarray):
-            continue
+    for name, value in batch.float_arrays().items():
         array = np.ascontiguousarray(value)
-        if name == "samples":
-            columns[name] = pa.array(array)
-            continue
         columns[name] = pa.array([row.tobytes() for row in array], pa.binary())
         metadata[name] = {"dtype": array.dtype.str, "shape": list(array.shape[1:])}
+    columns["samples"] = pa.array(np.ascontiguousarray(batch.samples))
     table = pa.table(columns)
     return table.replace_schema_metadata({b"afm_ray.arrays": json.dumps(metadata).encode()})
 
 
-def table_to_batch(table: pa.Table) -> dict[str, np.ndarray]:
-    """Inverse of the shard encoding: ``{name: (B, …) array}``."""
+def table_to_batch(table: pa.Table) -> SampleBatch:
+    """Inverse of the shard encoding: the stored samples, input (``x``; ``df`` where stored) and targets."""
     metadata = json.loads(table.schema.metadata[b"afm_ray.arrays"])
-    batch = {"samples": table["samples"].to_numpy()}
+    arrays = {}
     for name, info in metadata.items():
         raw = b"".join(table[name].to_pylist())
-        batch[name] = np.frombuffer(raw, dtype=np.dtype(info["dtype"])).reshape(-1, *info["shape"]).copy()
-    return batch
+        arrays[name] = np.frombuffer(raw, dtype=np.dtype(info["dtype"])).reshape(-1, *info["shape"]).copy()
+    inputs = {name: arrays.pop(name) for name in ("x", "df") if name in arrays}
+    return SampleBatch(table["samples"].to_numpy(), **inputs, targets=arrays)
 
 
 def materialize(settings: SampleSettings, subset: str, n_samples: int, seed: int, pool,
@@ -118,9 +117,9 @@ def materialize(settings: SampleSettings, subset: str, n_samples: int, seed: int
             for spec, batch in stream:
                 if batch is None:
                     raise RuntimeError(f"{subset} set: batch {spec.index} failed on every attempt; see the log")
-                if len(batch["samples"]):
+                if len(batch):
                     pq.write_table(_batch_to_table(batch), temporary / f"shard-{spec.index:05d}.parquet")
-                stored += len(batch["samples"])
+                stored += len(batch)
                 bar.update(len(spec.samples))
         if stored == 0:
             raise RuntimeError(f"{subset} set: every one of its {n_samples} samples was skipped; see the log")
@@ -196,31 +195,31 @@ class FixedSet:
             raise FileNotFoundError(f"{self.path}: fixed set is not complete (no _SUCCESS marker)")
         self.shards = sorted(self.path.glob("shard-*.parquet"))
         self.cache_bytes = int(cache_mib * 2**20)
-        self._cache: dict[Path, dict[str, np.ndarray]] = {}
+        self._cache: dict[Path, SampleBatch] = {}
         self._cached_bytes = 0
 
     def __len__(self) -> int:
         return json.loads((self.path / "_SUCCESS").read_text())["samples"]
 
-    def batches(self, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
-        """Shards ``rank, rank + world_size, …`` decoded: ``{name: (B, …) array}``."""
+    def batches(self, rank: int = 0, world_size: int = 1) -> Iterator[SampleBatch]:
+        """Shards ``rank, rank + world_size, …`` decoded, one :class:`SampleBatch` each (``x`` and the targets)."""
         for shard in self.shards[rank::world_size]:
             batch = self._cache.get(shard)
             if batch is None:
                 batch = table_to_batch(pq.read_table(shard))
-                size = sum(value.nbytes for value in batch.values())
+                size = batch.nbytes
                 if self._cached_bytes + size <= self.cache_bytes:
                     self._cache[shard] = batch
                     self._cached_bytes += size
             yield batch
 
-    def first(self, count: int) -> dict[str, np.ndarray]:
+    def first(self, count: int) -> SampleBatch:
         """The first ``count`` samples (for figures on fixed validation samples)."""
-        collected: list[dict] = []
+        collected: list[SampleBatch] = []
         total = 0
         for batch in self.batches():
             collected.append(batch)
-            total += len(batch["samples"])
+            total += len(batch)
             if total >= count:
                 break
-        return {name: np.concatenate([b[name] for b in collected])[:count] for name in collected[0]}
+        return SampleBatch.concatenate(collected).head(count)

@@ -31,6 +31,7 @@ from ray.exceptions import RayError
 from afm_ray.pipeline.dispatch import DispatchLimits, batch_name
 from afm_ray.pipeline.dispatcher import ACTOR_LOST, start_dispatcher
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.sample_batch import SampleBatch
 
 log = logging.getLogger("afm_ray.pipeline")
 DEFAULT_BUDGET_MIB = 2048.0
@@ -122,7 +123,7 @@ class BatchStream:
             if not self._call(lambda: self.dispatcher.request.remote(self.key, new)):
                 self._register_again()
 
-    def results(self, specs: Iterable[BatchSpec]) -> Iterator[tuple[BatchSpec, dict | None]]:
+    def results(self, specs: Iterable[BatchSpec]) -> Iterator[tuple[BatchSpec, SampleBatch | None]]:
         """``(spec, batch)`` once for each of ``specs`` (queued if needed), in completion order."""
         specs = list(specs)
         self.request(specs)
@@ -143,11 +144,11 @@ class BatchStream:
         """Release this consumer's queued and running work (also done when the stream is collected)."""
         self._finalizer()
 
-    def __iter__(self) -> Iterator[tuple[BatchSpec, dict | None]]:
+    def __iter__(self) -> Iterator[tuple[BatchSpec, SampleBatch | None]]:
         return self.results(self._initial)
 
     # -- receiving -------------------------------------------------------------------------------
-    def _take(self, wanted: list | None = None) -> list[tuple[BatchSpec, dict | None]]:
+    def _take(self, wanted: list | None = None) -> list[tuple[BatchSpec, SampleBatch | None]]:
         """Blocks until at least one wanted batch is handed out (or re-requested after a loss); ``wanted``:
         the batch keys this consumer now waits for, announced with the first call."""
         while True:
@@ -176,7 +177,7 @@ class BatchStream:
             if received or not handed:
                 return received
 
-    def _count(self, spec: BatchSpec, summary: dict | None, batch: dict | None, record: dict) -> None:
+    def _count(self, spec: BatchSpec, summary: dict | None, batch: SampleBatch | None, record: dict) -> None:
         """Statistics of what is handed out (so a prefetched batch counts in the epoch that uses it)."""
         stats = self.stats
         stats.resent += record["attempts"] - 1
@@ -190,13 +191,12 @@ class BatchStream:
             return
         actor = summary["actor"]
         stats.batches += 1
-        stats.samples += len(batch.get("samples", spec.samples))
-        stats.produce_seconds += float(batch.get("produce_seconds", summary["busy_seconds"]))
+        stats.samples += len(batch)
+        stats.produce_seconds += batch.produce_seconds
         stats.per_actor_batches[actor] = stats.per_actor_batches.get(actor, 0) + 1
         stats.per_actor_seconds[actor] = stats.per_actor_seconds.get(actor, 0.0) + summary["busy_seconds"]
-        skipped = batch.get("skipped", ())
-        stats.samples_skipped += len(skipped)
-        for line in skipped:
+        stats.samples_skipped += len(batch.skipped)
+        for line in batch.skipped:
             log.warning("skipped %s (simulation actor %d)", line, actor)
 
     # -- the dispatcher --------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from afm_ray.predict.inputs import AfmStack
 from afm_ray.predict.predictor import Predictor
 from afm_ray.predict.preprocess import PreparedStack, PrepareSettings, prepare_stack
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.sample_batch import SampleBatch
 from afm_ray.sim import ScanParams, SimConfig
 
 MATCH_OUTPUT = "vdw_spheres"
@@ -199,12 +200,14 @@ class RotationSimulator(BatchMaker):
         self.scan_params = ScanParams.fixed(sim_config)
         self.simulator = Simulator(sim_config, device=assigned_opencl_device(device))
 
-    def make_batch(self, spec: BatchSpec) -> dict:
-        """``{"df": (B, nx, ny, nz) float32 Hz, "produce_seconds": float}`` for rotations ``spec.samples``."""
+    def make_batch(self, spec: BatchSpec) -> SampleBatch:
+        """The stacks of rotations ``spec.samples``: ``df`` (B, 1, nx, ny, nz) float32 Hz, its one channel this
+        simulator's tip (``df[:, 0]`` is the (B, nx, ny, nz) stack), no targets; ``samples`` the rotation indices."""
         started = time.perf_counter()
         batch = [self.molecule.rotated(self.rotations[index]) for index in spec.samples]
         df = self.simulator.simulate(batch, tip=self.tip, scan_params=[self.scan_params] * len(batch))
-        return {"df": df, "produce_seconds": time.perf_counter() - started}
+        return SampleBatch(np.asarray(spec.samples, dtype=np.int64), df=df[:, None],
+                           produce_seconds=time.perf_counter() - started)
 
     def release(self) -> None:
         self.simulator.release()
@@ -230,7 +233,7 @@ def simulate_rotations(molecule: Molecule, rotations: np.ndarray, sim_config: Si
         simulator = RotationSimulator(molecule, rotations, sim_config, tip, device)
         try:
             for spec in specs:
-                yield spec.samples, simulator.make_batch(spec)["df"]
+                yield spec.samples, simulator.make_batch(spec).df[:, 0]
         finally:
             simulator.release()
         return
@@ -251,7 +254,7 @@ def simulate_rotations(molecule: Molecule, rotations: np.ndarray, sim_config: Si
             if batch is None:
                 raise RuntimeError(f"rotations {spec.samples[0]}–{spec.samples[-1]} failed on every attempt; "
                                    "see the log")
-            yield spec.samples, batch["df"]
+            yield spec.samples, batch.df[:, 0]
     finally:
         stop_actors(workers)
 

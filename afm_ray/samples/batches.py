@@ -4,7 +4,8 @@
 
     factory = BatchFactory(task, sim_config, augment_config, molecules={"train": mols})
     batch = factory.make_batch(plan_epoch(factory.n_samples("train"), 8, run_seed=0, epoch=0)[0])
-    batch["x"].shape   # (8, C, 128, 128, 10): C tips (CO; ES: CO, Xe), slices far → close
+    batch.x.shape                  # (8, C, 128, 128, 10): C tips (CO; ES: CO, Xe), slices far → close
+    batch.targets["height_map"]    # (8, 128, 128) Å, one array per target of the task
 
 A sample number ``s`` of a split means rotation ``s % R`` of molecule ``s // R``, with the
 molecule's rotations chosen by thesis Eq. 25 (best ``R`` of 100 directions). Everything random
@@ -30,6 +31,7 @@ from afm_ray.molecules.molecule import Molecule
 from afm_ray.molecules.rotations import select_rotations
 from afm_ray.samples.augment import AugmentConfig, augment_batch, read_slices
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.sample_batch import SampleBatch
 from afm_ray.samples.seeds import sample_seeds, tip_seeds
 from afm_ray.sim import ScanParams, SimConfig, Simulator
 from afm_ray.sim.buffers import FRESH, FreshHostArrays, Pending, PinnedHostArrays
@@ -127,20 +129,19 @@ class BatchFactory:
     def n_samples(self, split: str) -> int:
         return len(self.splits[split])
 
-    def make_batch(self, spec: BatchSpec) -> dict:
-        """Simulated, described and augmented batch for ``spec``.
+    def make_batch(self, spec: BatchSpec) -> SampleBatch:
+        """Simulated, described and augmented batch for ``spec`` (shapes, dtypes, units: :class:`SampleBatch`).
 
-        Returns a dict of NumPy arrays: ``x`` (B, C, nx, ny, K) float32 normalised Δf (C tips, K
-        slices far → close), or with ``spec.raw_df`` instead ``df`` (B, C, nx, ny, nz) Hz in
-        ``spec.raw_df_dtype``, every simulated slice, for :func:`afm_ray.samples.augment_torch.augment_batch`;
-        the targets of :attr:`Task.targets` — maps (B, nx, ny) float32
-        (Å, or V for ``es_map``), or ``xyz_classes`` (B, n_classes, gx, gy) and ``xyz_offsets``
-        (B, 3, gx, gy) Å; ``samples`` (B,) int64; timings ``sim_seconds`` and ``produce_seconds``.
+        ``x`` (B, C, nx, ny, K) float32 normalised Δf (C tips, K slices far → close), or with
+        ``spec.raw_df`` instead ``df`` (B, C, nx, ny, nz) Hz in ``spec.raw_df_dtype``, every simulated
+        slice (or those read, ``spec.raw_df_read_slices``), for :func:`afm_ray.samples.augment_torch.augment_batch`;
+        ``targets``: those of :attr:`Task.targets`, with raw Δf in ``spec.target_dtype``; ``samples`` (B,)
+        int64; timings ``sim_seconds`` and ``produce_seconds``.
 
         A sample that cannot be simulated or described (:class:`InputError`: outside the scan
         window, too close to the probe, …) is left out rather than failing the batch: its number
         goes to ``skipped_samples`` (int64) and a line naming its molecule id, rotation and reason
-        to ``skipped`` (list of str), so B may be smaller than ``len(spec.samples)``, even 0.
+        to ``skipped``, so B may be smaller than ``len(spec.samples)``, even 0.
         """
         started = time.perf_counter()
         split = self.splits.get(spec.split)
@@ -153,24 +154,25 @@ class BatchFactory:
                 batch = (self._make(split, remaining, spec.seed, spec.raw_df) if remaining
                          else self._empty(spec.raw_df))
                 if spec.raw_df:
-                    df = read_slices(batch["df"], spec.seed, self.augment_config) if spec.raw_df_read_slices \
-                        else batch["df"]
-                    batch["df"] = df.astype(spec.raw_df_dtype, copy=False)
-                    batch.update({name: batch[name].astype(spec.target_dtype, copy=False) for name in self.task.targets})
+                    df = read_slices(batch.df, spec.seed, self.augment_config) if spec.raw_df_read_slices \
+                        else batch.df
+                    batch.df = df.astype(spec.raw_df_dtype, copy=False)
+                    batch.targets = {name: array.astype(spec.target_dtype, copy=False)
+                                     for name, array in batch.targets.items()}
                 break
             except InputError as error:
                 culprit = self._culprit(split, remaining, spec.seed, error)
                 if culprit is None:  # fails only together: not one sample's fault
                     raise
                 skipped.append((remaining.pop(culprit[0]), culprit[1]))
-        batch["skipped_samples"] = np.array([sample for sample, _ in skipped], dtype=np.int64)
-        batch["skipped"] = [f"{spec.split} sample {sample} ({split.describe(sample)}): {reason}"
-                            for sample, reason in skipped]
-        batch["sim_seconds"] = batch.pop("_sim_seconds", 0.0)
-        batch["produce_seconds"] = time.perf_counter() - started
+        batch.skipped_samples = np.array([sample for sample, _ in skipped], dtype=np.int64)
+        batch.skipped = tuple(f"{spec.split} sample {sample} ({split.describe(sample)}): {reason}"
+                              for sample, reason in skipped)
+        batch.produce_seconds = time.perf_counter() - started
         return batch
 
-    def _make(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...], raw_df: bool = False) -> dict:
+    def _make(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...],
+              raw_df: bool = False) -> SampleBatch:
         started = time.perf_counter()
         simulator, tips = self.simulator, self.task.tips
         with self._stage("rotate molecules"):
@@ -194,7 +196,7 @@ class BatchFactory:
                 inputs = {"x": augment_batch(df, seed, self.augment_config)}
         with self._stage("descriptors from the device's results"):
             targets = targets.result()
-        return {**inputs, **targets, "samples": np.asarray(samples, dtype=np.int64), "_sim_seconds": sim_seconds}
+        return SampleBatch(np.asarray(samples, dtype=np.int64), **inputs, targets=targets, sim_seconds=sim_seconds)
 
     def _culprit(self, split: "SplitSamples", samples: list[int], seed: tuple[int, ...],
                  error: InputError) -> tuple[int, str] | None:
@@ -211,14 +213,14 @@ class BatchFactory:
                 return position, str(alone)
         return None
 
-    def _empty(self, raw_df: bool = False) -> dict:
+    def _empty(self, raw_df: bool = False) -> SampleBatch:
         """A batch of no samples (every sample skipped), with the arrays' per-sample shapes."""
         nx, ny = self.simulator.config.scan_pixels
         slices = (self.augment_config.scan_height.kept_slices if self.augment_config.scan_height.enabled
                   and not raw_df else self.simulator.config.num_slices)
         inputs = np.zeros((0, len(self.task.tips), nx, ny, slices), np.float32)
-        return {"df" if raw_df else "x": inputs, **empty_targets(self.target_context, self.task.targets),
-                "samples": np.zeros(0, np.int64)}
+        return SampleBatch(np.zeros(0, np.int64), **{"df" if raw_df else "x": inputs},
+                           targets=empty_targets(self.target_context, self.task.targets))
 
     def _targets(self, loaded: LoadedBatch, molecules: list[Molecule]) -> Pending[dict[str, np.ndarray]]:
         return enqueue_targets(TargetBatch(self.target_context, loaded, molecules, self._stage), self.task.targets)

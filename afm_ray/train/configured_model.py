@@ -14,6 +14,7 @@ from afm_ray.models.losses import LossOutput
 from afm_ray.models.metrics import ImageMetricsAccumulator, XYZEvaluator
 from afm_ray.models import ModelSpec, get_model_spec
 from afm_ray.recipe import TrainConfig
+from afm_ray.samples.sample_batch import SampleBatch
 
 
 def build_loss(config: TrainConfig) -> nn.Module:
@@ -28,14 +29,15 @@ def build_thesis_loss(config: TrainConfig) -> nn.Module:
     return spec.build_loss(spec.loss_settings())
 
 
-def to_tensors(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """The float arrays of a batch as tensors on ``device`` (``samples`` and timings stay behind).
+def to_tensors(batch: SampleBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's :meth:`~SampleBatch.float_arrays` as tensors on ``device``, by name: ``x`` (``df`` for raw Δf)
+    and the targets (``samples`` and timings stay behind).
 
     Arrays fetched from Ray's object store are read-only views of shared memory; those are copied
     so that no tensor aliases memory torch may not write.
     """
     return {name: torch.from_numpy(value if value.flags.writeable else value.copy()).to(device, non_blocking=True)
-            for name, value in batch.items() if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
+            for name, value in batch.float_arrays().items()}
 
 
 def forward(model: nn.Module, x: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, ...]:

@@ -26,6 +26,7 @@ import torch
 from afm_ray.samples.augment import AugmentConfig
 from afm_ray.samples.augment_torch import augment_batch
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.sample_batch import SampleBatch
 
 _END = object()
 
@@ -79,19 +80,19 @@ def _to_device(array: np.ndarray, device: torch.device, pinned: bool) -> torch.T
     return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
 
 
-def prepare_batch(spec: BatchSpec, batch: dict | None, device: torch.device, augment_config: AugmentConfig,
+def prepare_batch(spec: BatchSpec, batch: SampleBatch | None, device: torch.device, augment_config: AugmentConfig,
                   simulated_slices: int | None = None, side_stream: torch.cuda.Stream | None = None,
                   times: LoaderTimes | None = None) -> DeviceBatch | None:
     """The float arrays of an actor's batch as device tensors, raw Δf (``df``) augmented into ``x`` with the
     batch's seed (``simulated_slices``: the slices simulated, when the actor shipped only those read,
     ``spec.raw_df_read_slices``); None for a dropped or empty batch."""
-    if batch is None or len(batch["samples"]) == 0:
+    if batch is None or len(batch) == 0:
         return None
     times = times if times is not None else LoaderTimes()
     started = time.perf_counter()
     with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
-        tensors = {name: _to_device(value, device, side_stream is not None).float() for name, value in batch.items()
-                   if isinstance(value, np.ndarray) and value.dtype.kind == "f"}
+        tensors = {name: _to_device(value, device, side_stream is not None).float()
+                   for name, value in batch.float_arrays().items()}
         copied = time.perf_counter()
         if "df" in tensors:
             tensors["x"] = augment_batch(tensors.pop("df"), spec.seed, augment_config,
@@ -102,7 +103,7 @@ def prepare_batch(spec: BatchSpec, batch: dict | None, device: torch.device, aug
             ready.record(side_stream)
     times.transfer_seconds += copied - started
     times.augment_seconds += time.perf_counter() - copied
-    return DeviceBatch(spec, tensors, len(batch["samples"]), ready)
+    return DeviceBatch(spec, tensors, len(batch), ready)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class StepLoader:
     ``simulated_slices`` as in :func:`prepare_batch`.
     """
 
-    fetch: Callable[[list[BatchSpec]], Iterator[tuple[BatchSpec, dict | None]]]
+    fetch: Callable[[list[BatchSpec]], Iterator[tuple[BatchSpec, SampleBatch | None]]]
     steps: list[list[BatchSpec]]
     device: torch.device
     augment_config: AugmentConfig

@@ -259,7 +259,7 @@ def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, lat
         figures = [plot_loss_curves(history, Path(folder) / "loss_curves.png")]
         samples = test_set.first(max(config.run.num_figure_samples, 1))
         with torch.no_grad():
-            outputs = model(torch.from_numpy(samples["x"]))
+            outputs = model(torch.from_numpy(samples.x))
         figures.append(plot_predictions(config.model.name, samples, outputs, Path(folder) / "predictions.png",
                                         config.sim))
         if evaluation.xyz_metrics() is not None:
@@ -269,7 +269,7 @@ def _finish(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint, lat
         tracker.flush()
 
     with quiet_mlflow_notices():
-        version = log_and_register(model, config, samples["x"][:1], tracking_uri, run_id)
+        version = log_and_register(model, config, samples.x[:1], tracking_uri, run_id)
     name = config.registered_model_name
     client = MlflowClient(tracking_uri)
     client.set_terminated(run_id, status="FINISHED")

@@ -119,7 +119,7 @@ def test_a_hanging_actor_is_warned_about_and_its_batch_made_elsewhere(ray_sessio
         stream = BatchStream(actors, specs, max_in_flight=6, batch_timeout_s=2.0)
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="afm_ray.pipeline"):
-            received = [int(s) for spec, batch in stream for s in batch["samples"]]
+            received = [int(s) for spec, batch in stream for s in batch.samples]
         assert time.monotonic() - started < 30
     finally:
         stop_actors(actors)
@@ -164,7 +164,7 @@ def test_next_epoch_is_made_while_this_one_ends(ray_session):
     assert {spec.epoch for spec, _ in first} == {0} and {spec.epoch for spec, _ in second} == {1}
     assert all_samples([s for s, _ in second]) == list(range(16))
     # both actors made epoch-1 batches during the "validation": they had been requested before it
-    made_meanwhile = {batch["made_by"][0] for _, batch in second if batch["made_by"][1] < validated}
+    made_meanwhile = {batch.made_by.pid for _, batch in second if batch.made_by.started_s < validated}
     assert len(made_meanwhile) == 2
 
 
@@ -218,13 +218,14 @@ def test_simulation_actors_stream_real_batches(ray_session, tiny_config):
         batches = list(stream)
         assert len(batches) == 4 and stream.stats.batches == 4
         spec, batch = batches[0]
-        assert batch["x"].shape == (6, 1, 32, 32, 6) and batch["x"].dtype == np.float32
-        assert batch["vdw_spheres"].shape == (6, 32, 32) and batch["height_map"].shape == (6, 32, 32)
-        np.testing.assert_allclose(batch["x"].mean(axis=(2, 3)), 0, atol=0.2)  # normalised slices (+ noise)
+        assert batch.x.shape == (6, 1, 32, 32, 6) and batch.x.dtype == np.float32 and batch.df is None
+        assert batch.targets["vdw_spheres"].shape == (6, 32, 32) and batch.targets["height_map"].shape == (6, 32, 32)
+        np.testing.assert_allclose(batch.x.mean(axis=(2, 3)), 0, atol=0.2)  # normalised slices (+ noise)
+        assert batch.made_by.pid in {p["pid"] for p in places} and batch.made_by.started_s <= batch.made_by.finished_s
         assert set(stream.stats.per_actor_batches) == {0, 1}  # both actors worked
         # a batch is a pure function of its spec: regenerating gives the same bytes
         again = ray.get(actors[1].make_batch.remote(spec))
-        np.testing.assert_array_equal(again["x"], batch["x"])
+        np.testing.assert_array_equal(again.x, batch.x)
     finally:
         stop_actors(actors)
 
@@ -237,7 +238,7 @@ def test_killed_simulation_actor_restarts_and_every_sample_arrives_once(ray_sess
         received = []
         stream = BatchStream(actors, specs, max_in_flight=4)
         for count, (spec, batch) in enumerate(stream):
-            received.extend(batch["samples"].tolist())
+            received.extend(batch.samples.tolist())
             if count == 1:
                 os.kill(victim_pid, signal.SIGKILL)
         assert sorted(received) == all_samples(specs)
@@ -268,13 +269,13 @@ def test_samples_that_cannot_be_simulated_are_skipped_with_their_molecule(tiny_c
         batches = [factory.make_batch(spec) for spec in plan_epoch(24, 6, 0, 0)]
     finally:
         factory.close()
-    skipped = [line for batch in batches for line in batch["skipped"]]
+    skipped = [line for batch in batches for line in batch.skipped]
     assert len(skipped) == 1 and "molecule qm9:" in skipped[0] and "rotation" in skipped[0]
     assert "does not contain the molecule" in skipped[0]
-    assert sum(len(batch["samples"]) for batch in batches) == 23
-    short = next(batch for batch in batches if len(batch["skipped_samples"]))
-    assert len(short["samples"]) == len(short["x"]) == len(short["vdw_spheres"]) == 5
-    assert short["skipped_samples"][0] not in short["samples"]
+    assert sum(len(batch) for batch in batches) == 23
+    short = next(batch for batch in batches if len(batch.skipped_samples))
+    assert len(short.samples) == len(short.x) == len(short.targets["vdw_spheres"]) == 5
+    assert short.skipped_samples[0] not in short.samples
 
 
 # -- fixed sets ----------------------------------------------------------------------------------------
@@ -298,19 +299,22 @@ def test_fixed_sets_are_materialised_once_and_read_back(ray_session, tiny_config
         fixed = FixedSet(path, cache_mib=1.0)
         assert len(fixed) == 6
         first = fixed.first(4)
-        assert first["x"].shape == (4, 1, 32, 32, 6) and first["samples"].tolist() == [0, 1, 2, 3]
+        assert first.x.shape == (4, 1, 32, 32, 6) and first.samples.tolist() == [0, 1, 2, 3]
+        assert list(first.targets) == list(tiny_config.model.spec.targets)  # the shards' columns, in order
         regenerated = ray.get(actors[0].make_batch.remote(
             plan_epoch(6, 16, seed, 0, split="val", shuffle=False, drop_last=False)[0]))
-        np.testing.assert_array_equal(regenerated["x"][:4], first["x"])
+        np.testing.assert_array_equal(regenerated.x[:4], first.x)
+        for name, target in first.targets.items():
+            np.testing.assert_array_equal(regenerated.targets[name][:4], target, err_msg=name)
         cached = next(fixed.batches())
         assert next(fixed.batches()) is cached  # decoded once, kept in memory within the bound
         assert next(FixedSet(path, cache_mib=0).batches()) is not next(FixedSet(path, cache_mib=0).batches())
         # a rank's shard as tensors on its device: filled by the first pass, kept when all of it fits
-        shard_bytes = sum(value.nbytes for value in cached.values() if value.dtype.kind == "f")
+        shard_bytes = sum(value.nbytes for value in cached.float_arrays().values())
         for budget, kept in ((shard_bytes, True), (shard_bytes - 1, False)):
             shard = DeviceShard(FixedSet(path, cache_mib=0), torch.device("cpu"), 0, 1, budget)
             first_pass = list(shard.batches())
-            np.testing.assert_array_equal(first_pass[0]["x"].numpy(), cached["x"])
+            np.testing.assert_array_equal(first_pass[0]["x"].numpy(), cached.x)
             assert shard.on_device is kept
             assert (list(shard.batches())[0]["x"] is first_pass[0]["x"]) is kept  # not read again
 
@@ -331,7 +335,7 @@ def test_fixed_sets_are_materialised_once_and_read_back(ray_session, tiny_config
             builder.join()
         assert not errors and paths == [path, path]
         assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
-        np.testing.assert_array_equal(FixedSet(path).first(4)["x"], first["x"])
+        np.testing.assert_array_equal(FixedSet(path).first(4).x, first.x)
     finally:
         stop_actors(actors)
 
@@ -377,23 +381,25 @@ def test_raw_df_batches_augmented_by_the_consumer_equal_the_actors_batches(tiny_
             half_targets = factory.make_batch(dataclasses.replace(spec, raw_df=True, target_dtype="float16"))
         finally:
             factory.close()
-        assert "x" not in raw and raw["df"].shape == (6, len(task_of(settings).tips), 32, 32, settings.sim.num_slices)
-        for name in (*task_of(settings).targets, "samples"):
-            np.testing.assert_array_equal(raw[name], made[name])
-        augmented = augment_batch(torch.from_numpy(raw["df"]), spec.seed, settings.augment, noise_on_device=False)
-        np.testing.assert_allclose(augmented.numpy(), made["x"], rtol=0, atol=1e-6)
-        assert half["df"].dtype == np.float16 and half["df"].nbytes == raw["df"].nbytes // 2
-        from_half = augment_batch(torch.from_numpy(half["df"]).float(), spec.seed, settings.augment,
+        assert raw.x is None and raw.df.shape == (6, len(task_of(settings).tips), 32, 32, settings.sim.num_slices)
+        assert raw.targets.keys() == made.targets.keys() == set(task_of(settings).targets)
+        np.testing.assert_array_equal(raw.samples, made.samples)
+        for name in task_of(settings).targets:
+            np.testing.assert_array_equal(raw.targets[name], made.targets[name])
+        augmented = augment_batch(torch.from_numpy(raw.df), spec.seed, settings.augment, noise_on_device=False)
+        np.testing.assert_allclose(augmented.numpy(), made.x, rtol=0, atol=1e-6)
+        assert half.df.dtype == np.float16 and half.df.nbytes == raw.df.nbytes // 2
+        from_half = augment_batch(torch.from_numpy(half.df).float(), spec.seed, settings.augment,
                                   noise_on_device=False).numpy()
-        np.testing.assert_allclose(from_half, made["x"], rtol=0, atol=2e-2)  # normalised values, Δf rounded to 11 bits
+        np.testing.assert_allclose(from_half, made.x, rtol=0, atol=2e-2)  # normalised values, Δf rounded to 11 bits
         kept = settings.augment.scan_height.kept_slices
-        assert slim["df"].shape == (*raw["df"].shape[:4], kept) and slim["df"].nbytes * 2 == raw["df"].nbytes
-        from_slim = augment_batch(torch.from_numpy(slim["df"]), spec.seed, settings.augment, noise_on_device=False,
+        assert slim.df.shape == (*raw.df.shape[:4], kept) and slim.df.nbytes * 2 == raw.df.nbytes
+        from_slim = augment_batch(torch.from_numpy(slim.df), spec.seed, settings.augment, noise_on_device=False,
                                   simulated_slices=settings.sim.num_slices)
         np.testing.assert_array_equal(from_slim.numpy(), augmented.numpy())
         with_device_noise = [augment_batch(torch.from_numpy(df), spec.seed, settings.augment, simulated_slices=nz)
-                             for df, nz in ((raw["df"], None), (slim["df"], settings.sim.num_slices))]
+                             for df, nz in ((raw.df, None), (slim.df, settings.sim.num_slices))]
         np.testing.assert_array_equal(*[x.numpy() for x in with_device_noise])  # the same noise seed
         for name in task_of(settings).targets:
-            assert half_targets[name].dtype == np.float16
-            np.testing.assert_allclose(half_targets[name], made[name], rtol=1e-3, atol=1e-4)
+            assert half_targets.targets[name].dtype == np.float16
+            np.testing.assert_allclose(half_targets.targets[name], made.targets[name], rtol=1e-3, atol=1e-4)

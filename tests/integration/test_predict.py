@@ -71,7 +71,7 @@ def test_predict_on_simulated_npz_equals_the_training_pipeline(trained_dsh, tiny
     factory.close()
     # which of the 12 simulated slices the pipeline drew: compare with every normalised slice
     normalised = normalize_slices(np.load(stacks)["df"])[0]  # (32, 32, 12)
-    distance = np.abs(normalised[:, :, None, :] - batch["x"][0, 0][:, :, :, None]).max(axis=(0, 1))  # (K, 12)
+    distance = np.abs(normalised[:, :, None, :] - batch.x[0, 0][:, :, :, None]).max(axis=(0, 1))  # (K, 12)
     indices = distance.argmin(axis=1)
     assert distance.min(axis=1).max() < 1e-4 and np.all(np.diff(indices) > 0), distance.min(axis=1)
 
@@ -81,10 +81,10 @@ def test_predict_on_simulated_npz_equals_the_training_pipeline(trained_dsh, tiny
     assert code == 0, err
     saved = np.load(out / "stacks.npz")
     np.testing.assert_array_equal(saved["slice_indices"], indices)
-    np.testing.assert_allclose(saved["x"], batch["x"][0], atol=1e-4)
+    np.testing.assert_allclose(saved["x"], batch.x[0], atol=1e-4)
     trained, _, _ = load_checkpoint_model(trained_dsh[1].checkpoint_path)
     with torch.no_grad():
-        in_pipeline = trained(torch.from_numpy(batch["x"]))
+        in_pipeline = trained(torch.from_numpy(batch.x))
     for name, expected in zip(DSH_OUTPUTS, in_pipeline):
         np.testing.assert_allclose(saved[name], expected[0].numpy(), atol=1e-4, err_msg=name)
     assert (out / "stacks.png").stat().st_size > 10_000

@@ -9,6 +9,7 @@ from afm_ray.descriptors.geometry import ScanWindow
 from afm_ray.descriptors.xyz_codec import Atoms
 from afm_ray.figures.predictions import plot_prediction
 from afm_ray.figures.training import plot_predictions
+from afm_ray.samples.sample_batch import SampleBatch
 from afm_ray.sim import SimConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,8 +33,8 @@ def test_a_prediction_is_drawn_from_its_input_outputs_and_atoms(tmp_path):
 def test_training_predictions_are_drawn_from_a_batch_and_the_outputs_as_arrays_or_tensors(tmp_path):
     rng = np.random.default_rng(1)
     maps = [rng.uniform(size=(SAMPLES, NX, NX)).astype(np.float32) for _ in range(3)]
-    samples = {"x": rng.normal(size=(SAMPLES, 1, NX, NX, 10)).astype(np.float32),
-               **dict(zip(("atomic_disks", "vdw_spheres", "height_map"), maps))}
+    samples = SampleBatch(np.arange(SAMPLES), x=rng.normal(size=(SAMPLES, 1, NX, NX, 10)).astype(np.float32),
+                          targets=dict(zip(("atomic_disks", "vdw_spheres", "height_map"), maps)))
     from_arrays = plot_predictions("dsh", samples, maps, tmp_path / "arrays.png", SIM)
     from_tensors = plot_predictions("dsh", samples, [torch.from_numpy(m) for m in maps], tmp_path / "tensors.png", SIM)
     assert from_arrays.read_bytes() == from_tensors.read_bytes()

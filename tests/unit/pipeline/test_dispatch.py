@@ -10,10 +10,11 @@ import heapq
 import math
 from collections import deque
 
+import numpy as np
 import pytest
 
 from afm_ray.errors import InputError
-from afm_ray.pipeline.dispatch import DispatchLimits, DispatchPolicy
+from afm_ray.pipeline.dispatch import BatchMaker, DispatchLimits, DispatchPolicy
 from afm_ray.samples.plan import batches_for_rank, plan_epoch
 from afm_ray.recipe import load_train_config
 
@@ -241,3 +242,25 @@ def test_data_wait_is_the_starved_ranks_and_every_actor_has_a_share():
     assert metrics["data_max_wait_seconds"] == 2.5
     assert [metrics[f"sim_actor_{a}_share"] for a in range(3)] == pytest.approx([0.5, 0.0, 0.5])
     assert metrics["sim_actor_2_batches_per_s"] == pytest.approx(0.5) and metrics["sim_actors_used"] == 2
+
+
+class OneSampleMaker(BatchMaker):
+    """A batch maker of one float32 value per sample (what the pool's actors subclass)."""
+
+    def make_batch(self, spec):
+        from afm_ray.samples.sample_batch import SampleBatch
+
+        return SampleBatch(spec.samples, x=np.zeros((len(spec.samples), 1, 1, 1, 1), np.float32))
+
+
+def test_produce_returns_the_batch_with_its_maker_and_a_summary_of_its_size_and_time():
+    import os
+    import time
+
+    spec = plan_epoch(6, 3, run_seed=0, epoch=0)[0]
+    before = time.time()
+    summary, batch = OneSampleMaker().produce(spec)
+    assert batch.samples.tolist() == spec.samples.tolist() and batch.x.shape == (3, 1, 1, 1, 1)
+    assert summary["nbytes"] == batch.nbytes == 3 * 4 + 3 * 8  # x, samples
+    assert batch.made_by.pid == os.getpid() and before <= batch.made_by.started_s <= batch.made_by.finished_s
+    assert summary["busy_seconds"] == pytest.approx(batch.made_by.finished_s - batch.made_by.started_s)

@@ -71,7 +71,8 @@ def test_reused_host_memory_gives_the_same_batch_and_is_overwritten_by_the_next(
                                load_split_samples(settings, ("train",)), device="cpu", reuse_host_memory=reuse)
         try:
             first = factory.make_batch(specs[0])
-            copies = {name: np.copy(value) for name, value in first.items() if isinstance(value, np.ndarray)}
+            arrays = {**first.float_arrays(), "samples": first.samples}
+            copies = {name: np.copy(value) for name, value in arrays.items()}
             factory.make_batch(specs[1])
             made[reuse] = copies, first
         finally:
@@ -80,8 +81,8 @@ def test_reused_host_memory_gives_the_same_batch_and_is_overwritten_by_the_next(
     assert fresh.keys() == lent.keys() >= {"df", "es_map", "height_map", "samples"}
     for name in fresh:
         np.testing.assert_array_equal(lent[name], fresh[name], err_msg=name)
-    assert np.array_equal(made[False][1]["df"], fresh["df"])  # a new array per batch: kept
-    assert not np.array_equal(made[True][1]["df"], lent["df"])  # the reused memory: the next batch's now
+    assert np.array_equal(made[False][1].df, fresh["df"])  # a new array per batch: kept
+    assert not np.array_equal(made[True][1].df, lent["df"])  # the reused memory: the next batch's now
 
 
 def test_each_samples_draw_depends_on_its_own_seed_only():

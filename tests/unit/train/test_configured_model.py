@@ -8,6 +8,7 @@ import torch
 
 from afm_ray.train.optim import build_optimizer
 from afm_ray.samples.plan import BatchSpec
+from afm_ray.samples.sample_batch import SampleBatch
 from afm_ray.recipe import load_train_config
 from afm_ray.train.loader import StepLoader, prepare_batch
 from afm_ray.train.step import StepRunner
@@ -21,7 +22,7 @@ def config():
     return load_train_config(CONFIGS / "quickstart.yaml", ["run.batch_size=6", "run.channels_last=false"])
 
 
-def batch_of(samples: np.ndarray, config) -> dict:
+def batch_of(samples: np.ndarray, config) -> SampleBatch:
     """A training batch as an actor returns it (augmented input, DSH targets), random but fixed per sample."""
     x, maps = [], []
     for sample in samples:
@@ -29,11 +30,11 @@ def batch_of(samples: np.ndarray, config) -> dict:
         x.append(generator.normal(size=(1, *config.sim.scan_pixels, config.input_slices)).astype(np.float32))
         maps.append(generator.random((3, *config.sim.scan_pixels)).astype(np.float32))
     maps = np.stack(maps)
-    return {"x": np.stack(x), **{name: maps[:, k] for k, name in enumerate(config.model.spec.targets)},
-            "samples": np.asarray(samples, dtype=np.int64)}
+    return SampleBatch(np.asarray(samples, dtype=np.int64), x=np.stack(x),
+                       targets={name: maps[:, k] for k, name in enumerate(config.model.spec.targets)})
 
 
-def on_device(spec: BatchSpec, batch: dict | None, config):
+def on_device(spec: BatchSpec, batch: SampleBatch | None, config):
     return prepare_batch(spec, batch, torch.device("cpu"), config.augment)
 
 
@@ -93,8 +94,8 @@ def test_the_loader_hands_out_every_step_in_plan_order_on_the_device_augmented(c
 
     def raw(spec):
         df = np.random.default_rng(spec.index).normal(size=(len(spec.samples), 1, *config.sim.scan_pixels, nz))
-        return {"df": df.astype(np.float32), "disks": np.zeros((len(spec.samples), 32, 32), np.float32),
-                "samples": spec.samples}
+        return SampleBatch(spec.samples, df=df.astype(np.float32),
+                           targets={"disks": np.zeros((len(spec.samples), 32, 32), np.float32)})
 
     fetched = []
 
@@ -108,7 +109,7 @@ def test_the_loader_hands_out_every_step_in_plan_order_on_the_device_augmented(c
     assert fetched == [[s.index for s in step] for step in steps]
     for step in handed:
         for batch in step:
-            expected = augment_batch(torch.from_numpy(raw(batch.spec)["df"]), batch.spec.seed, config.augment)
+            expected = augment_batch(torch.from_numpy(raw(batch.spec).df), batch.spec.seed, config.augment)
             assert torch.equal(batch.tensors["x"], expected) and "df" not in batch.tensors
             assert batch.n_samples == 3 and batch.tensors["disks"].shape == (3, 32, 32)
     assert loader.times.receive_seconds > 0 and loader.times.augment_seconds > 0
