@@ -52,11 +52,11 @@ def register(subparsers) -> None:
                         help="pipeline.raw_df_slices: the actor ships the slices augmentation reads (default) or all")
     parser.add_argument("--raw-df-dtype", choices=("float32", "float16"), default="float16",
                         help="pipeline.raw_df_dtype (default float16)")
+    parser.add_argument("--target-dtype", choices=("float32", "float16"), default="float16",
+                        help="pipeline.target_dtype (default float16)")
     parser.add_argument("--source", choices=("ray", "local"), default="ray",
                         help="ray: a replay actor through the object store and the real BatchStream (default); "
                              "local: the replayed batches in this process, without Ray")
-    parser.add_argument("--target-dtype", choices=("float32", "float16"), default="float16",
-                        help="pipeline.target_dtype (default float16)")
     parser.set_defaults(handler=run)
 
 

@@ -103,6 +103,7 @@ class RankRun:
         config = TrainConfig.model_validate_json(loop_config["config_json"])
         context = ray.train.get_context()
         rank, world_size = context.get_world_rank(), context.get_world_size()
+        ranks_on_node = context.get_local_world_size()
         device = ray.train.torch.get_device()
         model, memory_channels_last = prepare_network(config, device)
         settings = config.optimizer
@@ -114,7 +115,7 @@ class RankRun:
         start_epoch, history = state.restore(ray.train.get_checkpoint(), device)
         cache_mib = config.data.fixed_set_cache_mib
         if cache_mib is None:
-            cache_mib = cache_budget_mib(available_memory_bytes(), context.get_local_world_size())
+            cache_mib = cache_budget_mib(available_memory_bytes(), ranks_on_node)
         pipeline = config.pipeline
         stream = BatchStream(loop_config["pool"], max_in_flight=pipeline.max_in_flight_per_worker, consumer=rank,
                              consumers=world_size, tenant=loop_config["tenant"],
@@ -122,10 +123,11 @@ class RankRun:
                              max_attempts=pipeline.max_attempts_per_batch, seed=config.run.seed)
         runner = StepRunner(model, optimizer, schedule, build_loss(config), config, device, world_size,
                             memory_channels_last)
-        return cls(config, loop_config["config_json"], rank, world_size, context.get_local_world_size(),
+        return cls(config, loop_config["config_json"], rank, world_size, ranks_on_node,
                    loop_config["n_train_samples"], state, runner, stream,
                    FixedSet(loop_config["val_path"], cache_mib=cache_mib),
-                   raw_df=pipeline.augment_on == "trainer" or (pipeline.augment_on == "auto" and config.scaling.use_gpu),
+                   raw_df=pipeline.augment_on == "trainer"
+                   or (pipeline.augment_on == "auto" and config.scaling.use_gpu),
                    start_epoch=start_epoch, history=history)
 
     def steps(self, epoch: int) -> list[list[BatchSpec]]:
