@@ -66,17 +66,21 @@ checkpoints. Validation and test sets are simulated once and stored as Parquet s
 reads only its own settings (:mod:`afm_ray.pipeline.settings`), never the training config.
 """
 
-from afm_ray.pipeline.settings import DataSettings, PipelineSettings, SampleSettings
 from afm_ray.samples.plan import BatchSpec, batches_for_rank, plan_epoch
 
 __all__ = ["BatchSpec", "BatchStream", "DataSettings", "PipelineSettings", "SampleSettings", "StreamStats",
            "batches_for_rank", "plan_epoch"]
 
+_LAZY = {"BatchStream": "stream", "StreamStats": "stream",
+         "DataSettings": "settings", "PipelineSettings": "settings", "SampleSettings": "settings"}
+
 
 def __getattr__(name: str):
-    # the stream imports Ray: only code that streams pays for it (the settings are imported by every config)
-    if name in ("BatchStream", "StreamStats"):
-        from afm_ray.pipeline import stream
+    # Importing any submodule runs this package first, and every process of the pool imports one: the
+    # dispatcher actor needs neither Ray's stream client nor the settings, whose model specs import torch
+    # (seconds of CPU per process). Only code that names them pays for them.
+    if name in _LAZY:
+        import importlib
 
-        return getattr(stream, name)
+        return getattr(importlib.import_module(f"afm_ray.pipeline.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'afm_ray.pipeline' has no attribute {name!r}")

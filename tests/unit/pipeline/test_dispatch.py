@@ -8,6 +8,8 @@ static "home actor" split, 8 slow actors in one rank's home set gave 53 % of cap
 
 import heapq
 import math
+import subprocess
+import sys
 from collections import deque
 
 import numpy as np
@@ -264,3 +266,13 @@ def test_produce_returns_the_batch_with_its_maker_and_a_summary_of_its_size_and_
     assert summary["nbytes"] == batch.nbytes == 3 * 4 + 3 * 8  # x, samples
     assert batch.made_by.pid == os.getpid() and before <= batch.made_by.started_s <= batch.made_by.finished_s
     assert summary["busy_seconds"] == pytest.approx(batch.made_by.finished_s - batch.made_by.started_s)
+
+
+def test_the_dispatcher_process_imports_neither_torch_nor_the_settings():
+    # Every pool starts a dispatcher actor in a fresh worker process: torch (via the settings' model specs)
+    # would cost it seconds of CPU at start-up for nothing. The settings stay importable from the package.
+    probe = ("import sys, afm_ray.pipeline.dispatcher; "
+             "print(sorted(m for m in ('torch', 'afm_ray.models', 'afm_ray.pipeline.settings') if m in sys.modules)); "
+             "from afm_ray.pipeline import SampleSettings, StreamStats; print(SampleSettings.__module__)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "afm_ray.pipeline.settings"], out
