@@ -67,6 +67,8 @@ checkpoints. Validation and test sets are simulated once and stored as Parquet s
 reads only its own settings (:mod:`afm_ray.pipeline.settings`), never the training config.
 """
 
+import importlib
+
 from afm_ray.samples.plan import BatchSpec, batches_for_rank, plan_epoch
 
 __all__ = ["BatchSpec", "BatchStream", "DataSettings", "PipelineSettings", "SampleSettings", "StreamStats",
@@ -81,7 +83,5 @@ def __getattr__(name: str):
     # dispatcher actor needs neither Ray's stream client nor the settings, whose model specs import torch
     # (seconds of CPU per process). Only code that names them pays for them.
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"afm_ray.pipeline.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'afm_ray.pipeline' has no attribute {name!r}")
