@@ -21,6 +21,10 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 auth_cache_ttl_seconds = 60
 """
 
+AS_DEPLOYED = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""Server settings of k8s/base/mlflow.yaml that the test servers share: no job runner (eight processes that
+start and poll for jobs this project never submits)."""
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -52,6 +56,25 @@ def start_mlflow_server(args: list[str], port: int, env: dict[str, str], cwd: Pa
             stop_process_group(process)
             raise AssertionError(f"mlflow server did not come up: {log_path.read_text()[-3000:]}")
         time.sleep(0.3)
+
+
+def session_memory_bytes(session_id: int) -> int:
+    """The memory of every live process in session ``session_id`` (a server started in a session of its own),
+    summed as proportional set sizes: a page shared by N of them counts 1/N to each, as a container's memory
+    limit counts it once."""
+    total_kib = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            if int(fields[3]) != session_id:  # state, ppid, pgrp, session
+                continue
+            rollup = (entry / "smaps_rollup").read_text()
+        except (OSError, IndexError):  # exited meanwhile
+            continue
+        total_kib += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total_kib * 1024
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = 20) -> None:

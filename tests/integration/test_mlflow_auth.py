@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 
 from certificates import TestCA
 from conftest import CONFIGS, REPO, TINY_TRAINING, afm_ray_train_process
-from servers import AUTH_INI, free_port, start_mlflow_server, stop_process_group
+from servers import AS_DEPLOYED, AUTH_INI, free_port, start_mlflow_server, stop_process_group
 
 BOOTSTRAP_SCRIPT = REPO / "k8s" / "mlflow" / "bootstrap_users.py"
 ADMIN = ("mlflow-admin", "admin-password-for-tests")
@@ -63,7 +63,7 @@ def auth_server(tmp_path_factory, server_ca):
     uri = f"https://127.0.0.1:{port}"
     environment = clean_environment(
         MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_USERNAME=ADMIN[0], MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN[1],
-        MLFLOW_FLASK_SERVER_SECRET_KEY="csrf-key-for-tests")
+        MLFLOW_FLASK_SERVER_SECRET_KEY="csrf-key-for-tests", **AS_DEPLOYED)
     args = ["--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
             "--backend-store-uri", f"sqlite:///{folder / 'store.db'}",
             "--artifacts-destination", str(folder / "artifacts"), "--workers", "1",

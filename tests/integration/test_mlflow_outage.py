@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from afm_ray.registry.checkpoints import load_checkpoint_model
 from afm_ray.train.trainer import run_training
-from servers import free_port, start_mlflow_server, stop_process_group
+from servers import AS_DEPLOYED, free_port, start_mlflow_server, stop_process_group
 
 
 class MlflowServer:
@@ -33,7 +33,7 @@ class MlflowServer:
     def start(self, timeout_s: float = 300) -> None:
         args = ["--host", "127.0.0.1", "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.database}",
                 "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"]
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        environment = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, **AS_DEPLOYED}
         self.process = start_mlflow_server(args, self.port, environment, self.folder, self.folder / "server.log",
                                            timeout_s)
 

@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from certificates import TestCA
-from servers import free_port, start_mlflow_server, stop_process_group
+from servers import free_port, session_memory_bytes, start_mlflow_server, stop_process_group
 
 from conftest import REPO
 MLFLOW_DEPLOYMENT = REPO / "k8s" / "base" / "mlflow.yaml"
@@ -345,6 +345,14 @@ def deployment_command(tracking_db_uri: str, artifacts: Path, port: int, folder:
     return argv, {**base_env, **env}, allowed
 
 
+def deployment_memory_limit_bytes() -> int:
+    """The memory limit of the MLflow container of k8s/base/mlflow.yaml (a quantity in Mi or Gi), in bytes."""
+    deployment = next(d for d in yaml.safe_load_all(MLFLOW_DEPLOYMENT.read_text()) if d["kind"] == "Deployment")
+    quantity = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * {"Mi": 2**20, "Gi": 2**30}[unit]
+
+
 def test_mlflow_server_as_deployed_on_postgres(postgres, tls_secrets, mlflow_globals, tmp_path, monkeypatch):
     import requests
 
@@ -382,6 +390,9 @@ def test_mlflow_server_as_deployed_on_postgres(postgres, tls_secrets, mlflow_glo
         mlflow.set_tracking_uri(base)
         run_id, version, example = log_and_register(mlflow, "afm-ray-server", "afm-server-dsh", None)
         check_model_loads(mlflow, "afm-server-dsh", example)
+        # its processes (CLI, uvicorn workers; no job runner: MLFLOW_SERVER_ENABLE_JOB_EXECUTION) fit in half
+        # the container's memory limit after serving a model upload
+        assert session_memory_bytes(server.pid) < deployment_memory_limit_bytes() / 2
         # stored where the Deployment says: rows in PostgreSQL, files at the artifacts destination
         assert query(database, "SELECT status FROM runs WHERE run_uuid = %s", run_id) == [("FINISHED",)]
         assert query(database, "SELECT version FROM registered_model_aliases WHERE name = 'afm-server-dsh'") == \

@@ -20,7 +20,7 @@ from k8s.kustomize import resource_id, split_image
 from k8s.manifests import (K8S, KUSTOMIZATIONS, MLFLOW_URI, OVERLAYS, SECRET_ENV, by_kind, dockerfile,
                            dockerfile_args, env_of, image_user, one, pod_name, pod_templates, ray_container,
                            with_kuberay_injections)
-from servers import AUTH_INI
+from servers import AS_DEPLOYED, AUTH_INI
 
 
 @pytest.mark.parametrize("name", ["base", *OVERLAYS])
@@ -36,6 +36,8 @@ def test_mlflow_server_uses_postgres_and_minio(rendered, name):
     bucket = re.fullmatch(r"s3://([a-z0-9.-]+)(/.*)?", args["artifacts-destination"]).group(1)
     env = {e["name"]: e for e in server["env"]}
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "https://minio:9000"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false", "no job runner: 8 processes, 1.9 GiB"
+    assert {key: env[key]["value"] for key in AS_DEPLOYED} == AS_DEPLOYED, "the test servers run as deployed"
     assert any(p["port"] == 9000 for p in one(docs, "Service", "minio")["spec"]["ports"])
     assert any(p["port"] == 5432 for p in one(docs, "Service", "postgres")["spec"]["ports"])
     job = ray_container(one(docs, "Job", "create-bucket")["spec"]["template"])
