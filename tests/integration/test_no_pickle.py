@@ -28,7 +28,7 @@ from afm_ray.registry import PickledModelWarning, reregister_model
 from afm_ray.registry.checkpoints import CHECKPOINT_FILE, HISTORY_FILE, load_checkpoint_model
 from afm_ray.registry.registration import CONFIG_METADATA_KEY, SERIALIZATION_METADATA_KEY, log_and_register
 
-from conftest import CONFIGS
+from conftest import CONFIGS, copied_mlflow_store
 
 
 class PickleCalled(AssertionError):
@@ -142,9 +142,8 @@ def test_ray_tasks_predict_with_the_exported_model(trained_dsh, ray_session):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("no_pickle_store")
-    return f"sqlite:///{folder / 'mlruns.db'}"
+def store(tmp_path_factory, mlflow_store_template):
+    return copied_mlflow_store(mlflow_store_template, tmp_path_factory.mktemp("no_pickle_store") / "mlruns.db")
 
 
 def small_config(store: str, name: str, overrides: list[str]):

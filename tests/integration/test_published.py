@@ -20,7 +20,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, SHARED, qm9_sample_database
+from conftest import CONFIGS, SHARED, copied_mlflow_store, qm9_sample_database
 
 LIGHT_WEIGHTS = SHARED / "asd-afm" / "model_light.h5"
 MODEL = "asdafm-dsh-light"
@@ -32,13 +32,13 @@ pytestmark = pytest.mark.skipif(not LIGHT_WEIGHTS.is_file(), reason=f"published 
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
+def published(tmp_path_factory, mlflow_store_template):
     """(tracking URI, database, fixed-set folder) with model_light.h5 registered as models:/asdafm-dsh-light@published."""
     from afm_ray.cli import main
 
     folder = tmp_path_factory.mktemp("published")
     database = qm9_sample_database(folder, "published", (1, 24, 24))
-    uri = f"sqlite:///{folder / 'mlruns.db'}"
+    uri = copied_mlflow_store(mlflow_store_template, folder / "mlruns.db")
     assert main(["models", "import-asdafm", str(LIGHT_WEIGHTS), "--name", MODEL, "--tracking-uri", uri,
                  "--config", str(CONFIGS / "published_asdafm.yaml")]) == 0
     return uri, database, folder / "fixed"

@@ -21,7 +21,7 @@ from afm_ray.registry.checkpoints import load_checkpoint_model
 from afm_ray.train.run_state import RUN_STATE_FILE, latest_history
 from afm_ray.train.trainer import run_training
 
-from conftest import CONFIGS, REPO, qm9_sample_database
+from conftest import CONFIGS, REPO, copied_mlflow_store, qm9_sample_database
 
 AFM_RAY = Path(sys.executable).parent / "afm-ray"
 
@@ -118,13 +118,14 @@ def trial_reports(sweep_dir: Path, trained_only: bool = True) -> dict[str, list[
     return reports
 
 
-def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials(tmp_path, run_cli, monkeypatch):
+def test_recreated_rayjob_continues_an_interrupted_sweep_without_repeating_trials(tmp_path, run_cli, monkeypatch,
+                                                                                  mlflow_store_template):
     qm9_sample_database(tmp_path, "dataset1", (12, 6, 6))  # /data/qm9.parquet with xyz.yaml's split name
     command = rayjob_entrypoint(tmp_path)
     environment = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
                    # the cluster's MLflow (k8s: MLFLOW_TRACKING_URI from the job's env) and its worker groups'
                    # custom resources, advertised the way KubeRay's autoscaler does
-                   "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns.db'}",
+                   "MLFLOW_TRACKING_URI": copied_mlflow_store(mlflow_store_template, tmp_path / "mlruns.db"),
                    "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 2, "sim_gpu": 1, "train_gpu": 1})}
     sweep_dir = tmp_path / "runs" / "tune" / "sweep-xyz"
     trials_dir = sweep_dir / "trials"

@@ -199,12 +199,12 @@ def test_replicate_padding_equals_torch_replicate_pad(shape):
     assert torch.equal(pad_same(x, 1, "replicate"), F.pad(x, (1,) * (2 * n_spatial), mode="replicate"))
 
 
-def test_the_import_command_names_the_missing_layer_and_registers_nothing(tmp_path, mlflow_sqlite_uri, run_cli):
+def test_the_import_command_names_the_missing_layer_and_registers_nothing(tmp_path, run_cli):
     shapes = dsh_kernel_shapes()
     del shapes["conv2d_reflective_9"]
     path = write_keras_weights(tmp_path / "partial.h5", shapes)
     code, _, err = run_cli("models", "import-asdafm", path, "--name", "asdafm-partial",
-                           "--tracking-uri", mlflow_sqlite_uri,
+                           "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}",
                            "--config", CONFIGS / "published_asdafm.yaml")
     assert code == 2 and "conv2d_reflective_9 missing" in err and str(path) in err, err
     assert not (tmp_path / "mlruns.db").exists()  # refused before MLflow is touched
