@@ -37,7 +37,7 @@ def kind_of(command_line: str) -> str:
     if command_line.startswith("ray::"):  # a Ray worker's title: ray::[NAME:]Class.method
         title = command_line.split()[0].removeprefix("ray::")
         return "Ray actor " + re.sub(r"\..*$", "", title.rpartition(":")[2])
-    return next((kind for marker, kind in KINDS if marker in command_line), command_line.split()[0][:60])
+    return next((kind for marker, kind in KINDS if marker in command_line), command_line.split()[0])
 
 
 def read_processes() -> dict[tuple[int, int], tuple[float, str]]:

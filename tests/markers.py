@@ -46,6 +46,7 @@ MODULE_MARKERS: dict[str, frozenset[str]] = {
     "unit/test_layers": CHEAP,                            # the import graph against the floor table
     "unit/test_files": CHEAP,
     "unit/test_presets": CHEAP,
+    "unit/test_cpu_by_process": CHEAP,                     # the suite's CPU profiler on a 1.5 s child
     "unit/figures/test_figures": CHEAP,
     "unit/cli/test_bad_inputs": CHEAP,                    # bad files, artifacts, configs, molecules: no model trained
     "unit/cli/test_bench": CHEAP,                         # the subcommands, not their runs
