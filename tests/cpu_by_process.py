@@ -3,7 +3,7 @@ else on the machine) ran, summed by kind: a Ray actor's class, a Ray daemon, an 
 
     python tests/cpu_by_process.py [--top 40] -- python -m pytest -q
 
-Linux only: it reads ``/proc/PID/stat`` every ``--interval`` seconds, so a process's last fraction of a
+Linux only: it reads ``/proc/PID/stat`` (``tests/servers.py``) every ``--interval`` seconds, so a process's last fraction of a
 second and processes shorter than the interval are lost (a few % of the total); CPU that processes had
 used before the command started is not counted. On the 2-core CI machine the suite keeps both cores busy,
 so the total CPU seconds divided by two is the floor of its wall time.
@@ -18,12 +18,13 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from servers import live_processes
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 # a substring of a command line → its kind (the first that matches), for processes that are not Ray workers
-KINDS = (("cpu_by_process.py", "this sampler"), ("default_worker.py", "Ray worker (idle)"), ("gcs_server", "Ray GCS"), ("raylet", "Ray raylet"),
-         ("dashboard/agent.py", "Ray dashboard agent"), ("dashboard.py", "Ray dashboard"),
+KINDS = (("cpu_by_process.py", "this sampler"), ("default_worker.py", "Ray worker (idle)"), ("gcs_server", "Ray GCS"),
+         ("raylet", "Ray raylet"), ("dashboard/agent.py", "Ray dashboard agent"), ("dashboard.py", "Ray dashboard"),
          ("multiprocessing.forkserver", "Ray dashboard modules"), ("log_monitor.py", "Ray log monitor"),
          ("runtime_env/agent", "Ray runtime-env agent"), ("autoscaler/_private/monitor.py", "Ray monitor"),
          ("huey_consumer", "MLflow job consumer"), ("mlflow.server.jobs", "MLflow job runner"),
@@ -43,11 +44,8 @@ def kind_of(command_line: str) -> str:
 def read_processes() -> dict[tuple[int, int], tuple[float, str]]:
     """(pid, start tick) → (CPU seconds so far, command line) of every readable process."""
     processes = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry, fields in live_processes():
         try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:  # ended meanwhile
             continue
@@ -79,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     by_kind: collections.Counter[str] = collections.Counter()
     count: collections.Counter[str] = collections.Counter()
     for cpu, line in used.values():
-        by_kind[kind_of(line)] += cpu
-        count[kind_of(line)] += 1
+        kind = kind_of(line)
+        by_kind[kind] += cpu
+        count[kind] += 1
     total = sum(by_kind.values())
     print(f"\n{'CPU s':>9} {'share':>6} {'procs':>6}  kind")
     for kind, cpu in by_kind.most_common(args.top):
-        print(f"{cpu:9.1f} {cpu / total:6.1%} {count[kind]:6d}  {kind}")
+        print(f"{cpu:9.1f} {cpu / total if total else 0.0:6.1%} {count[kind]:6d}  {kind}")
     print(f"{total:9.1f} CPU s in all, {wall_s:.0f} s wall, {os.cpu_count()} cores: "
           f"{total / wall_s:.2f} cores busy on average; exit code {child.returncode}")
     return child.returncode

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 MLFLOW_BIN = Path(sys.executable).parent / "mlflow"
@@ -58,20 +59,28 @@ def start_mlflow_server(args: list[str], port: int, env: dict[str, str], cwd: Pa
         time.sleep(0.3)
 
 
+def live_processes() -> Iterator[tuple[Path, list[str]]]:
+    """(``/proc/PID``, the fields of its ``stat`` after the command name) of every process (Linux): index 0 is
+    the state, 3 the session, 11 and 12 the user and system CPU ticks, 19 the start tick."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield entry, (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:  # ended meanwhile
+                continue
+
+
 def session_memory_bytes(session_id: int) -> int:
     """The memory of every live process in session ``session_id`` (a server started in a session of its own),
     summed as proportional set sizes: a page shared by N of them counts 1/N to each, as a container's memory
     limit counts it once."""
     total_kib = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for entry, fields in live_processes():
+        if int(fields[3]) != session_id:
             continue
         try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            if int(fields[3]) != session_id:  # state, ppid, pgrp, session
-                continue
             rollup = (entry / "smaps_rollup").read_text()
-        except (OSError, IndexError):  # exited meanwhile
+        except OSError:  # ended meanwhile
             continue
         total_kib += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
     return total_kib * 1024
